@@ -1,0 +1,34 @@
+# spikeformer: `make demo` and `make test` are the two commands of the README.
+# Both depend on `make setup`, which creates .venv with Python 3.10 (lava-nc 0.10.0 needs it)
+# and installs the project with every backend. Re-running is a no-op until pyproject.toml or
+# constraints.txt change.
+
+PYTHON ?= python3.10
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUN ?= runs/digits
+
+.PHONY: setup demo test test-fast clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install CPython 3.10 (lava-nc 0.10.0 imports only there) or pass PYTHON=/path/to/python3.10"; exit 2; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' || { echo "error: $(VENV) is not Python 3.10; remove it (make clean-venv) and rerun"; exit 2; }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all]"
+	@touch $(STAMP)
+
+demo: setup
+	$(PY) demos/run_demo.py --run $(RUN)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,215 @@
+"""Spiking linear attention as an event-driven state update (SPEC §2.3).
+
+Per head, binary spikes ``q, k, v`` in {0,1}^d drive a d x d fast-weight memory S:
+
+    S[t]   = lambda * S[t-1] + dS[t]           # dS depends on the plasticity variant
+    o_n[t] = scale * q_n[t] S[t]               # graded current into an output LIF
+
+Variants of dS (sums run over the tokens n that arrive at step t):
+
+    hebbian       dS = sum_n k_n^T v_n
+    stdp          x_n = d_pre x_n + k_n ; dS = A+ sum_n x_n^T v_n - A- sum_n k_n^T y_n ; y_n = d_post y_n + v_n
+                  (the pre trace includes this step's key, so coincidences potentiate; the
+                  post trace used for depression holds only earlier value spikes)
+    three_factor  e = d_elig e + sum_n k_n^T v_n ; dS = m[t] * e    (m: modulator per head)
+    delta         dS = beta * sum_n k_n^T (v_n - k_n (lambda S[t-1])) / max(1, |k_n|)
+                  (Widrow-Hoff, step normalised by the number of active keys; the read
+                  k_n S touches only rows of active keys, so it stays event-driven)
+
+Every implementation shares one signature (flash-linear-attention style)::
+
+    spiking_attention(q, k, v, decay, scale, variant, impl, initial_state, plasticity, modulator)
+        -> (o, final_state)
+
+Shapes: ``q, k, v, o``: ``[T, B, N, H, d]``; ``decay``: ``[H]``; ``modulator``: ``[T, B, H]``;
+state tensors: memory/eligibility ``[B, H, d, d]``, traces ``[B, N, H, d]``.
+
+Implementations: ``naive`` (textbook per-step loop with explicit broadcasting, the reference),
+``recurrent`` (per-step einsum, the fast default) and ``parallel`` (hebbian only: the closed
+form ``o_t = scale * sum_{tau<=t} lambda^(t-tau) (q_t . k_tau) v_tau``, quadratic in T).
+Token modes are handled by the caller: ``global`` passes all N tokens at every step;
+``causal`` passes N = 1 and puts the sequence on the time axis, so the state carries over tokens.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError, ShapeError
+
+VARIANTS = ("hebbian", "stdp", "three_factor", "delta")
+IMPLEMENTATIONS = ("naive", "recurrent", "parallel")
+
+
+class AttentionState(NamedTuple):
+    """Explicit attention state; fields a variant does not use are empty tensors."""
+
+    memory: Tensor  # S, [B, H, d, d]
+    pre_trace: Tensor  # x (stdp), [B, N, H, d]
+    post_trace: Tensor  # y (stdp), [B, N, H, d]
+    eligibility: Tensor  # e (three_factor), [B, H, d, d]
+
+
+def initial_attention_state(q: Tensor, variant: str) -> AttentionState:
+    """Zero state for spikes shaped like ``q`` ``[T, B, N, H, d]``."""
+    _, batch, tokens, heads, dim = q.shape
+    empty = q.new_zeros(0)
+    memory = q.new_zeros(batch, heads, dim, dim)
+    traces = q.new_zeros(batch, tokens, heads, dim) if variant == "stdp" else empty
+    elig = q.new_zeros(batch, heads, dim, dim) if variant == "three_factor" else empty
+    return AttentionState(memory, traces, traces, elig)
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, variant: str, impl: str,
+           plasticity: dict, modulator: Optional[Tensor]) -> None:
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown attention variant {variant!r}; choose one of {VARIANTS}")
+    if impl not in IMPLEMENTATIONS:
+        raise ConfigError(f"unknown attention implementation {impl!r}; choose one of {IMPLEMENTATIONS}")
+    if impl == "parallel" and variant != "hebbian":
+        raise ConfigError(f"impl 'parallel' exists only for the hebbian variant, not {variant!r}; use 'recurrent'")
+    if q.dim() != 5 or q.shape != k.shape or q.shape != v.shape:
+        raise ShapeError(
+            f"q, k, v must share one shape [T, B, N, H, d]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if decay.shape != (q.shape[3],):
+        raise ShapeError(f"decay must have shape [H] = [{q.shape[3]}], got {tuple(decay.shape)}")
+    need = {"stdp": ("a_plus", "a_minus", "pre_decay", "post_decay"),
+            "three_factor": ("eligibility_decay",), "delta": ("delta_rate",)}.get(variant, ())
+    missing = [name for name in need if name not in plasticity]
+    if missing:
+        raise ConfigError(f"variant {variant!r} needs plasticity parameters {missing}")
+    if variant == "three_factor" and modulator is None:
+        raise ConfigError("variant 'three_factor' needs a modulator [T, B, H]")
+    if modulator is not None:
+        if modulator.shape != (q.shape[0], q.shape[1], q.shape[3]):
+            raise ShapeError(f"modulator must be [T, B, H] = {tuple(q.shape[i] for i in (0, 1, 3))}, "
+                             f"got {tuple(modulator.shape)}")
+
+
+def spiking_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    decay: Tensor,
+    scale: float,
+    variant: str = "hebbian",
+    impl: str = "recurrent",
+    initial_state: Optional[AttentionState] = None,
+    plasticity: Optional[dict[str, Tensor]] = None,
+    modulator: Optional[Tensor] = None,
+) -> tuple[Tensor, AttentionState]:
+    """Event-driven spiking attention: ``[T, B, N, H, d]`` spikes -> ``[T, B, N, H, d]`` currents.
+
+    ``decay`` is lambda per head ``[H]``; ``plasticity`` holds the per-head ``[H]`` parameters
+    of the variant (``a_plus, a_minus, pre_decay, post_decay`` | ``eligibility_decay`` |
+    ``delta_rate``); ``modulator`` ``[T, B, H]`` is the third factor. Returns the output
+    currents and the final state, which can be passed back as ``initial_state`` (streaming).
+    """
+    plasticity = plasticity or {}
+    _check(q, k, v, decay, variant, impl, plasticity, modulator)
+    state = initial_state if initial_state is not None else initial_attention_state(q, variant)
+    if impl == "parallel":
+        return _parallel_hebbian(q, k, v, decay, scale, state)
+    step = _naive_step if impl == "naive" else _recurrent_step
+    mods = modulator.unbind(0) if modulator is not None else [None] * q.shape[0]
+    out = []
+    for q_t, k_t, v_t, m_t in zip(q.unbind(0), k.unbind(0), v.unbind(0), mods):
+        o_t, state = step(q_t, k_t, v_t, m_t, state, decay, scale, variant, plasticity)
+        out.append(o_t)
+    return torch.stack(out, 0), state
+
+
+def _per_head(x: Tensor) -> Tensor:
+    """[H] -> [1, H, 1, 1] for broadcasting against [B, H, d, d]."""
+    return x.view(1, -1, 1, 1)
+
+
+def _naive_step(q, k, v, m, state: AttentionState, decay, scale, variant, p):
+    """Reference step: explicit outer products by broadcasting; q, k, v are [B, N, H, d]."""
+    lam = _per_head(decay)
+    memory = state.memory
+    outer = (k.unsqueeze(-1) * v.unsqueeze(-2)).sum(1)  # sum_n k_n^T v_n: [B, H, d, d]
+    pre, post, elig = state.pre_trace, state.post_trace, state.eligibility
+    if variant == "hebbian":
+        memory = lam * memory + outer
+    elif variant == "stdp":
+        pre = p["pre_decay"].view(1, 1, -1, 1) * pre + k
+        potentiation = (pre.unsqueeze(-1) * v.unsqueeze(-2)).sum(1)
+        depression = (k.unsqueeze(-1) * post.unsqueeze(-2)).sum(1)
+        memory = lam * memory + _per_head(p["a_plus"]) * potentiation - _per_head(p["a_minus"]) * depression
+        post = p["post_decay"].view(1, 1, -1, 1) * post + v
+    elif variant == "three_factor":
+        elig = _per_head(p["eligibility_decay"]) * elig + outer
+        memory = lam * memory + m.view(*m.shape, 1, 1) * elig
+    else:  # delta
+        decayed = lam * memory
+        recall = (k.unsqueeze(-1) * decayed.unsqueeze(1)).sum(-2)  # k_n S: [B, N, H, d]
+        norm = k.sum(-1, keepdim=True).clamp(min=1.0)
+        error = (v - recall) / norm
+        memory = decayed + _per_head(p["delta_rate"]) * (k.unsqueeze(-1) * error.unsqueeze(-2)).sum(1)
+    o = scale * (q.unsqueeze(-1) * memory.unsqueeze(1)).sum(-2)  # q_n S: [B, N, H, d]
+    return o, AttentionState(memory, pre, post, elig)
+
+
+def _recurrent_step(q, k, v, m, state: AttentionState, decay, scale, variant, p):
+    """Fast step with einsum; same maths as ``_naive_step``."""
+    lam = _per_head(decay)
+    memory, pre, post, elig = state
+    if variant == "hebbian":
+        memory = lam * memory + torch.einsum("bnhi,bnhj->bhij", k, v)
+    elif variant == "stdp":
+        pre = p["pre_decay"].view(1, 1, -1, 1) * pre + k
+        potentiation = torch.einsum("bnhi,bnhj->bhij", pre, v)
+        depression = torch.einsum("bnhi,bnhj->bhij", k, post)
+        memory = lam * memory + _per_head(p["a_plus"]) * potentiation - _per_head(p["a_minus"]) * depression
+        post = p["post_decay"].view(1, 1, -1, 1) * post + v
+    elif variant == "three_factor":
+        elig = _per_head(p["eligibility_decay"]) * elig + torch.einsum("bnhi,bnhj->bhij", k, v)
+        memory = lam * memory + m[..., None, None] * elig
+    else:  # delta
+        decayed = lam * memory
+        recall = torch.einsum("bnhi,bhij->bnhj", k, decayed)
+        error = (v - recall) / k.sum(-1, keepdim=True).clamp(min=1.0)
+        memory = decayed + _per_head(p["delta_rate"]) * torch.einsum("bnhi,bnhj->bhij", k, error)
+    o = scale * torch.einsum("bnhi,bhij->bnhj", q, memory)
+    return o, AttentionState(memory, pre, post, elig)
+
+
+def _parallel_hebbian(q, k, v, decay, scale, state: AttentionState):
+    """Closed form of the hebbian variant, quadratic in T (a second, independent reference)."""
+    steps = q.shape[0]
+    t = torch.arange(1, steps + 1, device=q.device, dtype=q.dtype)
+    lag = t.view(-1, 1) - t.view(1, -1)  # t - tau: [T, T]
+    lam = decay.view(-1, 1, 1)  # [H, 1, 1]
+    # lambda^(t - tau) for tau <= t, else 0: [H, T, T]; clamp keeps pow finite above the diagonal
+    mask = torch.where(lag >= 0, lam ** lag.clamp(min=0), torch.zeros_like(lam * lag))
+    scores = torch.einsum("tbnhi,sbmhi->bhtnsm", q, k)  # q_{t,n} . k_{s,m}
+    weighted = scores * mask.view(1, *mask.shape[:2], 1, mask.shape[2], 1)
+    o = scale * torch.einsum("bhtnsm,sbmhj->tbnhj", weighted, v)
+    # contribution of the initial state, decayed lambda^t
+    lam_t = lam.view(1, -1) ** t.view(-1, 1)  # [T, H]
+    o = o + scale * lam_t.view(steps, 1, 1, -1, 1) * torch.einsum("tbnhi,bhij->tbnhj", q, state.memory)
+    final_w = lam.view(-1, 1) ** (steps - t).view(1, -1)  # [H, T]
+    memory = lam_t[-1].view(1, -1, 1, 1) * state.memory + torch.einsum("hs,sbmhi,sbmhj->bhij", final_w, k, v)
+    return o, AttentionState(memory, state.pre_trace, state.post_trace, state.eligibility)
+
+
+def attention_event_counts(q: Tensor, k: Tensor, v: Tensor, variant: str) -> dict[str, Tensor]:
+    """Synaptic events an event-driven implementation performs (for energy estimates).
+
+    Update: each token touches |k_n| x |v_n| state cells (stdp: also its trace rows/columns);
+    read: each active query row adds d cells. Returns totals over all axes as 0-d tensors.
+    """
+    kc, vc, qc = k.sum(-1), v.sum(-1), q.sum(-1)  # active counts per token and head
+    dim = q.shape[-1]
+    update = (kc * vc).sum()
+    if variant == "stdp":
+        update = update * 2  # potentiation (trace rows x v) and depression (k x trace columns), bounded
+    if variant == "delta":
+        update = update + (kc * dim).sum()  # the recall k S reads d cells per active key row
+    read = (qc * dim).sum()
+    return {"update": update, "read": read}

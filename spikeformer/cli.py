@@ -1,0 +1,131 @@
+"""The ``spikeformer`` command line (SPEC §4).
+
+User mistakes (bad path, bad config key, corrupt checkpoint, NaN loss, wrong shapes) print one
+line ``error: ...`` and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import SpikeformerError
+
+NOT_YET = {
+    "export": "export to Lava/NIR/IR arrives with the neuromorphic backends (issues #4, #5)",
+    "validate": "backend validation arrives with the neuromorphic backends (issues #4, #5)",
+    "bench": "the benchmark suite is not built yet",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spikeformer", description="Spiking transformers with event-driven attention.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a TOML config into a run directory")
+    p.add_argument("--config", required=True, help="TOML config, e.g. demos/digits.toml")
+    p.add_argument("--out", required=True, help="run directory to create (or continue with --resume)")
+    p.add_argument("--rule", default=None, help="learning rule (bptt; local rules come with rules/)")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (TOML value syntax), repeatable")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("eval", help="score a saved run on its test split")
+    p.add_argument("run")
+    p.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise added to the inputs")
+    p.add_argument("--corruptions", action="store_true", help="also run the corruption suite -> robustness.json")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    p = sub.add_parser("report", help="write RUN/report.html with figures")
+    p.add_argument("run")
+
+    for name, text in NOT_YET.items():
+        p = sub.add_parser(name, help=f"(not yet) {text}")
+        p.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    from .config import tomllib
+
+    values: dict = {}
+    for item in args.set:
+        if "=" not in item:
+            raise SpikeformerError(f"--set expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            values[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key.strip()] = raw  # a bare word is a string
+    for key in ("rule", "device", "epochs", "seed"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    return values
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(args.config, _overrides(args))
+    train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import atomic_write_json
+    from .metrics import evaluate
+    from .robustness import corruption_suite
+    from .train import load_run, resolve_device
+
+    device = resolve_device(args.device)
+    cfg, model, split, meta = load_run(args.run, device)
+    if args.noise < 0:
+        raise SpikeformerError(f"--noise must be >= 0, got {args.noise}")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    result = evaluate(model, split.x_test, split.y_test, device=device, noise=args.noise, generator=gen)
+    record = {"run": str(args.run), "epoch": meta["epoch"], "noise": args.noise,
+              "test_accuracy": result["accuracy"], "test_loss": result["loss"], "samples": len(split.x_test)}
+    atomic_write_json(Path(args.run) / "eval.json", record)
+    print(f"{cfg.task}/{cfg.model}: test accuracy {result['accuracy']:.4f} on {len(split.x_test)} samples"
+          + (f" (noise sigma {args.noise})" if args.noise else ""))
+    if args.corruptions:
+        robust = corruption_suite(model, split, cfg, device)
+        atomic_write_json(Path(args.run) / "robustness.json", robust)
+        print(f"clean {robust['clean_accuracy']:.4f}, mean over corruptions {robust['mean_corruption_accuracy']:.4f}"
+              f" -> {Path(args.run) / 'robustness.json'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    path = write_report(args.run)
+    print(f"report written to {path}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command in NOT_YET:
+            raise SpikeformerError(f"'spikeformer {args.command}' is not available yet: {NOT_YET[args.command]}")
+        return {"train": cmd_train, "eval": cmd_eval, "report": cmd_report}[args.command](args)
+    except SpikeformerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last finished epoch is saved (use --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Offline tasks (SPEC §5), each returned as token tensors ``[S, N, F]`` plus labels ``[S]``.
+
+- digits: sklearn's 8x8 digits, X/16, stratified 75/25 split with random_state=0 (1347/450);
+  tokens are non-overlapping p x p patches (N = (8/p)^2, F = p^2).
+- mnist1d: ``mnist1d.data.make_dataset(get_dataset_args())`` (seed 42, generated locally, never
+  downloaded) -> 4000/1000; tokens are the 40 samples of the signal (N = 40, F = 1).
+- recall: generated associative recall. Each sequence is P (key, value) pair tokens then a
+  query token; a pair token is the concatenation of one-hot key and one-hot value
+  (F = keys + values), the query has the key part only. The label is the value paired with
+  the queried key. Keys within a sequence are distinct. Sequences shorter than the longest
+  (curriculum) are left-padded with all-zero tokens, which carry no spikes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .config import Config
+
+
+@dataclass
+class Split:
+    """A train/test split of token tensors ``x [S, N, F]`` (float32) and labels ``y [S]`` (int64)."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+
+    @property
+    def tokens(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def features(self) -> int:
+        return self.x_train.shape[2]
+
+
+def patchify(images: np.ndarray, patch: int) -> np.ndarray:
+    """``[S, H, W]`` -> ``[S, (H/p)*(W/p), p*p]`` non-overlapping patches in row-major order."""
+    s, h, w = images.shape
+    x = images.reshape(s, h // patch, patch, w // patch, patch)  # [S, Hp, p, Wp, p]
+    x = x.transpose(0, 1, 3, 2, 4)  # [S, Hp, Wp, p, p]
+    return x.reshape(s, (h // patch) * (w // patch), patch * patch)
+
+
+def unpatchify(tokens: Tensor, patch: int, side: int = 8) -> Tensor:
+    """Inverse of ``patchify`` for a square image: ``[S, N, p*p]`` -> ``[S, side, side]``."""
+    s, grid = tokens.shape[0], side // patch
+    x = tokens.reshape(s, grid, grid, patch, patch).permute(0, 1, 3, 2, 4)  # [S, Hp, p, Wp, p]
+    return x.reshape(s, side, side)
+
+
+def shift_augment(tokens: Tensor, patch: int, max_shift: int, generator: torch.Generator) -> Tensor:
+    """Translate each digit image by a random integer offset in [-max_shift, max_shift]^2,
+    filling with zeros (training-time augmentation); ``[S, N, p*p]`` in and out."""
+    images = unpatchify(tokens, patch)
+    s, side, _ = images.shape
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4)  # [S, side + 2m, side + 2m]
+    offsets = torch.randint(0, 2 * max_shift + 1, (s, 2), generator=generator)
+    rows = offsets[:, 0:1] + torch.arange(side)  # [S, side]
+    cols = offsets[:, 1:2] + torch.arange(side)
+    out = padded[torch.arange(s)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return torch.from_numpy(patchify(out.numpy(), patch))
+
+
+def load_digits_split(patch: int = 2) -> Split:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = digits.images.astype(np.float32) / 16.0
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, digits.target, test_size=0.25, stratify=digits.target, random_state=0
+    )
+    return Split(
+        torch.from_numpy(patchify(x_tr, patch)), torch.from_numpy(y_tr).long(),
+        torch.from_numpy(patchify(x_te, patch)), torch.from_numpy(y_te).long(), 10,
+    )
+
+
+def load_mnist1d_split() -> Split:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    state = np.random.get_state()  # make_dataset reseeds numpy's global RNG; restore it
+    try:
+        data = make_dataset(get_dataset_args())  # generated locally, seed 42
+    finally:
+        np.random.set_state(state)
+    tok = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32)).unsqueeze(-1)  # noqa: E731
+    return Split(tok(data["x"]), torch.from_numpy(np.asarray(data["y"])).long(),
+                 tok(data["x_test"]), torch.from_numpy(np.asarray(data["y_test"])).long(), 10)
+
+
+def make_recall(count: int, pairs: int, keys: int, values: int, seed: int,
+                min_pairs: int = 0) -> tuple[Tensor, Tensor]:
+    """Generate ``count`` recall sequences ``[count, pairs + 1, keys + values]`` and labels.
+
+    With ``min_pairs > 0`` each sequence has a random number of pairs in [min_pairs, pairs],
+    left-padded with zero tokens to the common length ``pairs + 1``.
+    """
+    rng = np.random.default_rng(seed)
+    x = np.zeros((count, pairs + 1, keys + values), dtype=np.float32)
+    y = np.zeros(count, dtype=np.int64)
+    for i in range(count):
+        used = pairs if min_pairs <= 0 else int(rng.integers(min_pairs, pairs + 1))
+        start = pairs - used
+        chosen_keys = rng.choice(keys, size=used, replace=False)
+        chosen_values = rng.integers(0, values, size=used)
+        for j, (key, value) in enumerate(zip(chosen_keys, chosen_values)):
+            x[i, start + j, key] = 1.0
+            x[i, start + j, keys + value] = 1.0
+        target = int(rng.integers(0, used))
+        x[i, pairs, chosen_keys[target]] = 1.0
+        y[i] = chosen_values[target]
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def load_recall_split(cfg: Config) -> Split:
+    x_tr, y_tr = make_recall(cfg.recall_train, cfg.recall_pairs, cfg.recall_keys, cfg.recall_values,
+                             cfg.data_seed, cfg.recall_pairs_min)
+    # the test set always uses the full number of pairs
+    x_te, y_te = make_recall(cfg.recall_test, cfg.recall_pairs, cfg.recall_keys, cfg.recall_values,
+                             cfg.data_seed + 1_000_003)
+    return Split(x_tr, y_tr, x_te, y_te, cfg.recall_values)
+
+
+def load_task(cfg: Config) -> Split:
+    """The split for ``cfg.task``."""
+    if cfg.task == "digits":
+        return load_digits_split(cfg.patch_size)
+    if cfg.task == "mnist1d":
+        return load_mnist1d_split()
+    return load_recall_split(cfg)

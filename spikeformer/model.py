@@ -1,0 +1,483 @@
+"""The spiking transformer, in reading order, and its ANN baseline.
+
+Data flow of ``Spikeformer`` (all time-major; T steps, B batch, N tokens, D width):
+
+    x [B, N, F] --encode--> [T, B, N, F] currents or spikes
+      --stem (Dense + norm + position bias)--> u [T, B, N, D]          residual stream (currents)
+      per block:  s = LIF(norm(u));  u = u + Attention(s)              (membrane shortcut)
+                  s = LIF(norm(u));  u = u + MLP(s)
+      s = LIF(norm(u)) --flatten tokens--> Dense --> mean over the readout window --> logits [B, C]
+
+Every Dense is a synapse layer a neuromorphic backend can hold: weights, a bias delivered to
+the receiving neurons every step, and (``delays = "loihi"``) a one-step delay (SPEC §2.2).
+Norm layers are BatchNorm: at inference they are per-feature affine maps that fold into the
+Dense weights and biases when the model is lowered to the IR.
+
+The readout is a spike-count readout: logits = W (mean over the window of s) + b, i.e. a
+perfect integrator (beta = 1) of the readout Dense's current, divided by the window length.
+In global mode the window is the T input steps (shifted by the latency in loihi mode) and the
+readout sees all tokens flattened; in causal mode it is the query token's ``steps_per_token``
+steps and the readout sees the current token.
+
+Model state is explicit: ``forward_steps(x, state) -> (readout current, state)`` where
+``state`` is a dict of per-layer states, so a stream can be fed chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import attention_event_counts, spiking_attention
+from .config import Config
+from .errors import ShapeError
+from .neurons import LIF, LIFParameters, _logit, delay_one_step
+
+State = dict[str, Any]
+
+
+class Probe:
+    """Optional observer passed through a forward pass: counts synaptic events and spikes,
+    and (with ``keep_traces``) keeps spike trains, membranes and attention states for figures.
+
+    ``ac``: accumulate operations caused by binary spikes; ``mac``: multiply-accumulates
+    (real-valued inputs into the first layer, attention state decay).
+    """
+
+    def __init__(self, keep_traces: bool = False) -> None:
+        self.keep_traces = keep_traces
+        self.ac = 0.0
+        self.mac = 0.0
+        self.spike_counts: dict[str, float] = {}
+        self.neuron_steps: dict[str, float] = {}
+        self.spikes: dict[str, Tensor] = {}
+        self.membranes: dict[str, list] = {}
+        self.attention_states: dict[str, list] = {}
+
+    def record_spikes(self, name: str, spikes: Tensor) -> None:
+        self.spike_counts[name] = self.spike_counts.get(name, 0.0) + float(spikes.detach().sum())
+        self.neuron_steps[name] = self.neuron_steps.get(name, 0.0) + spikes.numel()
+        if self.keep_traces:
+            self.spikes[name] = spikes.detach().cpu()
+
+    def membrane_list(self, name: str) -> Optional[list]:
+        if not self.keep_traces:
+            return None
+        return self.membranes.setdefault(name, [])
+
+    def spike_rate(self) -> float:
+        total = sum(self.neuron_steps.values())
+        return sum(self.spike_counts.values()) / total if total else 0.0
+
+
+class FeatureNorm(nn.Module):
+    """BatchNorm over the last dimension of ``[..., F]``; folds into an affine map at inference."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        return self.bn(x.reshape(-1, shape[-1])).reshape(shape)  # [..., F] -> [M, F] -> [..., F]
+
+
+class Dense(nn.Module):
+    """A synapse layer: ``[T, B, N, F_in] -> [T, B, N, F_out]`` currents = norm(W x + b).
+
+    ``binary_input`` says whether the input is spikes (counted as ACs: one per spike per
+    fan-out) or real values (counted as MACs). With ``delay`` the input is delivered one step
+    late, the bias every step, as Lava's Dense + LIF bias do.
+    """
+
+    def __init__(self, f_in: int, f_out: int, norm: bool = True, delay: bool = False,
+                 binary_input: bool = True, bias: bool = True) -> None:
+        super().__init__()
+        self.linear = nn.Linear(f_in, f_out, bias=bias and not norm)
+        self.norm = FeatureNorm(f_out) if norm else None
+        self.delay = delay
+        self.binary_input = binary_input
+
+    def forward(self, x: Tensor, state: Optional[Tensor] = None, probe: Optional[Probe] = None,
+                position: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        carry = None
+        if self.delay:
+            x, carry = delay_one_step(x, state)
+        if probe is not None:
+            count = float(x.count_nonzero()) if self.binary_input else float(x.numel())
+            ops = count * self.linear.out_features
+            if self.binary_input:
+                probe.ac += ops
+            else:
+                probe.mac += ops
+        y = self.linear(x)
+        if position is not None:
+            y = y + position
+        if self.norm is not None:
+            y = self.norm(y)
+        return y, carry
+
+
+class SpikingNeurons(nn.Module):
+    """A LIF population built from the config (SPEC §2.1)."""
+
+    def __init__(self, cfg: Config, features: int) -> None:
+        super().__init__()
+        params = LIFParameters(cfg.beta, cfg.alpha, cfg.threshold, cfg.surrogate, cfg.slope)
+        self.lif = LIF(params, features, cfg.learn_beta, cfg.learn_threshold)
+
+    def forward(self, x: Tensor, state, probe: Optional[Probe], name: str):
+        spikes, state = self.lif(x, state, probe.membrane_list(name) if probe else None)
+        if probe is not None:
+            probe.record_spikes(name, spikes)
+        return spikes, state
+
+
+class SpikingAttention(nn.Module):
+    """Multi-head spiking attention block: spikes ``[T, B, N, D]`` -> current ``[T, B, N, D]``.
+
+    q, k, v = LIF(norm(W s)); o = spiking_attention(q, k, v) (SPEC §2.3); a = LIF(norm(o));
+    out = norm(W_o a). The three_factor variant adds one gating LIF per head whose mean spike
+    over tokens is the modulator m[t] (an external modulator can be passed instead).
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        h, d, delay = cfg.heads, cfg.head_dim, cfg.delays == "loihi"
+        self.heads, self.head_dim, self.variant = h, d, cfg.variant
+        self.impl, self.scale = cfg.attention_impl, cfg.scale
+        self.proj = nn.ModuleDict({n: Dense(cfg.dim, h * d, delay=delay) for n in "qkv"})
+        self.lif = nn.ModuleDict({n: SpikingNeurons(cfg, h * d) for n in "qkv"})
+        decay = torch.full((h,), _logit(cfg.attn_decay))
+        self.decay_logit = nn.Parameter(decay) if cfg.learn_decay else nn.Buffer(decay)
+        self.plastic = nn.ParameterDict()
+        if cfg.variant == "stdp":
+            self.plastic["a_plus"] = nn.Parameter(torch.full((h,), cfg.a_plus))
+            self.plastic["a_minus"] = nn.Parameter(torch.full((h,), cfg.a_minus))
+            self.plastic["pre_decay"] = nn.Parameter(torch.full((h,), _logit(cfg.pre_decay)))
+            self.plastic["post_decay"] = nn.Parameter(torch.full((h,), _logit(cfg.post_decay)))
+        elif cfg.variant == "three_factor":
+            self.plastic["eligibility_decay"] = nn.Parameter(torch.full((h,), _logit(cfg.eligibility_decay)))
+            self.gate = Dense(cfg.dim, h, delay=delay)
+            self.gate_lif = SpikingNeurons(cfg, h)
+        elif cfg.variant == "delta":
+            self.plastic["delta_rate"] = nn.Parameter(torch.full((h,), _logit(cfg.delta_rate)))
+        self.out_norm = FeatureNorm(h * d)
+        self.out_lif = SpikingNeurons(cfg, h * d)
+        self.out = Dense(h * d, cfg.dim, delay=delay)
+
+    @property
+    def decay(self) -> Tensor:
+        """lambda per head, in (0, 1)."""
+        return torch.sigmoid(self.decay_logit)
+
+    def plasticity(self) -> dict[str, Tensor]:
+        """Variant parameters in their natural range (amplitudes >= 0 by abs, decays/rates in (0, 1))."""
+        return {name: (p.abs() if name.startswith("a_") else torch.sigmoid(p))
+                for name, p in self.plastic.items()}
+
+    def forward(self, s: Tensor, state: State, probe: Optional[Probe], name: str,
+                modulator: Optional[Tensor] = None) -> tuple[Tensor, State]:
+        t, b, n, _ = s.shape
+        new: State = {}
+        spikes = {}
+        for key in "qkv":
+            current, new[f"{key}_delay"] = self.proj[key](s, state.get(f"{key}_delay"), probe)
+            spikes[key], new[f"{key}_lif"] = self.lif[key](current, state.get(f"{key}_lif"), probe, f"{name}.{key}")
+        q, k, v = (spikes[key].view(t, b, n, self.heads, self.head_dim) for key in "qkv")  # [T, B, N, H, d]
+        if self.variant == "three_factor" and modulator is None:
+            g, new["gate_delay"] = self.gate(s, state.get("gate_delay"), probe)
+            gate, new["gate_lif"] = self.gate_lif(g, state.get("gate_lif"), probe, f"{name}.gate")
+            modulator = gate.mean(2)  # [T, B, H]: fraction of tokens whose gate neuron fired
+        o, new["attention"] = spiking_attention(
+            q, k, v, self.decay, self.scale, self.variant, self.impl,
+            state.get("attention"), self.plasticity(), modulator,
+        )
+        if probe is not None:
+            counts = attention_event_counts(q, k, v, self.variant)
+            probe.ac += float(counts["update"] + counts["read"])
+            probe.mac += float(t * b * self.heads * self.head_dim ** 2)  # lambda * S each step
+            if probe.keep_traces:
+                probe.attention_states.setdefault(name, []).append(new["attention"].memory.detach().cpu())
+        o = self.out_norm(o.reshape(t, b, n, -1))  # [T, B, N, H*d]
+        a, new["out_lif"] = self.out_lif(o, state.get("out_lif"), probe, f"{name}.out")
+        y, new["out_delay"] = self.out(a, state.get("out_delay"), probe)
+        return y, new
+
+
+class SpikingMLP(nn.Module):
+    """Spikes ``[T, B, N, D]`` -> current ``[T, B, N, D]``: norm(W2 LIF(norm(W1 s)))."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        hidden, delay = cfg.mlp_ratio * cfg.dim, cfg.delays == "loihi"
+        self.fc1 = Dense(cfg.dim, hidden, delay=delay)
+        self.lif = SpikingNeurons(cfg, hidden)
+        self.fc2 = Dense(hidden, cfg.dim, delay=delay)
+
+    def forward(self, s: Tensor, state: State, probe: Optional[Probe], name: str) -> tuple[Tensor, State]:
+        new: State = {}
+        h, new["fc1_delay"] = self.fc1(s, state.get("fc1_delay"), probe)
+        h, new["lif"] = self.lif(h, state.get("lif"), probe, f"{name}.hidden")
+        y, new["fc2_delay"] = self.fc2(h, state.get("fc2_delay"), probe)
+        return y, new
+
+
+class Block(nn.Module):
+    """Membrane-shortcut block: u += Attn(LIF(norm(u))); u += MLP(LIF(norm(u)))."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.norm1, self.lif1 = FeatureNorm(cfg.dim), SpikingNeurons(cfg, cfg.dim)
+        self.attn = SpikingAttention(cfg)
+        self.norm2, self.lif2 = FeatureNorm(cfg.dim), SpikingNeurons(cfg, cfg.dim)
+        self.mlp = SpikingMLP(cfg)
+
+    def forward(self, u: Tensor, state: State, probe: Optional[Probe], name: str,
+                modulator: Optional[Tensor] = None) -> tuple[Tensor, State]:
+        new: State = {}
+        s, new["lif1"] = self.lif1(self.norm1(u), state.get("lif1"), probe, f"{name}.in")
+        y, new["attn"] = self.attn(s, state.get("attn", {}), probe, f"{name}.attn", modulator)
+        u = u + y
+        s, new["lif2"] = self.lif2(self.norm2(u), state.get("lif2"), probe, f"{name}.mid")
+        y, new["mlp"] = self.mlp(s, state.get("mlp", {}), probe, f"{name}.mlp")
+        return u + y, new
+
+
+class LinearStem(nn.Module):
+    """Per-token embedding ``[T, B, N, F] -> [T, B, N, D]`` = norm(W x + position)."""
+
+    def __init__(self, cfg: Config, tokens: int, features: int, binary_input: bool) -> None:
+        super().__init__()
+        self.embed = Dense(features, cfg.dim, delay=cfg.delays == "loihi", binary_input=binary_input)
+        # unit-scale positions: tiny ones leave the global sum over tokens order-blind
+        self.position = nn.Parameter(torch.randn(tokens, cfg.dim))
+
+    def forward(self, x: Tensor, state: State, probe: Optional[Probe]) -> tuple[Tensor, State]:
+        u, carry = self.embed(x, state.get("embed_delay"), probe, position=self.position)
+        return u, {"embed_delay": carry}
+
+
+class Conv1dStem(nn.Module):
+    """Two convolutions over the token axis: ``[T, B, N, F] -> [T, B, ceil(N/2), D]``.
+
+    conv1 (kernel 5, real input: MACs) -> norm -> LIF -> conv2 (kernel 3, stride 2, spikes: ACs)
+    -> + position -> norm. Each convolution is a Dense layer with shared weights; lowering
+    unrolls it into a dense matrix.
+    """
+
+    def __init__(self, cfg: Config, tokens: int, features: int, binary_input: bool) -> None:
+        super().__init__()
+        c = cfg.conv_channels
+        self.delay = cfg.delays == "loihi"
+        self.binary_input = binary_input
+        self.conv1 = nn.Conv1d(features, c, 5, padding=2, bias=False)
+        self.norm1 = FeatureNorm(c)
+        self.lif = SpikingNeurons(cfg, c)
+        self.conv2 = nn.Conv1d(c, cfg.dim, 3, stride=2, padding=1, bias=False)
+        self.out_tokens = (tokens + 1) // 2
+        self.position = nn.Parameter(torch.randn(self.out_tokens, cfg.dim))
+        self.norm2 = FeatureNorm(cfg.dim)
+
+    @staticmethod
+    def _conv(conv: nn.Conv1d, x: Tensor) -> Tensor:
+        t, b, n, f = x.shape
+        y = conv(x.reshape(t * b, n, f).transpose(1, 2))  # [T*B, F, N] -> [T*B, C, N']
+        return y.transpose(1, 2).reshape(t, b, y.shape[-1], -1)  # [T, B, N', C]
+
+    @staticmethod
+    def _count(conv: nn.Conv1d, x: Tensor) -> float:
+        """Exact synaptic events: per output position, active inputs in its window x C_out."""
+        t, b, n, _ = x.shape
+        active = (x != 0).float().sum(-1).reshape(t * b, 1, n)  # [T*B, 1, N]
+        ones = torch.ones(1, 1, conv.kernel_size[0], device=x.device)
+        window = F.conv1d(active, ones, stride=conv.stride, padding=conv.padding)
+        return float(window.sum()) * conv.out_channels
+
+    def forward(self, x: Tensor, state: State, probe: Optional[Probe]) -> tuple[Tensor, State]:
+        new: State = {}
+        if self.delay:
+            x, new["conv1_delay"] = delay_one_step(x, state.get("conv1_delay"))
+        if probe is not None:
+            ops = self._count(self.conv1, x) if self.binary_input else \
+                float(x.shape[0] * x.shape[1] * x.shape[2]) * self.conv1.kernel_size[0] * self.conv1.out_channels
+            if self.binary_input:
+                probe.ac += ops
+            else:
+                probe.mac += ops
+        h = self.norm1(self._conv(self.conv1, x))
+        s, new["lif"] = self.lif(h, state.get("lif"), probe, "stem.conv1")
+        if self.delay:
+            s, new["conv2_delay"] = delay_one_step(s, state.get("conv2_delay"))
+        if probe is not None:
+            probe.ac += self._count(self.conv2, s)
+        u = self.norm2(self._conv(self.conv2, s) + self.position)
+        return u, new
+
+
+def encode(x: Tensor, cfg: Config, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Inputs ``[B, N, F]`` -> ``[T, B, N', F]``.
+
+    global: T = time_steps copies (direct) or Bernoulli(x clipped to [0, 1]) draws (poisson).
+    causal: token n is held for steps_per_token steps -> T = N * steps_per_token, N' = 1.
+    """
+    if cfg.mode == "causal":
+        b, n, f = x.shape
+        steps = x.transpose(0, 1).repeat_interleave(cfg.steps_per_token, 0)  # [N*r, B, F]
+        x_t = steps.unsqueeze(2)  # [T, B, 1, F]
+    else:
+        x_t = x.unsqueeze(0).expand(cfg.time_steps, *x.shape)  # [T, B, N, F]
+    if cfg.encoder == "poisson":
+        p = x_t.clamp(0.0, 1.0)
+        x_t = (torch.rand(p.shape, generator=generator, device=p.device) < p).to(p.dtype)
+    return x_t
+
+
+class Spikeformer(nn.Module):
+    """Spiking transformer with event-driven attention (see the module docstring)."""
+
+    def __init__(self, cfg: Config, tokens: int, features: int, classes: int) -> None:
+        super().__init__()
+        self.cfg, self.tokens, self.features, self.classes = cfg, tokens, features, classes
+        binary = cfg.encoder == "poisson" or cfg.task == "recall"  # one-hot tokens are spikes
+        stream_tokens = 1 if cfg.mode == "causal" else tokens
+        stem_cls = Conv1dStem if cfg.stem == "conv1d" else LinearStem
+        self.stem = stem_cls(cfg, stream_tokens, features, binary)
+        body_tokens = self.stem.out_tokens if cfg.stem == "conv1d" else stream_tokens
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm = FeatureNorm(cfg.dim)
+        self.lif = SpikingNeurons(cfg, cfg.dim)
+        self.readout = Dense(body_tokens * cfg.dim, classes, norm=False, delay=cfg.delays == "loihi")
+
+    @property
+    def latency(self) -> int:
+        """Steps from input to readout current along the longest Dense path (0 without delays)."""
+        if self.cfg.delays != "loihi":
+            return 0
+        stem = 2 if self.cfg.stem == "conv1d" else 1
+        per_block = 2 + 2  # attention: q/k/v Dense then out Dense; MLP: fc1 then fc2
+        return stem + per_block * self.cfg.depth + 1  # + readout Dense
+
+    def check_input(self, x: Tensor) -> None:
+        if x.dim() != 3 or x.shape[1] != self.tokens or x.shape[2] != self.features:
+            raise ShapeError(
+                f"model expects input [B, N, F] = [B, {self.tokens}, {self.features}], got {tuple(x.shape)}; "
+                "check the task and patch_size in the config"
+            )
+        if not torch.isfinite(x).all():
+            raise ShapeError("model input contains NaN or infinite values; clean the data first")
+
+    def forward_steps(self, x_t: Tensor, state: Optional[State] = None,
+                      probe: Optional[Probe] = None, modulator: Optional[Tensor] = None
+                      ) -> tuple[Tensor, State]:
+        """Encoded input ``[T, B, N, F]`` -> readout current ``[T, B, C]`` and the new state."""
+        state = state or {}
+        new: State = {}
+        u, new["stem"] = self.stem(x_t, state.get("stem", {}), probe)
+        for i, block in enumerate(self.blocks):
+            u, new[f"block{i}"] = block(u, state.get(f"block{i}", {}), probe, f"block{i}", modulator)
+        s, new["lif"] = self.lif(self.norm(u), state.get("lif"), probe, "final")
+        t, b = s.shape[:2]
+        y, new["readout_delay"] = self.readout(s.reshape(t, b, -1), state.get("readout_delay"), probe)
+        return y, new  # [T, B, N*D] -> [T, B, C]
+
+    def forward(self, x: Tensor, state: Optional[State] = None, probe: Optional[Probe] = None,
+                generator: Optional[torch.Generator] = None) -> tuple[Tensor, State]:
+        """Tokens ``[B, N, F]`` -> logits ``[B, C]`` and the final state.
+
+        The window averaged for the logits is the last ``time_steps`` (global) or
+        ``steps_per_token`` (causal) input steps, shifted by ``latency`` (loihi delays: the
+        input is followed by ``latency`` zero steps so every path reaches the readout).
+        """
+        self.check_input(x)
+        x_t = encode(x, self.cfg, generator)
+        window = self.cfg.steps_per_token if self.cfg.mode == "causal" else self.cfg.time_steps
+        if self.latency:
+            x_t = torch.cat([x_t, x_t.new_zeros(self.latency, *x_t.shape[1:])], 0)
+        y, state = self.forward_steps(x_t, state, probe)
+        return y[-window:].mean(0), state
+
+
+# ---------------------------------------------------------------------------------------------
+# ANN baseline: the same width, depth, tokens and readout, with softmax attention.
+
+
+class ANNTransformer(nn.Module):
+    """Pre-LN transformer baseline with softmax attention (causal mask in causal mode).
+
+    Same stem shape, width D, depth, heads x head_dim and MLP ratio as the spiking model;
+    readout over all tokens flattened (global) or the last token (causal).
+    """
+
+    def __init__(self, cfg: Config, tokens: int, features: int, classes: int) -> None:
+        super().__init__()
+        self.cfg, self.tokens, self.features = cfg, tokens, features
+        d, inner = cfg.dim, cfg.heads * cfg.head_dim
+        if cfg.stem == "conv1d":
+            self.conv1 = nn.Conv1d(features, cfg.conv_channels, 5, padding=2)
+            self.conv2 = nn.Conv1d(cfg.conv_channels, d, 3, stride=2, padding=1)
+            body_tokens = (tokens + 1) // 2
+        else:
+            self.embed = nn.Linear(features, d)
+            body_tokens = tokens
+        self.position = nn.Parameter(torch.randn(body_tokens, d) * 0.02)
+        self.blocks = nn.ModuleList()
+        for _ in range(cfg.depth):
+            self.blocks.append(nn.ModuleDict({
+                "ln1": nn.LayerNorm(d), "qkv": nn.Linear(d, 3 * inner), "out": nn.Linear(inner, d),
+                "ln2": nn.LayerNorm(d), "fc1": nn.Linear(d, cfg.mlp_ratio * d), "fc2": nn.Linear(cfg.mlp_ratio * d, d),
+            }))
+        self.ln = nn.LayerNorm(d)
+        read_tokens = 1 if cfg.mode == "causal" else body_tokens
+        self.readout = nn.Linear(read_tokens * d, classes)
+        self.body_tokens = body_tokens
+
+    def check_input(self, x: Tensor) -> None:
+        if x.dim() != 3 or x.shape[1] != self.tokens or x.shape[2] != self.features:
+            raise ShapeError(f"model expects input [B, N, F] = [B, {self.tokens}, {self.features}], got {tuple(x.shape)}")
+
+    def forward(self, x: Tensor, state: Optional[State] = None, probe: Optional[Probe] = None,
+                generator: Optional[torch.Generator] = None) -> tuple[Tensor, State]:
+        """Tokens ``[B, N, F]`` -> logits ``[B, C]``; ``state`` is unused (kept for one interface)."""
+        self.check_input(x)
+        cfg = self.cfg
+        if cfg.stem == "conv1d":
+            h = F.gelu(self.conv1(x.transpose(1, 2)))  # [B, C, N]
+            u = self.conv2(h).transpose(1, 2)  # [B, N', D]
+        else:
+            u = self.embed(x)
+        u = u + self.position
+        b, n, _ = u.shape
+        h_, d_ = cfg.heads, cfg.head_dim
+        for blk in self.blocks:
+            qkv = blk["qkv"](blk["ln1"](u)).view(b, n, 3, h_, d_).permute(2, 0, 3, 1, 4)  # [3, B, H, N, d]
+            o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=cfg.mode == "causal")
+            u = u + blk["out"](o.transpose(1, 2).reshape(b, n, h_ * d_))
+            u = u + blk["fc2"](F.gelu(blk["fc1"](blk["ln2"](u))))
+        u = self.ln(u)
+        feats = u[:, -1] if cfg.mode == "causal" else u.reshape(b, -1)
+        if probe is not None:
+            probe.mac += float(self.macs_per_sample()) * b
+        return self.readout(feats), {}
+
+    def macs_per_sample(self) -> int:
+        """Multiply-accumulates of one forward pass (weights and attention products)."""
+        cfg, n, d = self.cfg, self.body_tokens, self.cfg.dim
+        inner, hidden = cfg.heads * cfg.head_dim, cfg.mlp_ratio * self.cfg.dim
+        if cfg.stem == "conv1d":
+            stem = self.tokens * self.features * cfg.conv_channels * 5 + n * cfg.conv_channels * d * 3
+        else:
+            stem = self.tokens * self.features * d
+        pairs = n * (n + 1) // 2 if cfg.mode == "causal" else n * n
+        block = n * (d * 3 * inner + inner * d + 2 * d * hidden) + 2 * pairs * inner
+        return stem + cfg.depth * block + self.readout.in_features * self.readout.out_features
+
+
+def build_model(cfg: Config, tokens: int, features: int, classes: int) -> nn.Module:
+    """The model named by ``cfg.model`` for inputs ``[B, tokens, features]``."""
+    cls = ANNTransformer if cfg.model == "ann" else Spikeformer
+    return cls(cfg, tokens, features, classes)

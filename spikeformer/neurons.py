@@ -1,0 +1,186 @@
+"""Leaky integrate-and-fire neurons (SPEC §2.1) and the Loihi one-step delay (SPEC §2.2).
+
+The neuron is one pure step function with explicit state, under a thin module:
+
+    i[t] = alpha * i[t-1] + I_in[t]                 # synaptic current (alpha = 0: no current state)
+    v[t] = beta  * v[t-1] * (1 - s[t-1]) + i[t] + b  # membrane, reset to zero after a spike
+    s[t] = H(v[t] - theta)                           # H(x) = 1 if x > 0 (strict)
+
+This is Lava's stock ``LIF`` with ``du = 1 - alpha``, ``dv = 1 - beta``, ``vth = theta``.
+Time is in steps (dt = 1); every quantity is dimensionless. The bias ``b`` is carried by
+the linear layer in front of the neuron, so ``I_in`` already includes it.
+
+In the backward pass H is replaced by a surrogate derivative from ``snntorch.surrogate``.
+The reset factor ``(1 - s[t-1])`` is detached (as snnTorch does by default): the gradient
+does not flow through the reset, which trains more stably and leaves the forward pass exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional
+
+import torch
+from snntorch import surrogate as _snn_surrogate
+from torch import Tensor, nn
+
+from .errors import ConfigError
+
+# Surrogates come from snnTorch: each name maps to a factory taking one shape parameter.
+SURROGATES: dict[str, Callable[[float], Callable[[Tensor], Tensor]]] = {
+    "fast_sigmoid": lambda slope: _snn_surrogate.fast_sigmoid(slope=slope),
+    "atan": lambda slope: _snn_surrogate.atan(alpha=slope),
+    "sigmoid": lambda slope: _snn_surrogate.sigmoid(slope=slope),
+    "triangular": lambda slope: _snn_surrogate.triangular(),
+}
+
+
+def spike_function(name: str = "fast_sigmoid", slope: float = 25.0) -> Callable[[Tensor], Tensor]:
+    """Heaviside forward (strict ``x > 0``), surrogate backward; ``name`` from ``SURROGATES``."""
+    if name not in SURROGATES:
+        raise ConfigError(f"unknown surrogate {name!r}; choose one of {sorted(SURROGATES)}")
+    surrogate = SURROGATES[name](slope)
+    # snnTorch returns float32 spikes whatever the input; keep the input dtype (float64, bf16)
+    return lambda x: surrogate(x).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class LIFParameters:
+    """Parameters of a LIF population (dimensionless, dt = 1 step).
+
+    beta:      membrane decay per step, 1 - dv in Lava terms (0 <= beta <= 1)
+    alpha:     synaptic current decay per step, 1 - du in Lava terms (0 = no current state)
+    threshold: firing threshold theta (> 0); a spike needs v > theta
+    surrogate: name of the snnTorch surrogate used in the backward pass
+    slope:     its shape parameter
+    """
+
+    beta: float = 0.5
+    alpha: float = 0.0
+    threshold: float = 1.0
+    surrogate: str = "fast_sigmoid"
+    slope: float = 25.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.beta <= 1.0:
+            raise ConfigError(f"LIF beta must lie in [0, 1], got {self.beta}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"LIF alpha must lie in [0, 1], got {self.alpha}")
+        if not self.threshold > 0:
+            raise ConfigError(f"LIF threshold must be > 0, got {self.threshold}")
+        if self.surrogate not in SURROGATES:
+            raise ConfigError(f"unknown surrogate {self.surrogate!r}; choose one of {sorted(SURROGATES)}")
+
+
+class LIFState(NamedTuple):
+    """State of a LIF population after step t; each tensor has the population's shape."""
+
+    current: Tensor  # i[t]
+    membrane: Tensor  # v[t]
+    spikes: Tensor  # s[t]
+
+
+def lif_initial_state(like: Tensor) -> LIFState:
+    """All-zero state shaped like one time step of the input."""
+    zero = torch.zeros_like(like)
+    return LIFState(zero, zero, zero)
+
+
+def lif_step(
+    input_current: Tensor,
+    state: LIFState,
+    beta: Tensor | float,
+    alpha: Tensor | float,
+    threshold: Tensor | float,
+    spike_fn: Callable[[Tensor], Tensor],
+) -> tuple[Tensor, LIFState]:
+    """One LIF step (SPEC §2.1): ``(I_in[t], state[t-1]) -> (s[t], state[t])``.
+
+    ``beta``, ``alpha`` and ``threshold`` are floats or tensors broadcastable to the input
+    (per-neuron learnable values). Shapes: input ``[...]``, every state tensor ``[...]``.
+    """
+    current = alpha * state.current + input_current
+    keep = 1.0 - state.spikes.detach()  # reset to zero in the step after a spike
+    membrane = beta * state.membrane * keep + current
+    spikes = spike_fn(membrane - threshold)
+    return spikes, LIFState(current, membrane, spikes)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-4), 1 - 1e-4)
+    return math.log(p / (1 - p))
+
+
+class LIF(nn.Module):
+    """A LIF population over time: ``[T, ...] -> [T, ...]`` spikes, state explicit.
+
+    With ``learn_beta`` the decay is a per-feature parameter squashed by a sigmoid into (0, 1);
+    with ``learn_threshold`` the threshold is a per-feature parameter kept positive by abs.
+    ``features`` is the size of the last input dimension (needed only when learning).
+    """
+
+    def __init__(
+        self,
+        params: LIFParameters = LIFParameters(),
+        features: int = 1,
+        learn_beta: bool = False,
+        learn_threshold: bool = False,
+    ) -> None:
+        super().__init__()
+        self.params = params
+        self.spike_fn = spike_function(params.surrogate, params.slope)
+        if learn_beta:
+            self.beta_logit = nn.Parameter(torch.full((features,), _logit(params.beta)))
+        else:
+            self.register_buffer("beta_logit", None)
+        if learn_threshold:
+            self.threshold_param = nn.Parameter(torch.full((features,), float(params.threshold)))
+        else:
+            self.register_buffer("threshold_param", None)
+
+    @property
+    def beta(self) -> Tensor | float:
+        """Membrane decay per step, per feature when learnt."""
+        return torch.sigmoid(self.beta_logit) if self.beta_logit is not None else self.params.beta
+
+    @property
+    def threshold(self) -> Tensor | float:
+        """Firing threshold, per feature when learnt (kept positive)."""
+        if self.threshold_param is None:
+            return self.params.threshold
+        return self.threshold_param.abs() + 1e-3
+
+    def forward(
+        self,
+        input_current: Tensor,
+        state: Optional[LIFState] = None,
+        record_membrane: Optional[list] = None,
+    ) -> tuple[Tensor, LIFState]:
+        """Run over time. ``input_current``: ``[T, ...]``; returns spikes ``[T, ...]`` and the last state.
+
+        ``record_membrane``: when a list is given, the membrane ``[...]`` of every step is appended.
+        """
+        if state is None:
+            state = lif_initial_state(input_current[0])
+        beta, alpha, threshold = self.beta, self.params.alpha, self.threshold
+        out = []
+        # unbind, not x[t]: indexing inside the loop makes the backward pass O(T^2)
+        for x_t in input_current.unbind(0):
+            s_t, state = lif_step(x_t, state, beta, alpha, threshold, self.spike_fn)
+            out.append(s_t)
+            if record_membrane is not None:
+                record_membrane.append(state.membrane.detach())
+        return torch.stack(out, 0), state
+
+
+def delay_one_step(x: Tensor, previous: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """Deliver ``x`` one step later (SPEC §2.2, Lava ``Dense``): ``y[t] = x[t-1]``.
+
+    ``x``: ``[T, ...]``. ``previous`` is the last step of the previous call (zeros when None),
+    so streaming over chunks is exact. Returns ``(y [T, ...], x[T-1] to carry)``.
+    """
+    if previous is None:
+        previous = torch.zeros_like(x[0])
+    y = torch.cat([previous.unsqueeze(0), x[:-1]], 0)
+    return y, x[-1]

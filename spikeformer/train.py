@@ -1,0 +1,187 @@
+"""Surrogate-gradient training (BPTT) with AdamW, warm-up + cosine schedule, exact resume.
+
+Determinism: the initial weights come from ``seed``; each epoch's shuffling (and Poisson
+encoding) draws from a generator seeded by ``(seed, epoch)``, and the learning rate is a pure
+function of the step, so stopping after epoch k and resuming gives the same weights as an
+uninterrupted run. A checkpoint is written after every epoch; a NaN/inf loss stops training
+with ``TrainingDiverged`` and leaves the last good checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+from torch.nn.functional import cross_entropy
+
+from .checkpoint import atomic_write_json, load_checkpoint, load_model_weights, restore_optimizer, save_checkpoint
+from .config import Config, config_from_dict
+from .data import Split, load_task, shift_augment
+from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .metrics import ENERGY_NOTE, count_params, energy_pj, evaluate
+from .model import Probe, build_model
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    return name
+
+
+def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up over ``warmup_epochs``, then constant or cosine decay to 0."""
+    total = cfg.epochs * steps_per_epoch
+    warm = cfg.warmup_epochs * steps_per_epoch
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - warm) / max(1, total - warm)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def make_model(cfg: Config, split: Split) -> nn.Module:
+    return build_model(cfg, split.tokens, split.features, split.num_classes)
+
+
+def measure(model: nn.Module, split: Split, device: str, cfg: Config, samples: int = 256) -> dict[str, float]:
+    """Synaptic events, energy estimate and spike rate per test sample (first ``samples``)."""
+    probe = Probe()
+    x, y = split.x_test[:samples], split.y_test[:samples]
+    evaluate(model, x, y, device=device, probe=probe, generator=torch.Generator().manual_seed(cfg.seed))
+    n = len(x)
+    ac, mac = probe.ac / n, probe.mac / n
+    return {
+        "synops_per_sample": ac,
+        "macs_per_sample": mac,
+        "energy_pj_per_sample": energy_pj(ac, mac),
+        "spike_rate": probe.spike_rate(),
+    }
+
+
+def train(cfg: Config, out: str | Path, resume: bool = False,
+          progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``cfg`` into the run directory ``out``; returns the metrics written to metrics.json."""
+    out = Path(out)
+    device = resolve_device(cfg.device)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    split = load_task(cfg)
+    history: list[dict[str, float]] = []
+    start_epoch, train_seconds = 0, 0.0
+
+    torch.manual_seed(cfg.seed)
+    model = make_model(cfg, split).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if resume:
+        meta, weights, optim = load_checkpoint(out)
+        saved = config_from_dict(meta["config"], source=str(out / "checkpoint.json"))
+        if saved.to_dict() != cfg.to_dict():
+            changed = sorted(k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v)
+            raise ConfigError(f"--resume needs the same config as the run; these keys differ: {changed}")
+        load_model_weights(model, weights)
+        restore_optimizer(optimizer, meta, optim)
+        start_epoch, history, train_seconds = meta["epoch"] + 1, meta["history"], meta["train_seconds"]
+        if start_epoch >= cfg.epochs:
+            log(f"run {out} already finished {cfg.epochs} epochs; nothing to resume")
+    elif (out / "checkpoint.json").exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
+
+    steps_per_epoch = math.ceil(len(split.x_train) / cfg.batch_size)
+    use_amp = cfg.amp and device == "cuda"
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {cfg.task}/{cfg.model}", unit="epoch")
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        gen = epoch_generator(cfg.seed, epoch)
+        order = torch.randperm(len(split.x_train), generator=gen)
+        loss_sum, correct = 0.0, 0
+        for i in range(steps_per_epoch):
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            xb, yb = split.x_train[idx], split.y_train[idx]
+            if cfg.augment_shift:
+                xb = shift_augment(xb, cfg.patch_size, cfg.augment_shift, gen)
+            xb, yb = xb.to(device), yb.to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, epoch * steps_per_epoch + i, steps_per_epoch)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+                logits, _ = model(xb, generator=gen)
+            loss = cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                if bar is not None:
+                    bar.close()
+                kept = f"epoch {epoch - 1}" if epoch > 0 else "none (no epoch finished)"
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at epoch {epoch} step {i}; training stopped, last good checkpoint: "
+                    f"{kept} in {out}; lower lr or raise grad_clip"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((logits.argmax(-1) == yb).sum())
+        train_seconds += time.perf_counter() - t0
+        test = evaluate(model, split.x_test, split.y_test, device=device,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+        row = {"epoch": epoch, "train_loss": loss_sum / len(split.x_train),
+               "train_accuracy": correct / len(split.x_train),
+               "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+               "lr": optimizer.param_groups[0]["lr"], "seconds": train_seconds}
+        history.append(row)
+        save_checkpoint(out, model, optimizer, {"config": cfg.to_dict(), "epoch": epoch, "history": history,
+                                                "train_seconds": train_seconds, "device": device})
+        if bar is not None:
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", test=f"{row['test_accuracy']:.3f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if not history:
+        raise CheckpointError(f"no finished epoch in {out}; nothing to report")
+
+    metrics = run_metrics(cfg, model, split, device, history, train_seconds)
+    atomic_write_json(out / "metrics.json", metrics)
+    log(f"{cfg.task}/{cfg.model}/{cfg.variant}: test accuracy {metrics['test_accuracy']:.4f}, "
+        f"{metrics['energy_pj_per_sample'] / 1e6:.3f} uJ/sample (estimate), {train_seconds:.0f} s training -> {out}")
+    return metrics
+
+
+def run_metrics(cfg: Config, model: nn.Module, split: Split, device: str,
+                history: list[dict[str, float]], train_seconds: float) -> dict[str, Any]:
+    """The SPEC §4 metrics.json record of a trained model."""
+    params, attention_params = count_params(model)
+    energy = measure(model, split, device, cfg)
+    return {
+        "task": cfg.task, "model": cfg.model, "rule": cfg.rule, "variant": cfg.variant, "mode": cfg.mode,
+        "test_accuracy": history[-1]["test_accuracy"],
+        "best_test_accuracy": max(r["test_accuracy"] for r in history),
+        "train_seconds": train_seconds, "params": params, "attention_params": attention_params,
+        **energy, "energy_note": ENERGY_NOTE,
+        "epochs": len(history), "seed": cfg.seed, "device": device,
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "history": history, "config": cfg.to_dict(),
+    }
+
+
+def load_run(run: str | Path, device: str = "cpu") -> tuple[Config, nn.Module, Split, dict[str, Any]]:
+    """Rebuild a trained model from its run directory (safetensors + JSON only)."""
+    meta, weights, _ = load_checkpoint(run)
+    cfg = config_from_dict(meta.get("config", {}), source=str(Path(run) / "checkpoint.json"))
+    split = load_task(cfg)
+    model = make_model(cfg, split)
+    load_model_weights(model, weights)
+    return cfg, model.to(device).eval(), split, meta

@@ -1,0 +1,121 @@
+"""Training: resume determinism, NaN handling, metrics keys, the learning-rate schedule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from spikeformer.checkpoint import load_checkpoint
+from spikeformer.config import Config
+from spikeformer.errors import ConfigError, TrainingDiverged
+from spikeformer.train import learning_rate, train
+
+TINY = dict(task="digits", dim=16, heads=2, head_dim=8, depth=1, batch_size=256, num_threads=1)
+SPEC_KEYS = ("task", "model", "rule", "test_accuracy", "train_seconds", "params", "attention_params",
+             "synops_per_sample", "energy_pj_per_sample", "spike_rate", "epochs", "seed", "device")
+
+
+def quiet(cfg, out, **kw):
+    return train(cfg, out, progress=False, log=lambda s: None, **kw)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    cfg = Config(epochs=3, augment_shift=1, **TINY)
+    quiet(cfg, tmp_path / "full")
+    # the same config, interrupted right after the checkpoint of epoch 1, then resumed
+    stopped = tmp_path / "stopped"
+    interrupted = _train_until(cfg, stopped, stop_after=1)
+    assert interrupted == 1
+    quiet(cfg, stopped, resume=True)
+    _, full_w, full_o = load_checkpoint(tmp_path / "full")
+    _, res_w, res_o = load_checkpoint(stopped)
+    for key in full_w:
+        assert torch.equal(full_w[key], res_w[key]), key
+    for key in full_o:
+        assert torch.equal(full_o[key], res_o[key]), key
+    full_m = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    res_m = json.loads((stopped / "metrics.json").read_text())
+    assert full_m["test_accuracy"] == res_m["test_accuracy"]
+
+
+def _train_until(cfg, out, stop_after):
+    """Run ``train`` and interrupt it right after the checkpoint of epoch ``stop_after``."""
+    import spikeformer.train as train_mod
+
+    original = train_mod.save_checkpoint
+
+    class Stop(Exception):
+        pass
+
+    def save_then_stop(run, model, optimizer, meta):
+        original(run, model, optimizer, meta)
+        if meta["epoch"] == stop_after:
+            raise Stop
+
+    train_mod.save_checkpoint = save_then_stop
+    try:
+        quiet(cfg, out)
+    except Stop:
+        return stop_after
+    finally:
+        train_mod.save_checkpoint = original
+    return -1
+
+
+def test_metrics_json_has_every_spec_key(tmp_path):
+    metrics = quiet(Config(epochs=1, **TINY), tmp_path / "run")
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for key in SPEC_KEYS:
+        assert key in on_disk, key
+    assert on_disk == json.loads(json.dumps(metrics))
+    assert 0 < on_disk["spike_rate"] < 1
+    assert on_disk["synops_per_sample"] > 0 and on_disk["energy_pj_per_sample"] > 0
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = Config(epochs=3, **TINY)
+    import spikeformer.train as train_mod
+
+    real_ce = train_mod.cross_entropy
+    calls = {"n": 0}
+    steps_per_epoch = -(-1347 // cfg.batch_size)
+
+    def poisoned(logits, target, **kw):
+        calls["n"] += 1
+        loss = real_ce(logits, target, **kw)
+        return loss * float("nan") if calls["n"] > steps_per_epoch + 1 else loss  # epoch 1, step 1
+
+    monkeypatch.setattr(train_mod, "cross_entropy", poisoned)
+    with pytest.raises(TrainingDiverged, match="epoch 1 step 1.*last good checkpoint: epoch 0"):
+        quiet(cfg, tmp_path / "run")
+    meta, _, _ = load_checkpoint(tmp_path / "run")
+    assert meta["epoch"] == 0
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    cfg = Config(epochs=1, **TINY)
+    quiet(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match="--resume"):
+        quiet(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match="differ"):
+        quiet(Config(epochs=1, **{**TINY, "dim": 32}), tmp_path / "run", resume=True)
+
+
+def test_learning_rate_warmup_then_cosine_to_zero():
+    cfg = Config(epochs=10, warmup_epochs=2, lr=1.0)
+    assert learning_rate(cfg, 0, 10) == pytest.approx(0.05)
+    assert learning_rate(cfg, 19, 10) == pytest.approx(1.0)
+    assert learning_rate(cfg, 20, 10) == pytest.approx(1.0)
+    assert learning_rate(cfg, 60, 10) == pytest.approx(0.5)
+    assert learning_rate(cfg, 100, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_ann_baseline_trains_through_the_same_loop(tmp_path):
+    metrics = quiet(Config(epochs=2, model="ann", **TINY), tmp_path / "ann")
+    assert metrics["model"] == "ann"
+    assert metrics["synops_per_sample"] == 0 and metrics["macs_per_sample"] > 0
+    assert metrics["test_accuracy"] > 0.3
