@@ -29,6 +29,13 @@ WEIGHTS = "checkpoint.safetensors"
 META = "checkpoint.json"
 
 
+def _umask_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (mkstemp always makes it 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +45,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -77,6 +85,7 @@ def save_checkpoint(run: str | Path, model: nn.Module, optimizer: torch.optim.Op
     try:
         save_file(tensors, tmp, metadata={"format": FORMAT})
         digest = _sha256(Path(tmp))
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, run / WEIGHTS)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -198,7 +198,7 @@ class SpikingAttention(nn.Module):
             state.get("attention"), self.plasticity(), modulator,
         )
         if probe is not None:
-            counts = attention_event_counts(q, k, v, self.variant)
+            counts = attention_event_counts(q.detach(), k.detach(), v.detach(), self.variant)
             probe.ac += float(counts["update"] + counts["read"])
             probe.mac += float(t * b * self.heads * self.head_dim ** 2)  # lambda * S each step
             if probe.keep_traces:
@@ -304,7 +304,7 @@ class Conv1dStem(nn.Module):
             x, new["conv1_delay"] = delay_one_step(x, state.get("conv1_delay"))
         if probe is not None:
             ops = self._count(self.conv1, x) if self.binary_input else \
-                float(x.shape[0] * x.shape[1] * x.shape[2]) * self.conv1.kernel_size[0] * self.conv1.out_channels
+                float(x.numel()) * self.conv1.kernel_size[0] * self.conv1.out_channels
             if self.binary_input:
                 probe.ac += ops
             else:
@@ -317,6 +317,17 @@ class Conv1dStem(nn.Module):
             probe.ac += self._count(self.conv2, s)
         u = self.norm2(self._conv(self.conv2, s) + self.position)
         return u, new
+
+
+def check_tokens(x: Tensor, tokens: int, features: int) -> None:
+    """Raise ShapeError unless ``x`` is a finite ``[B, tokens, features]`` tensor."""
+    if x.dim() != 3 or x.shape[1] != tokens or x.shape[2] != features:
+        raise ShapeError(
+            f"model expects input [B, N, F] = [B, {tokens}, {features}], got {tuple(x.shape)}; "
+            "check the task and patch_size in the config"
+        )
+    if not torch.isfinite(x).all():
+        raise ShapeError("model input contains NaN or infinite values; clean the data first")
 
 
 def encode(x: Tensor, cfg: Config, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -363,13 +374,7 @@ class Spikeformer(nn.Module):
         return stem + per_block * self.cfg.depth + 1  # + readout Dense
 
     def check_input(self, x: Tensor) -> None:
-        if x.dim() != 3 or x.shape[1] != self.tokens or x.shape[2] != self.features:
-            raise ShapeError(
-                f"model expects input [B, N, F] = [B, {self.tokens}, {self.features}], got {tuple(x.shape)}; "
-                "check the task and patch_size in the config"
-            )
-        if not torch.isfinite(x).all():
-            raise ShapeError("model input contains NaN or infinite values; clean the data first")
+        check_tokens(x, self.tokens, self.features)
 
     def forward_steps(self, x_t: Tensor, state: Optional[State] = None,
                       probe: Optional[Probe] = None, modulator: Optional[Tensor] = None
@@ -437,8 +442,7 @@ class ANNTransformer(nn.Module):
         self.body_tokens = body_tokens
 
     def check_input(self, x: Tensor) -> None:
-        if x.dim() != 3 or x.shape[1] != self.tokens or x.shape[2] != self.features:
-            raise ShapeError(f"model expects input [B, N, F] = [B, {self.tokens}, {self.features}], got {tuple(x.shape)}")
+        check_tokens(x, self.tokens, self.features)
 
     def forward(self, x: Tensor, state: Optional[State] = None, probe: Optional[Probe] = None,
                 generator: Optional[torch.Generator] = None) -> tuple[Tensor, State]:

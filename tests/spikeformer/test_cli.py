@@ -1,0 +1,109 @@
+"""CLI smoke on tiny settings, and one clear line (no traceback) for every user mistake."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from spikeformer.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--set", "dim=16", "--set", "heads=2", "--set", "head_dim=8", "--set", "depth=1",
+        "--set", "batch_size=256", "--set", "num_threads=1", "--quiet"]
+
+
+def write_config(tmp_path: Path, text: str = 'task = "digits"\nepochs = 1\n') -> Path:
+    path = tmp_path / "cfg.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    cfg = write_config(tmp)
+    assert main(["train", "--config", str(cfg), "--out", str(tmp / "run"), *TINY]) == 0
+    return tmp / "run"
+
+
+def test_train_eval_report_smoke(trained_run, capsys):
+    assert (trained_run / "metrics.json").is_file()
+    assert main(["eval", str(trained_run), "--device", "cpu"]) == 0
+    record = json.loads((trained_run / "eval.json").read_text())
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert record["test_accuracy"] == metrics["test_accuracy"]  # reload scores what training scored
+    assert main(["eval", str(trained_run), "--noise", "0.3", "--corruptions"]) == 0
+    robust = json.loads((trained_run / "robustness.json").read_text())
+    assert {"clean_accuracy", "mean_corruption_accuracy", "corruptions"} <= set(robust)
+    assert main(["report", str(trained_run)]) == 0
+    assert (trained_run / "report.html").is_file()
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "spikeformer", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_unknown_config_key_is_one_line(tmp_path):
+    cfg = write_config(tmp_path, 'task = "digits"\nepoch = 3\n')
+    assert_one_line_error(run_cli("train", "--config", str(cfg), "--out", str(tmp_path / "r")),
+                          "'epoch'", "epochs")
+
+
+def test_missing_config_and_bad_override(tmp_path):
+    assert_one_line_error(run_cli("train", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "r")),
+                          "does not exist")
+    cfg = write_config(tmp_path)
+    assert_one_line_error(run_cli("train", "--config", str(cfg), "--out", str(tmp_path / "r"), "--set", "dim=abc"),
+                          "'dim'")
+
+
+def test_missing_run_and_pickle_checkpoint(tmp_path):
+    assert_one_line_error(run_cli("eval", str(tmp_path / "no-run")), "does not exist")
+    pickle_file = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(2)}, pickle_file)
+    assert_one_line_error(run_cli("eval", str(pickle_file)), "pickle")
+
+
+def test_corrupt_checkpoint_is_one_line(trained_run, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_run, broken)
+    weights = broken / "checkpoint.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert_one_line_error(run_cli("eval", str(broken)), "checkpoint")
+
+
+def test_wrong_input_shape_is_one_line(trained_run, tmp_path):
+    """A run whose config no longer fits its weights (edited patch_size) fails cleanly."""
+    import shutil
+
+    edited = tmp_path / "edited"
+    shutil.copytree(trained_run, edited)
+    meta_path = edited / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["patch_size"] = 4  # 4 tokens of 16 features: weights no longer fit
+    meta_path.write_text(json.dumps(meta))
+    assert_one_line_error(run_cli("eval", str(edited)), "do not fit")
+
+
+def test_not_yet_commands_say_so():
+    assert_one_line_error(run_cli("export", "runs/x", "--to", "lava"), "not available yet")
