@@ -99,7 +99,7 @@ class Config:
     amp: bool = False  # bf16 autocast on CUDA
     num_threads: int = 0  # torch CPU threads; 0 = torch default
     # --- free-form notes carried into metrics.json ---
-    notes: str = ""
+    notes: str = ""  # free text copied into metrics.json
     extra: dict = field(default_factory=dict, repr=False)  # not settable from TOML
 
     def __post_init__(self) -> None:
@@ -209,3 +209,23 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
             flat[name] = item
     flat.update(overrides or {})
     return config_from_dict(flat, source=str(path))
+
+
+def keys_markdown() -> str:
+    """The config keys as Markdown tables, read from the commented fields of ``Config``
+    (docs/cli.md embeds this; a test keeps the two equal)."""
+    import inspect
+    import re
+
+    source = inspect.getsource(Config).split("def __post_init__")[0]
+    rows: list[str] = []
+    for line in source.splitlines():
+        header = re.match(r"\s+# --- (.*) ---", line)
+        if header:
+            rows += ["", f"**{header.group(1)}**", "", "| key | default | meaning |", "|---|---|---|"]
+            continue
+        item = re.match(r"\s+(\w+): \w+ = (.*?)(?:\s+#\s*(.*))?$", line)
+        if item and item.group(1) in FIELDS:
+            meaning = (item.group(3) or "").replace("|", "/")
+            rows.append(f"| `{item.group(1)}` | `{item.group(2)}` | {meaning} |")
+    return "\n".join(rows).strip() + "\n"

@@ -376,6 +376,15 @@ class Spikeformer(nn.Module):
     def check_input(self, x: Tensor) -> None:
         check_tokens(x, self.tokens, self.features)
 
+    def encode_input(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Tokens ``[B, N, F]`` -> the steps ``forward`` feeds ``forward_steps``: ``[T (+latency), B, N', F]``
+        (with loihi delays, ``latency`` zero steps follow so every path reaches the readout)."""
+        self.check_input(x)
+        x_t = encode(x, self.cfg, generator)
+        if self.latency:
+            x_t = torch.cat([x_t, x_t.new_zeros(self.latency, *x_t.shape[1:])], 0)
+        return x_t
+
     def forward_steps(self, x_t: Tensor, state: Optional[State] = None,
                       probe: Optional[Probe] = None, modulator: Optional[Tensor] = None
                       ) -> tuple[Tensor, State]:
@@ -398,11 +407,8 @@ class Spikeformer(nn.Module):
         ``steps_per_token`` (causal) input steps, shifted by ``latency`` (loihi delays: the
         input is followed by ``latency`` zero steps so every path reaches the readout).
         """
-        self.check_input(x)
-        x_t = encode(x, self.cfg, generator)
+        x_t = self.encode_input(x, generator)
         window = self.cfg.steps_per_token if self.cfg.mode == "causal" else self.cfg.time_steps
-        if self.latency:
-            x_t = torch.cat([x_t, x_t.new_zeros(self.latency, *x_t.shape[1:])], 0)
         y, state = self.forward_steps(x_t, state, probe)
         return y[-window:].mean(0), state
 

@@ -20,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from torch import Tensor, nn
 
 from .config import Config
-from .model import Probe, encode
+from .model import Probe
 from .train import load_run
 
 # metrics.json keys shown in the table, in this order (missing keys are skipped)
@@ -30,11 +30,8 @@ METRIC_KEYS = ("task", "model", "variant", "mode", "test_accuracy", "best_test_a
 
 
 def encoded_input(model: nn.Module, cfg: Config, x: Tensor) -> Tensor:
-    """Tokens ``[B, N, F]`` -> the input ``forward`` feeds ``forward_steps``: ``[T (+latency), B, N', F]``."""
-    x_t = encode(x, cfg, torch.Generator().manual_seed(cfg.seed))  # seeded: poisson draws repeatable
-    if model.latency:  # loihi delays: zero steps so every path reaches the readout, as in forward
-        x_t = torch.cat([x_t, x_t.new_zeros(model.latency, *x_t.shape[1:])], 0)
-    return x_t
+    """Tokens ``[B, N, F]`` -> the steps ``forward`` feeds ``forward_steps`` (seeded: poisson repeats)."""
+    return model.encode_input(x, torch.Generator().manual_seed(cfg.seed))
 
 
 @torch.no_grad()
