@@ -58,6 +58,13 @@ class Probe:
         self.membranes: dict[str, list] = {}
         self.attention_states: dict[str, list] = {}
 
+    def count_synapses(self, ops: float, binary_input: bool) -> None:
+        """Add synaptic operations: ACs when driven by spikes, MACs when by real values."""
+        if binary_input:
+            self.ac += ops
+        else:
+            self.mac += ops
+
     def record_spikes(self, name: str, spikes: Tensor) -> None:
         self.spike_counts[name] = self.spike_counts.get(name, 0.0) + float(spikes.detach().sum())
         self.neuron_steps[name] = self.neuron_steps.get(name, 0.0) + spikes.numel()
@@ -109,11 +116,7 @@ class Dense(nn.Module):
             x, carry = delay_one_step(x, state)
         if probe is not None:
             count = float(x.count_nonzero()) if self.binary_input else float(x.numel())
-            ops = count * self.linear.out_features
-            if self.binary_input:
-                probe.ac += ops
-            else:
-                probe.mac += ops
+            probe.count_synapses(count * self.linear.out_features, self.binary_input)
         y = self.linear(x)
         if position is not None:
             y = y + position
@@ -305,10 +308,7 @@ class Conv1dStem(nn.Module):
         if probe is not None:
             ops = self._count(self.conv1, x) if self.binary_input else \
                 float(x.numel()) * self.conv1.kernel_size[0] * self.conv1.out_channels
-            if self.binary_input:
-                probe.ac += ops
-            else:
-                probe.mac += ops
+            probe.count_synapses(ops, self.binary_input)
         h = self.norm1(self._conv(self.conv1, x))
         s, new["lif"] = self.lif(h, state.get("lif"), probe, "stem.conv1")
         if self.delay:

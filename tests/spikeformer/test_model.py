@@ -416,20 +416,13 @@ def test_conv1d_stem_probe_total_is_conv1_plus_conv2_events():
     assert probe.ac == expected and probe.mac == 0
 
 
-def test_conv1d_stem_real_input_macs_for_one_feature():
-    cfg = tiny(task="mnist1d", stem="conv1d", conv_channels=3)
-    stem = Conv1dStem(cfg, 8, 1, binary_input=False)
+@pytest.mark.parametrize("task,features", [("mnist1d", 1), ("digits", 4)])
+def test_conv1d_stem_real_input_macs_scale_with_features(task, features):
+    cfg = tiny(task=task, stem="conv1d", conv_channels=3)
+    stem = Conv1dStem(cfg, 8, features, binary_input=False)
     probe = Probe()
-    stem(torch.randn(3, 2, 8, 1), {}, probe)
-    assert probe.mac == 3 * 2 * 8 * 1 * 5 * 3  # T B N F kernel C_out
-
-
-def test_conv1d_stem_real_input_macs_scale_with_features():
-    cfg = tiny(task="digits", stem="conv1d", conv_channels=3)
-    stem = Conv1dStem(cfg, 8, 4, binary_input=False)
-    probe = Probe()
-    stem(torch.randn(3, 2, 8, 4), {}, probe)
-    assert probe.mac == 3 * 2 * 8 * 4 * 5 * 3  # T B N F kernel C_out
+    stem(torch.randn(3, 2, 8, features), {}, probe)
+    assert probe.mac == 3 * 2 * 8 * features * 5 * 3  # T B N F kernel C_out
 
 
 def test_model_probe_counts_spikes_and_events():
