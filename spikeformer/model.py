@@ -344,7 +344,9 @@ def encode(x: Tensor, cfg: Config, generator: Optional[torch.Generator] = None) 
         x_t = x.unsqueeze(0).expand(cfg.time_steps, *x.shape)  # [T, B, N, F]
     if cfg.encoder == "poisson":
         p = x_t.clamp(0.0, 1.0)
-        x_t = (torch.rand(p.shape, generator=generator, device=p.device) < p).to(p.dtype)
+        # draw on the generator's device (CPU generators stay usable when the model is on CUDA)
+        where = generator.device if generator is not None else p.device
+        x_t = (torch.rand(p.shape, generator=generator, device=where).to(p.device) < p).to(p.dtype)
     return x_t
 
 
