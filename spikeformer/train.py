@@ -26,6 +26,9 @@ from .metrics import ENERGY_NOTE, count_params, energy_pj, evaluate
 from .model import Probe, build_model
 
 
+CALIBRATION_SAMPLES = 4096  # training samples used to recompute BatchNorm statistics each epoch
+
+
 def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -48,6 +51,35 @@ def learning_rate(cfg: Config, step: int, steps_per_epoch: int) -> float:
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+@torch.no_grad()
+def recalibrate_norms(model: nn.Module, x: torch.Tensor, device: str, batch_size: int,
+                      generator: torch.Generator) -> None:
+    """Recompute every BatchNorm's running statistics as sample-weighted averages over ``x`` [S, N, F].
+
+    The running averages kept during training are dominated by the last batches (momentum
+    0.1); their noise, not the weights, made test accuracy jump between late epochs. Like
+    ``torch.optim.swa_utils.update_bn``, but with our generator so Poisson draws repeat
+    (that keeps resume bit-exact), and weighted by batch size (update_bn's cumulative average
+    weights a short last batch like a full one). Means are exact averages over ``x``.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+    was_training = model.training
+    model.train()
+    for start in range(0, len(x), batch_size):
+        batch = x[start:start + batch_size]
+        for m in norms:  # running = (1 - f) running + f batch_stat with f = n_b / n_seen
+            m.momentum = len(batch) / (start + len(batch))
+        model(batch.to(device), generator=generator)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
 
 
 def make_model(cfg: Config, split: Split) -> nn.Module:
@@ -135,6 +167,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
             optimizer.step()
             loss_sum += loss.item() * len(idx)
             correct += int((logits.argmax(-1) == yb).sum())
+        calib = split.x_train[torch.randperm(len(split.x_train), generator=gen)[:CALIBRATION_SAMPLES]]
+        recalibrate_norms(model, calib, device, 256, gen)
         train_seconds += time.perf_counter() - t0
         test = evaluate(model, split.x_test, split.y_test, device=device,
                         generator=torch.Generator().manual_seed(cfg.seed))

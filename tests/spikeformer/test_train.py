@@ -119,3 +119,20 @@ def test_ann_baseline_trains_through_the_same_loop(tmp_path):
     assert metrics["model"] == "ann"
     assert metrics["synops_per_sample"] == 0 and metrics["macs_per_sample"] > 0
     assert metrics["test_accuracy"] > 0.3
+
+
+def test_recalibrated_norm_statistics_are_exact_averages():
+    from spikeformer.model import build_model
+    from spikeformer.train import recalibrate_norms
+
+    cfg = Config(**TINY)
+    model = build_model(cfg, 16, 4, 10)
+    x = torch.rand(50, 16, 4)
+    embed = model.stem.embed
+    with torch.no_grad():
+        pre = embed.linear(x.unsqueeze(0).expand(cfg.time_steps, *x.shape)) + model.stem.position
+    expected = pre.reshape(-1, cfg.dim).mean(0)
+    for batch in (7, 50):  # a cumulative average does not depend on the batching
+        recalibrate_norms(model, x, "cpu", batch, torch.Generator().manual_seed(0))
+        assert torch.allclose(embed.norm.bn.running_mean, expected, atol=1e-5)
+        assert embed.norm.bn.momentum == 0.1 and embed.norm.bn.num_batches_tracked > 0
