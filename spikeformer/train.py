@@ -53,6 +53,13 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def augment(x: torch.Tensor, cfg: Config, generator: torch.Generator) -> torch.Tensor:
+    """Training-time augmentation of token batches ``[B, N, F]`` (digits shifts; else identity)."""
+    if cfg.augment_shift:
+        return shift_augment(x, cfg.patch_size, cfg.augment_shift, generator)
+    return x
+
+
 @torch.no_grad()
 def recalibrate_norms(model: nn.Module, x: torch.Tensor, device: str, batch_size: int,
                       generator: torch.Generator) -> None:
@@ -144,8 +151,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
         for i in range(steps_per_epoch):
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             xb, yb = split.x_train[idx], split.y_train[idx]
-            if cfg.augment_shift:
-                xb = shift_augment(xb, cfg.patch_size, cfg.augment_shift, gen)
+            xb = augment(xb, cfg, gen)
             xb, yb = xb.to(device), yb.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, epoch * steps_per_epoch + i, steps_per_epoch)
@@ -167,7 +173,9 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
             optimizer.step()
             loss_sum += loss.item() * len(idx)
             correct += int((logits.argmax(-1) == yb).sum())
-        calib = split.x_train[torch.randperm(len(split.x_train), generator=gen)[:CALIBRATION_SAMPLES]]
+        # the statistics must describe what training showed the model: augmented inputs
+        calib = augment(split.x_train[torch.randperm(len(split.x_train), generator=gen)[:CALIBRATION_SAMPLES]],
+                        cfg, gen)
         recalibrate_norms(model, calib, device, 256, gen)
         train_seconds += time.perf_counter() - t0
         test = evaluate(model, split.x_test, split.y_test, device=device,
