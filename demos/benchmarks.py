@@ -36,6 +36,17 @@ def run_one(config: Path, model: str, seed: int, out: Path, threads: int) -> dic
     return train(cfg, out, resume=(out / "checkpoint.json").is_file())
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one (platform.processor() is often empty)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def row(name: str, m: dict) -> str:
     return (f"| {name} | {m['model']} | {m['test_accuracy']:.4f} | {m['best_test_accuracy']:.4f} | "
             f"{m['params']:,} | {m['attention_params']:,} | {m['synops_per_sample']:,.0f} | "
@@ -61,7 +72,7 @@ def main() -> int:
     except SpikeformerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    machine = f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     atomic_write_json(args.out / "summary.json", {"machine": machine, "results": results})
     print(f"\nmachine: {machine}\n")
     print("| config | model | test acc (final) | best epoch | params | attention params | "

@@ -56,6 +56,15 @@ def unpatchify(tokens: Tensor, patch: int, side: int = 8) -> Tensor:
     return x.reshape(s, side, side)
 
 
+def translate_images(tokens: Tensor, patch: int, pixels: int) -> Tensor:
+    """Move every image right by ``pixels`` with zero fill; ``[S, N, p*p]`` in and out."""
+    images = unpatchify(tokens, patch)
+    moved = torch.zeros_like(images)
+    if pixels < images.shape[-1]:
+        moved[..., pixels:] = images[..., :images.shape[-1] - pixels]
+    return torch.from_numpy(patchify(moved.numpy(), patch))
+
+
 def shift_augment(tokens: Tensor, patch: int, max_shift: int, generator: torch.Generator) -> Tensor:
     """Translate each digit image by a random integer offset in [-max_shift, max_shift]^2,
     filling with zeros (training-time augmentation); ``[S, N, p*p]`` in and out."""

@@ -3,7 +3,8 @@
 Corruptions, each at three severities, seeded so runs repeat:
 - gaussian_noise: add N(0, sigma^2), sigma in (0.1, 0.2, 0.4) of the input scale
 - feature_dropout: zero each input feature with probability p in (0.1, 0.2, 0.4)
-- token_shift: roll the token axis by 1, 2, 3 positions (a translation for images/signals)
+- translation: images (digits) move right by 1, 2, 3 pixels with zero fill; signals
+  (MNIST-1D, sequences) roll by 1, 2, 3 tokens
 """
 
 from __future__ import annotations
@@ -14,25 +15,27 @@ import torch
 from torch import Tensor, nn
 
 from .config import Config
-from .data import Split
+from .data import Split, translate_images
 from .metrics import evaluate
 
 SEVERITIES: dict[str, tuple[float, ...]] = {
     "gaussian_noise": (0.1, 0.2, 0.4),
     "feature_dropout": (0.1, 0.2, 0.4),
-    "token_shift": (1, 2, 3),
+    "translation": (1, 2, 3),
 }
 
 
-def corrupt(x: Tensor, name: str, severity: float, generator: torch.Generator) -> Tensor:
-    """Apply one corruption to ``x [S, N, F]``."""
+def corrupt(x: Tensor, name: str, severity: float, generator: torch.Generator, patch: int = 0) -> Tensor:
+    """Apply one corruption to ``x [S, N, F]``; ``patch > 0`` says the tokens are image patches."""
     if name == "gaussian_noise":
         scale = float(x.std()) if x.numel() > 1 else 1.0
         return x + severity * scale * torch.randn(x.shape, generator=generator)
     if name == "feature_dropout":
         keep = torch.rand(x.shape, generator=generator) >= severity
         return x * keep
-    if name == "token_shift":
+    if name == "translation":
+        if patch:
+            return translate_images(x, patch, int(severity))
         return torch.roll(x, shifts=int(severity), dims=1)
     raise ValueError(f"unknown corruption {name!r}; choose one of {sorted(SEVERITIES)}")
 
@@ -48,7 +51,7 @@ def corruption_suite(model: nn.Module, split: Split, cfg: Config, device: str = 
         record["corruptions"][name] = {}
         for level in levels:
             data_gen = torch.Generator().manual_seed(cfg.seed + 17)
-            x = corrupt(split.x_test, name, level, data_gen)
+            x = corrupt(split.x_test, name, level, data_gen, cfg.patch_size if cfg.task == "digits" else 0)
             acc = evaluate(model, x, split.y_test, device=device, generator=gen)["accuracy"]
             record["corruptions"][name][str(level)] = acc
             scores.append(acc)

@@ -197,7 +197,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
 
     metrics = run_metrics(cfg, model, split, device, history, train_seconds)
     atomic_write_json(out / "metrics.json", metrics)
-    log(f"{cfg.task}/{cfg.model}/{cfg.variant}: test accuracy {metrics['test_accuracy']:.4f}, "
+    name = f"{cfg.task}/{cfg.model}" + (f"/{cfg.variant}" if cfg.model == "spikeformer" else "")
+    log(f"{name}: test accuracy {metrics['test_accuracy']:.4f}, "
         f"{metrics['energy_pj_per_sample'] / 1e6:.3f} uJ/sample (estimate), {train_seconds:.0f} s training -> {out}")
     return metrics
 

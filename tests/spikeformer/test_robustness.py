@@ -25,7 +25,7 @@ def sample(shape=(20, 16, 4), seed: int = 0) -> torch.Tensor:
 
 
 def test_severities_are_three_increasing_levels_per_corruption():
-    assert set(SEVERITIES) == {"gaussian_noise", "feature_dropout", "token_shift"}
+    assert set(SEVERITIES) == {"gaussian_noise", "feature_dropout", "translation"}
     for levels in SEVERITIES.values():
         assert len(levels) == 3 and list(levels) == sorted(levels) and levels[0] > 0
 
@@ -46,15 +46,15 @@ def test_severity_zero_is_identity(name):
     assert torch.equal(corrupt(x, name, 0, gen()), x)
 
 
-def test_token_shift_by_the_token_count_is_identity():
+def test_signal_translation_by_the_token_count_is_identity():
     x = sample()
-    assert torch.equal(corrupt(x, "token_shift", x.shape[1], gen()), x)
+    assert torch.equal(corrupt(x, "translation", x.shape[1], gen()), x)
 
 
-@pytest.mark.parametrize("shift", SEVERITIES["token_shift"])
-def test_token_shift_rolls_the_token_axis(shift):
+@pytest.mark.parametrize("shift", SEVERITIES["translation"])
+def test_signal_translation_rolls_the_token_axis(shift):
     x = sample()
-    out = corrupt(x, "token_shift", shift, gen())
+    out = corrupt(x, "translation", shift, gen())
     n = x.shape[1]
     for i in range(n):
         assert torch.equal(out[:, (i + shift) % n], x[:, i])
@@ -133,8 +133,8 @@ def test_corruption_suite_clean_accuracy_matches_evaluate(tiny_digits):
     record = corruption_suite(model, tiny_digits, cfg)
     clean = evaluate(model, tiny_digits.x_test, tiny_digits.y_test)["accuracy"]
     assert record["clean_accuracy"] == clean
-    shifted = corrupt(tiny_digits.x_test, "token_shift", 2, gen(cfg.seed + 17))
-    assert record["corruptions"]["token_shift"]["2"] == evaluate(model, shifted, tiny_digits.y_test)["accuracy"]
+    shifted = corrupt(tiny_digits.x_test, "translation", 2, gen(cfg.seed + 17), cfg.patch_size)
+    assert record["corruptions"]["translation"]["2"] == evaluate(model, shifted, tiny_digits.y_test)["accuracy"]
 
 
 def test_corruption_suite_logs_one_line_per_level(tiny_digits):
@@ -143,3 +143,13 @@ def test_corruption_suite_logs_one_line_per_level(tiny_digits):
     corruption_suite(model, tiny_digits, cfg, log=lines.append)
     assert len(lines) == 9
     assert lines[0].startswith("gaussian_noise 0.1: ")
+
+
+def test_image_translation_moves_pixels_right_with_zero_fill():
+    from spikeformer.data import patchify, unpatchify
+
+    images = torch.arange(2 * 64, dtype=torch.float32).reshape(2, 8, 8)
+    tokens = torch.from_numpy(patchify(images.numpy(), 4))
+    moved = unpatchify(corrupt(tokens, "translation", 3, gen(), patch=4), 4)
+    assert torch.equal(moved[..., 3:], images[..., :5])
+    assert torch.equal(moved[..., :3], torch.zeros(2, 8, 3))
