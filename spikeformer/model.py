@@ -25,7 +25,6 @@ Model state is explicit: ``forward_steps(x, state) -> (readout current, state)``
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import torch

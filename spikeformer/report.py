@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor, nn
 
+from .checkpoint import atomic_write_bytes
 from .config import Config
 from .model import Probe
 from .train import load_run
@@ -214,7 +215,7 @@ def write_report(run: str | Path) -> Path:
                      "this is the ANN (softmax attention) baseline.</p>")
     parts.append("</body></html>\n")
     out = run / "report.html"
-    out.write_text("\n".join(parts))
+    atomic_write_bytes(out, "\n".join(parts).encode())
     return out
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -69,7 +69,8 @@ def recalibrate_norms(model: nn.Module, x: torch.Tensor, device: str, batch_size
     0.1); their noise, not the weights, made test accuracy jump between late epochs. Like
     ``torch.optim.swa_utils.update_bn``, but with our generator so Poisson draws repeat
     (that keeps resume bit-exact), and weighted by batch size (update_bn's cumulative average
-    weights a short last batch like a full one). Means are exact averages over ``x``.
+    weights a short last batch like a full one): each running mean is the sample-weighted
+    average of that norm's per-batch means.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
