@@ -34,6 +34,7 @@ CHOICES: dict[str, tuple] = {
     "schedule": ("cosine", "constant"),
     "device": ("auto", "cpu", "cuda"),
     "rule": ("bptt",),
+    "recall_layout": ("pairs", "interleaved"),
 }
 
 
@@ -45,6 +46,7 @@ class Config:
     augment_shift: int = 0  # digits: random translation of up to this many pixels while training
     recall_pairs: int = 4  # recall: key/value pairs before the query
     recall_pairs_min: int = 0  # recall: curriculum start (0 = no curriculum, always recall_pairs)
+    recall_layout: str = "pairs"  # recall: pairs (key+value in one token) | interleaved (key token, value token)
     recall_keys: int = 16  # recall: number of distinct keys
     recall_values: int = 16  # recall: number of distinct values (= classes)
     recall_train: int = 20000  # recall: generated training sequences

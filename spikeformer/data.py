@@ -7,7 +7,8 @@
 - recall: generated associative recall. Each sequence is P (key, value) pair tokens then a
   query token; a pair token is the concatenation of one-hot key and one-hot value
   (F = keys + values), the query has the key part only. The label is the value paired with
-  the queried key. Keys within a sequence are distinct. Sequences shorter than the longest
+  the queried key. Keys within a sequence are distinct. With ``recall_layout = "interleaved"``
+  each pair is split into a key token then a value token (length 2P + 1). Sequences shorter than the longest
   (curriculum) are left-padded with all-zero tokens, which carry no spikes.
 """
 
@@ -130,12 +131,27 @@ def make_recall(count: int, pairs: int, keys: int, values: int, seed: int,
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
+def interleave_recall(x: Tensor, keys: int) -> Tensor:
+    """Pair layout ``[S, P + 1, F]`` -> interleaved ``[S, 2P + 1, F]``: each pair becomes a key
+    token (key part only) followed by a value token (value part only); the query stays last.
+    A model must then bind a key to the value that arrives one token later."""
+    s, length, f = x.shape
+    pairs = length - 1
+    out = x.new_zeros(s, 2 * pairs + 1, f)
+    out[:, 0:2 * pairs:2, :keys] = x[:, :pairs, :keys]
+    out[:, 1:2 * pairs:2, keys:] = x[:, :pairs, keys:]
+    out[:, -1] = x[:, -1]
+    return out
+
+
 def load_recall_split(cfg: Config) -> Split:
     x_tr, y_tr = make_recall(cfg.recall_train, cfg.recall_pairs, cfg.recall_keys, cfg.recall_values,
                              cfg.data_seed, cfg.recall_pairs_min)
     # the test set always uses the full number of pairs
     x_te, y_te = make_recall(cfg.recall_test, cfg.recall_pairs, cfg.recall_keys, cfg.recall_values,
                              cfg.data_seed + 1_000_003)
+    if cfg.recall_layout == "interleaved":
+        x_tr, x_te = interleave_recall(x_tr, cfg.recall_keys), interleave_recall(x_te, cfg.recall_keys)
     return Split(x_tr, y_tr, x_te, y_te, cfg.recall_values)
 
 

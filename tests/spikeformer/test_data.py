@@ -256,3 +256,16 @@ def test_load_task_recall_uses_config_and_full_length_test():
     # test sequences always carry every pair (no zero tokens)
     assert (split.x_test.sum(-1) > 0).all()
     assert not torch.equal(split.x_train[:30], split.x_test)
+
+
+def test_interleaved_recall_splits_each_pair_into_key_then_value_token():
+    from spikeformer.data import interleave_recall, make_recall
+
+    keys = 5
+    x, _ = make_recall(20, 3, keys, 4, seed=1, min_pairs=2)
+    out = interleave_recall(x, keys)
+    assert out.shape == (20, 7, x.shape[2])
+    for j in range(3):
+        assert torch.equal(out[:, 2 * j, :keys], x[:, j, :keys]) and not out[:, 2 * j, keys:].any()
+        assert torch.equal(out[:, 2 * j + 1, keys:], x[:, j, keys:]) and not out[:, 2 * j + 1, :keys].any()
+    assert torch.equal(out[:, -1], x[:, -1])
