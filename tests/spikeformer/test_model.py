@@ -255,6 +255,12 @@ def impulse_pair(shape, value=1.0):
     return quiet, kick
 
 
+def impulse_delay(layer, shape) -> int:
+    """Steps until an input at step 0 changes ``layer``'s output (vs an all-zero input)."""
+    quiet, kick = impulse_pair(shape)
+    return first_difference(layer(quiet), layer(kick))
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_attention_sublayer_delays_by_exactly_two_steps(variant):
     cfg = tiny(delays="loihi", variant=variant)
@@ -265,10 +271,7 @@ def test_attention_sublayer_delays_by_exactly_two_steps(variant):
         if variant == "three_factor":
             attn.gate.linear.weight.fill_(1.0)
         attn.out_norm.bn.weight.fill_(100.0)  # any positive attention read fires the output LIF
-        quiet, kick = impulse_pair((6, 1, 2, cfg.dim))
-        y0, _ = attn(quiet, {}, None, "a")
-        y1, _ = attn(kick, {}, None, "a")
-    assert first_difference(y0, y1) == 2
+        assert impulse_delay(lambda x: attn(x, {}, None, "a")[0], (6, 1, 2, cfg.dim)) == 2
 
 
 def test_mlp_sublayer_delays_by_exactly_two_steps():
@@ -276,10 +279,7 @@ def test_mlp_sublayer_delays_by_exactly_two_steps():
     mlp = SpikingMLP(cfg).eval()
     with torch.no_grad():
         mlp.fc1.linear.weight.fill_(1.0)
-        quiet, kick = impulse_pair((6, 1, 2, cfg.dim))
-        y0, _ = mlp(quiet, {}, None, "m")
-        y1, _ = mlp(kick, {}, None, "m")
-    assert first_difference(y0, y1) == 2
+        assert impulse_delay(lambda x: mlp(x, {}, None, "m")[0], (6, 1, 2, cfg.dim)) == 2
 
 
 def test_stems_and_readout_delay_by_their_dense_count():
