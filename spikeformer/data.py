@@ -57,26 +57,29 @@ def unpatchify(tokens: Tensor, patch: int, side: int = 8) -> Tensor:
     return x.reshape(s, side, side)
 
 
+def shift_images(tokens: Tensor, patch: int, moves: Tensor) -> Tensor:
+    """Move image i down by ``moves[i, 0]`` and right by ``moves[i, 1]`` pixels (negative: up or
+    left), filling with zeros; ``tokens [S, N, p*p]`` and ``moves [S, 2]`` (int) -> ``[S, N, p*p]``."""
+    images = unpatchify(tokens, patch)
+    s, side, _ = images.shape
+    margin = int(moves.abs().max()) if moves.numel() else 0
+    padded = torch.nn.functional.pad(images, (margin,) * 4)  # [S, side + 2m, side + 2m]
+    rows = margin - moves[:, 0:1] + torch.arange(side)  # source row of each output row: [S, side]
+    cols = margin - moves[:, 1:2] + torch.arange(side)
+    out = padded[torch.arange(s)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return torch.from_numpy(patchify(out.numpy(), patch))
+
+
 def translate_images(tokens: Tensor, patch: int, pixels: int) -> Tensor:
     """Move every image right by ``pixels`` with zero fill; ``[S, N, p*p]`` in and out."""
-    images = unpatchify(tokens, patch)
-    moved = torch.zeros_like(images)
-    if pixels < images.shape[-1]:
-        moved[..., pixels:] = images[..., :images.shape[-1] - pixels]
-    return torch.from_numpy(patchify(moved.numpy(), patch))
+    return shift_images(tokens, patch, torch.tensor([[0, pixels]]).expand(tokens.shape[0], 2))
 
 
 def shift_augment(tokens: Tensor, patch: int, max_shift: int, generator: torch.Generator) -> Tensor:
     """Translate each digit image by a random integer offset in [-max_shift, max_shift]^2,
     filling with zeros (training-time augmentation); ``[S, N, p*p]`` in and out."""
-    images = unpatchify(tokens, patch)
-    s, side, _ = images.shape
-    padded = torch.nn.functional.pad(images, (max_shift,) * 4)  # [S, side + 2m, side + 2m]
-    offsets = torch.randint(0, 2 * max_shift + 1, (s, 2), generator=generator)
-    rows = offsets[:, 0:1] + torch.arange(side)  # [S, side]
-    cols = offsets[:, 1:2] + torch.arange(side)
-    out = padded[torch.arange(s)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    return torch.from_numpy(patchify(out.numpy(), patch))
+    offsets = torch.randint(0, 2 * max_shift + 1, (tokens.shape[0], 2), generator=generator)
+    return shift_images(tokens, patch, max_shift - offsets)
 
 
 def load_digits_split(patch: int = 2) -> Split:
