@@ -60,7 +60,7 @@ class Config:
     dim: int = 64  # residual width D
     heads: int = 4  # attention heads H
     head_dim: int = 16  # per-head width d (state is d x d per head)
-    depth: int = 2  # number of [attention + MLP] blocks
+    depth: int = 2  # number of [attention + MLP] blocks (0: a feed-forward SNN, stem -> LIF -> readout)
     mlp_ratio: int = 2  # hidden width of the spiking MLP = mlp_ratio * dim
     stem: str = "linear"  # token embedding: linear (per token) | conv1d (two conv layers over tokens)
     conv_channels: int = 32  # conv1d stem: channels of the first conv
@@ -113,11 +113,13 @@ class Config:
             if value not in options:
                 raise ConfigError(f"config key {key!r} is {value!r}; choose one of {list(options)}")
         positive = ("patch_size", "recall_pairs", "recall_keys", "recall_values", "recall_train",
-                    "recall_test", "dim", "heads", "head_dim", "depth", "mlp_ratio", "conv_channels",
+                    "recall_test", "dim", "heads", "head_dim", "mlp_ratio", "conv_channels",
                     "time_steps", "steps_per_token", "epochs", "batch_size")
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ConfigError(f"config key {key!r} must be a positive integer, got {getattr(self, key)}")
+        if self.depth < 0:
+            raise ConfigError(f"config key 'depth' must be >= 0 (0: no attention blocks), got {self.depth}")
         for key in ("beta", "alpha"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"config key {key!r} must lie in [0, 1], got {getattr(self, key)}")

@@ -1,0 +1,193 @@
+"""Vectorised integer reference of the fixed-point network (SPEC §2.4), a whole batch at once.
+
+These are the equations of Lava's bit-accurate models (``PyLifModelBitAcc``,
+``PyDenseModelBitAcc``, lava-nc 0.10.0) plus the project's integer spiking attention; the
+Lava fixed-point run is tested against this module bit for bit. All arithmetic is int64.
+
+    decay12(x, d)  = sign(x (4096 - d)) * (|x (4096 - d)| >> 12)     # Lava's sign-magnitude decay
+    mul12(x, r)    = sign(x r) * (|x r| >> 12)                        # a 12-bit fraction r / 4096
+    Dense          a = (W @ s) << weight_exp   (>> -weight_exp, i.e. floor, when negative)
+    LIF            u = decay12(u, du + 1) + (a << 6), wrapped to 24 bits
+                   v = clip(decay12(v, dv) + u + (bias_mant << bias_exp), +-(2^23 - 1))
+                   s = v > (vth << 6);  v[s] = 0
+    readout        the same LIF with dv = 0 that never fires: its v integrates the current
+
+Spiking attention, per head, integer state with ``state_bits`` (saturating, counted); one
+coincidence adds ``one`` = 2^frac_bits to S; rates are 12-bit fractions (``mul12``), decays
+12-bit decrements (``decay12``):
+
+    hebbian       S = sat(decay12(S, d_lambda) + one * sum_n k_n^T v_n)
+    stdp          x = decay12(x, d_pre) + one k ;  dS = mul12(sum x^T v, A+) - mul12(sum k^T y, A-)
+                  S = sat(decay12(S, d_lambda) + dS) ;  y = decay12(y, d_post) + one v
+    three_factor  e = sat(decay12(e, d_elig) + one * sum k^T v) ;  m = (4096 * gate count) // N
+                  S = sat(decay12(S, d_lambda) + mul12(e, m))
+    delta         D = decay12(S, d_lambda) ;  err_n = trunc((one v_n - k_n D) / max(1, |k_n|))
+                  S = sat(D + mul12(sum_n k_n^T err_n, rate))
+    read          a = sign(q S * out_mant) * (|q S * out_mant| >> out_shift)   (graded, per column)
+
+Overflow is never silent: ``FixedOps.saturation_events`` counts clipped attention cells,
+clipped membranes and wrapped currents.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from .ir import Attention, Connection, Graph, IRError, Population
+from .simulate import Trace, run_graph, split_heads
+
+UV_BITS = 24  # Lava's u and v width
+DECAY_SHIFT = 12
+ACT_SHIFT = 6  # a_in << 6 and vth << 6 in PyLifModelBitAcc
+
+
+def decay12(x: np.ndarray, decrement: np.ndarray | int) -> np.ndarray:
+    """Lava's decay: ``sign(x (4096 - d)) * (|x (4096 - d)| >> 12)`` in int64."""
+    prod = np.asarray(x, np.int64) * (4096 - np.asarray(decrement, np.int64))
+    return np.sign(prod) * (np.abs(prod) >> DECAY_SHIFT)
+
+
+def mul12(x: np.ndarray, rate: np.ndarray | int) -> np.ndarray:
+    """``x * rate / 4096`` rounded toward zero (sign-magnitude, as Lava's decays)."""
+    prod = np.asarray(x, np.int64) * np.asarray(rate, np.int64)
+    return np.sign(prod) * (np.abs(prod) >> DECAY_SHIFT)
+
+
+def shift(x: np.ndarray, exp: int) -> np.ndarray:
+    """``x << exp`` for exp >= 0, arithmetic ``x >> -exp`` (floor) otherwise (Lava's Dense)."""
+    x = np.asarray(x, np.int64)
+    return np.left_shift(x, exp) if exp >= 0 else np.right_shift(x, -exp)
+
+
+def dense_fixed(conn: Connection, spikes: np.ndarray, tokens_out: int) -> np.ndarray:
+    """``[B, N_in, F_in]`` integer spikes or graded values -> ``[B, N_out, F_out]`` a_in."""
+    w = conn.weight.astype(np.int64)
+    s = np.asarray(spikes, np.int64)
+    if conn.kind == "tokenwise":
+        acc = s @ w.T
+    else:
+        acc = (s.reshape(s.shape[0], -1) @ w.T).reshape(s.shape[0], tokens_out, -1)
+    return shift(acc, int(conn.weight_exp))
+
+
+def effective_bias(pop: Population) -> np.ndarray:
+    """``bias_mant << bias_exp`` (``>>`` for negative exponents), as ``scale_bias`` in Lava."""
+    mant = pop.bias_mant.astype(np.int64)
+    exp = pop.bias_exp.astype(np.int64)
+    return np.where(exp >= 0, np.left_shift(mant, np.maximum(exp, 0)), np.right_shift(mant, np.maximum(-exp, 0)))
+
+
+class FixedOps:
+    """Integer arithmetic of SPEC §2.4 for ``neuromorphic.simulate.run_graph``."""
+
+    def __init__(self) -> None:
+        self.saturation_events = 0
+        self.limit = 2 ** (UV_BITS - 1)
+
+    def zeros(self, shape: tuple) -> np.ndarray:
+        return np.zeros(shape, np.int64)
+
+    def dense(self, conn: Connection, spikes: np.ndarray, target: Population) -> np.ndarray:
+        return dense_fixed(conn, spikes, target.tokens)
+
+    def _subthreshold(self, pop: Population, a_in: np.ndarray, state: Any) -> tuple[np.ndarray, np.ndarray]:
+        u, v = state if state is not None else (np.zeros_like(a_in), np.zeros_like(a_in))
+        u = decay12(u, pop.du + 1) + np.left_shift(a_in, ACT_SHIFT)
+        wrapped = np.where(u > self.limit, u - 2 * self.limit, u)
+        wrapped = np.where(wrapped <= -self.limit, u + 2 * self.limit, wrapped)  # Lava's wrap, as written
+        self.saturation_events += int((wrapped != u).sum())
+        u = wrapped
+        v = decay12(v, pop.dv) + u + effective_bias(pop)
+        clipped = np.clip(v, -self.limit + 1, self.limit - 1)
+        self.saturation_events += int((clipped != v).sum())
+        return u, clipped
+
+    def lif(self, pop: Population, current: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        u, v = self._subthreshold(pop, current, state)
+        s = v > (np.int64(pop.vth) << ACT_SHIFT)
+        v = np.where(s, 0, v)
+        return s, (u, v)
+
+    def readout(self, pop: Population, current: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        """The integrator's increment this step (v[t] - v[t-1]), so ``Trace.logits`` means the same."""
+        previous = state[1] if state is not None else np.zeros_like(current)
+        u, v = self._subthreshold(pop, current, state)
+        return v - previous, (u, v)
+
+    def attention(self, att: Attention, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                  m: Optional[np.ndarray], state: Any) -> tuple[np.ndarray, Any]:
+        out, state, clipped = attention_step_fixed(att, q, k, v, m, state)
+        self.saturation_events += clipped
+        return out, state
+
+
+def attention_initial_state_fixed(att: Attention, batch: int, tokens: int) -> dict[str, np.ndarray]:
+    h, d = att.heads, att.head_dim
+    state = {"memory": np.zeros((batch, h, d, d), np.int64)}
+    if att.variant == "stdp":
+        state["pre_trace"] = np.zeros((batch, tokens, h, d), np.int64)
+        state["post_trace"] = np.zeros((batch, tokens, h, d), np.int64)
+    if att.variant == "three_factor":
+        state["eligibility"] = np.zeros((batch, h, d, d), np.int64)
+    return state
+
+
+def _saturate(x: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
+    limit = 2 ** (bits - 1) - 1
+    clipped = np.clip(x, -limit, limit)
+    return clipped, int((clipped != x).sum())
+
+
+def attention_step_fixed(att: Attention, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                         m: Optional[np.ndarray], state: Optional[dict]) -> tuple[np.ndarray, dict, int]:
+    """One integer step (module docstring): spikes ``[B, N, H*d]`` -> a_in ``[B, N, H*d]``,
+    new state, number of saturated cells. ``m``: gate spikes ``[B, N, H]`` (three_factor)."""
+    f = att.fixed
+    h = att.heads
+    one, bits = int(f["one"]), int(f["state_bits"])
+    q, k, v = (split_heads(np.asarray(x, np.int64), h) for x in (q, k, v))  # [B, N, H, d]
+    state = dict(state) if state is not None else attention_initial_state_fixed(att, q.shape[0], q.shape[1])
+    per_head = lambda x: np.asarray(x, np.int64).reshape(1, h, 1, 1)  # noqa: E731
+    per_token_head = lambda x: np.asarray(x, np.int64).reshape(1, 1, h, 1)  # noqa: E731
+    memory = decay12(state["memory"], per_head(f["decay"]))
+    clipped = 0
+    if att.variant == "hebbian":
+        memory = memory + one * np.einsum("bnhi,bnhj->bhij", k, v)
+    elif att.variant == "stdp":
+        pre = decay12(state["pre_trace"], per_token_head(f["pre_decay"])) + one * k
+        potentiation = mul12(np.einsum("bnhi,bnhj->bhij", pre, v), per_head(f["a_plus"]))
+        depression = mul12(np.einsum("bnhi,bnhj->bhij", k, state["post_trace"]), per_head(f["a_minus"]))
+        memory = memory + potentiation - depression
+        state["pre_trace"] = pre
+        state["post_trace"] = decay12(state["post_trace"], per_token_head(f["post_decay"])) + one * v
+    elif att.variant == "three_factor":
+        elig = decay12(state["eligibility"], per_head(f["eligibility_decay"])) + one * np.einsum("bnhi,bnhj->bhij", k, v)
+        elig, c = _saturate(elig, bits)
+        clipped += c
+        tokens = m.shape[1]
+        m12 = (4096 * np.asarray(m, np.int64).sum(1)) // tokens  # [B, H]: fraction of gates firing
+        memory = memory + mul12(elig, m12[:, :, None, None])
+        state["eligibility"] = elig
+    elif att.variant == "delta":
+        recall = np.einsum("bnhi,bhij->bnhj", k, memory)  # k_n D, rows of active keys only
+        error = one * v - recall
+        count = np.maximum(k.sum(-1, keepdims=True), 1)
+        error = np.sign(error) * (np.abs(error) // count)  # trunc toward zero
+        memory = memory + mul12(np.einsum("bnhi,bnhj->bhij", k, error), per_head(f["delta_rate"]))
+    else:
+        raise IRError(f"attention {att.name!r} has unknown variant {att.variant!r}")
+    memory, c = _saturate(memory, bits)
+    state["memory"] = memory
+    read = np.einsum("bnhi,bhij->bnhj", q, memory).reshape(q.shape[0], q.shape[1], -1)  # [B, N, H*d]
+    prod = read * np.asarray(f["out_mant"], np.int64)
+    out = np.sign(prod) * (np.abs(prod) >> int(f["out_shift"]))
+    return out, state, clipped + c
+
+
+def run_fixed(graph: Graph, x_steps: np.ndarray, keep: Optional[set[str]] = None) -> Trace:
+    """Simulate a fixed-point graph on integer input steps ``[T, B, N, F]`` (see quantize.encode_fixed)."""
+    if graph.precision != "fixed":
+        raise IRError("run_fixed needs a fixed-point graph; make one with neuromorphic.quantize.quantize")
+    return run_graph(graph, np.asarray(x_steps, np.int64), FixedOps(), keep)

@@ -1,0 +1,370 @@
+"""The model IR: what every backend runs (SPEC §1), as plain dataclasses + numpy arrays.
+
+A ``Graph`` is a set of neuron populations joined by Dense connections and spiking-attention
+nodes. Every population is a ``[tokens, features]`` grid of neurons (flattened token-major,
+index ``n * features + f``, when a backend needs a vector).
+
+    input      the encoded model input, real-valued (``graded``) or binary spikes
+    lif        LIF neurons, SPEC §2.1: i = alpha i + I_in; v = beta v (1 - s) + i + bias; s = v > threshold
+    readout    a perfect integrator of its input current + bias; logits = mean over ``window`` steps
+
+    Connection  Dense synapses source -> target with a delay in steps (1 everywhere, as Lava's
+                Dense: SPEC §2.2). ``kind = "tokenwise"``: one ``[F_out, F_in]`` matrix applied to
+                each token; ``kind = "full"``: one ``[N_out*F_out, N_in*F_in]`` matrix over the
+                flattened grids (the readout, an unrolled convolution).
+    Attention   the event-driven fast-weight memory of SPEC §2.3 per head, reading the spikes of
+                its query/key/value populations in the same step (no delay) and sending
+                ``out_scale * scale * q S`` (per column of the H*d output) to ``target`` as graded
+                current in the same step.
+
+Currents into a population are summed. Fixed-point graphs (``precision = "fixed"``, made by
+``neuromorphic.quantize``) carry the integer fields as well (Lava's names: du, dv, vth,
+bias_mant, bias_exp, weight_exp, ...). Saved as ``graph.json`` + ``arrays.safetensors`` (no
+pickle); ``load_graph`` checks format, version, the arrays' hash, shapes and dtypes and
+rejects a bad file with one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from spikeformer.checkpoint import atomic_write_bytes, atomic_write_json
+from spikeformer.errors import SpikeformerError
+
+FORMAT = "spikeformer-ir"
+IR_VERSION = 1
+GRAPH_FILE = "graph.json"
+ARRAYS_FILE = "arrays.safetensors"
+POPULATION_KINDS = ("input", "lif", "readout")
+CONNECTION_KINDS = ("tokenwise", "full")
+PRECISIONS = ("float", "fixed")
+
+
+class IRError(SpikeformerError, ValueError):
+    """An IR file or graph is malformed."""
+
+
+class LoweringError(SpikeformerError, ValueError):
+    """A model has a layer or setting a backend cannot represent."""
+
+
+@dataclass
+class Population:
+    """A ``[tokens, features]`` grid of neurons (see the module docstring for ``kind``)."""
+
+    name: str
+    kind: str
+    tokens: int
+    features: int
+    beta: float = 0.0  # membrane decay per step (lif)
+    alpha: float = 0.0  # current decay per step (lif)
+    threshold: float = 1.0  # lif
+    bias: Optional[np.ndarray] = None  # [tokens, features], added to v every step (lif, readout)
+    graded: bool = False  # input: real values (True) or binary spikes
+    # fixed point (quantize.py), Lava PyLifModelBitAcc names
+    du: Optional[int] = None
+    dv: Optional[int] = None
+    vth: Optional[int] = None
+    bias_mant: Optional[np.ndarray] = None  # [tokens, features] int
+    bias_exp: Optional[np.ndarray] = None  # [tokens, features] int
+
+    @property
+    def size(self) -> int:
+        return self.tokens * self.features
+
+
+@dataclass
+class Connection:
+    """Dense synapses ``source -> target`` delivered ``delay`` steps later."""
+
+    name: str
+    source: str
+    target: str
+    kind: str
+    weight: np.ndarray  # tokenwise [F_out, F_in] | full [N_out*F_out, N_in*F_in]
+    delay: int = 1
+    # fixed point: effective weight = weight << weight_exp (Lava Dense); weight is then int
+    weight_exp: Optional[int] = None
+    num_weight_bits: Optional[int] = None
+    num_message_bits: int = 0  # 0: binary spikes in; > 0: graded input of that many bits
+
+
+@dataclass
+class Attention:
+    """Spiking attention (SPEC §2.3) between q/k/v populations ``[N, H*d]`` and ``target``."""
+
+    name: str
+    query: str
+    key: str
+    value: str
+    target: str
+    heads: int
+    head_dim: int
+    variant: str
+    decay: np.ndarray  # lambda per head [H]
+    scale: float
+    out_scale: np.ndarray  # per output column [H*d] (a folded BatchNorm's gain)
+    plasticity: dict[str, np.ndarray] = field(default_factory=dict)  # per head [H]
+    modulator: Optional[str] = None  # population [N, H] whose mean spike over tokens is m[t]
+    # fixed point (quantize.py): see docs/backends.md
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Graph:
+    """A lowered model. ``meta`` holds the timing and task facts backends need:
+    mode, steps (per sample, latency included), window, latency, classes, encoder, task."""
+
+    populations: list[Population]
+    connections: list[Connection]
+    attentions: list[Attention]
+    meta: dict[str, Any]
+    precision: str = "float"
+    fixed: dict[str, Any] = field(default_factory=dict)  # global fixed-point facts (input_scale, ...)
+
+    def population(self, name: str) -> Population:
+        for pop in self.populations:
+            if pop.name == name:
+                return pop
+        raise IRError(f"IR has no population named {name!r}")
+
+    @property
+    def input(self) -> Population:
+        return next(p for p in self.populations if p.kind == "input")
+
+    @property
+    def readout(self) -> Population:
+        return next(p for p in self.populations if p.kind == "readout")
+
+    def incoming(self, name: str) -> list[Connection]:
+        return [c for c in self.connections if c.target == name]
+
+    def attention_into(self, name: str) -> list[Attention]:
+        return [a for a in self.attentions if a.target == name]
+
+    def step_order(self) -> list[str]:
+        """Population names in an order where same-step (attention) inputs come first.
+
+        Dense connections carry a one-step delay, so only attention nodes create same-step
+        dependencies: a target comes after the attention's q/k/v (and modulator) populations.
+        """
+        after: dict[str, set[str]] = {p.name: set() for p in self.populations}
+        for att in self.attentions:
+            after[att.target] |= {att.query, att.key, att.value} | ({att.modulator} if att.modulator else set())
+        order: list[str] = []
+        pending = [p.name for p in self.populations]
+        while pending:
+            ready = [n for n in pending if after[n] <= set(order)]
+            if not ready:
+                raise IRError(f"IR has a same-step cycle among {pending}")
+            order.extend(ready)
+            pending = [n for n in pending if n not in ready]
+        return order
+
+    def validate(self) -> "Graph":
+        """Check names, kinds, shapes and dtypes; raise IRError with one line on the first problem."""
+        _validate(self)
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def _need(cond: bool, message: str) -> None:
+    if not cond:
+        raise IRError(message)
+
+
+def _array(obj: Any, name: str, shape: tuple, integer: bool = False) -> None:
+    value = getattr(obj, name)
+    where = f"{type(obj).__name__.lower()} {obj.name!r} field {name!r}"
+    _need(isinstance(value, np.ndarray), f"{where} must be an array, got {type(value).__name__}")
+    _need(value.shape == shape, f"{where} has shape {value.shape}, expected {shape}")
+    if integer:
+        _need(np.issubdtype(value.dtype, np.integer), f"{where} must be integer, got {value.dtype}")
+    else:
+        _need(np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer),
+              f"{where} must be numeric, got {value.dtype}")
+        _need(bool(np.isfinite(value).all()), f"{where} contains NaN or infinite values")
+
+
+def _validate(g: Graph) -> None:
+    _need(g.precision in PRECISIONS, f"IR precision must be one of {PRECISIONS}, got {g.precision!r}")
+    fixed = g.precision == "fixed"
+    names = [p.name for p in g.populations]
+    _need(len(set(names)) == len(names), "IR population names must be unique")
+    pops = {p.name: p for p in g.populations}
+    _need(sum(p.kind == "input" for p in g.populations) == 1, "IR needs exactly one input population")
+    _need(sum(p.kind == "readout" for p in g.populations) == 1, "IR needs exactly one readout population")
+    for key in ("mode", "steps", "window", "latency", "classes"):
+        _need(key in g.meta, f"IR meta lacks {key!r}")
+    for p in g.populations:
+        _need(p.kind in POPULATION_KINDS, f"population {p.name!r} has unknown kind {p.kind!r}")
+        _need(p.tokens > 0 and p.features > 0, f"population {p.name!r} has an empty shape")
+        if p.kind == "lif":
+            _need(0.0 <= p.beta <= 1.0 and 0.0 <= p.alpha <= 1.0, f"population {p.name!r} has decays outside [0, 1]")
+            _need(p.threshold > 0, f"population {p.name!r} needs a positive threshold")
+        if p.kind != "input":
+            _array(p, "bias", (p.tokens, p.features))
+        if fixed and p.kind == "lif":
+            for key in ("du", "dv", "vth"):
+                _need(isinstance(getattr(p, key), int), f"fixed-point population {p.name!r} lacks integer {key!r}")
+            _array(p, "bias_mant", (p.tokens, p.features), integer=True)
+            _array(p, "bias_exp", (p.tokens, p.features), integer=True)
+    for c in g.connections:
+        _need(c.source in pops and c.target in pops, f"connection {c.name!r} joins unknown populations")
+        _need(c.kind in CONNECTION_KINDS, f"connection {c.name!r} has unknown kind {c.kind!r}")
+        _need(c.delay >= 0, f"connection {c.name!r} has a negative delay")
+        src, dst = pops[c.source], pops[c.target]
+        if c.kind == "tokenwise":
+            _need(src.tokens == dst.tokens, f"tokenwise connection {c.name!r} joins grids with different tokens")
+            shape = (dst.features, src.features)
+        else:
+            shape = (dst.size, src.size)
+        _array(c, "weight", shape, integer=fixed)
+        if fixed:
+            _need(isinstance(c.weight_exp, int), f"fixed-point connection {c.name!r} lacks an integer weight_exp")
+    for a in g.attentions:
+        for role in ("query", "key", "value", "target"):
+            _need(getattr(a, role) in pops, f"attention {a.name!r} {role} {getattr(a, role)!r} is not a population")
+        width = a.heads * a.head_dim
+        for role in ("query", "key", "value", "target"):
+            _need(pops[getattr(a, role)].features == width, f"attention {a.name!r} {role} must have {width} features")
+        _array(a, "decay", (a.heads,))
+        _array(a, "out_scale", (width,))
+        for key in a.plasticity:
+            _need(a.plasticity[key].shape == (a.heads,), f"attention {a.name!r} plasticity {key!r} must be [H]")
+        if a.modulator is not None:
+            _need(a.modulator in pops and pops[a.modulator].features == a.heads,
+                  f"attention {a.name!r} modulator must be a population with {a.heads} features")
+    g.step_order()
+
+
+# ---------------------------------------------------------------------------------------------
+# save / load: graph.json (structure, scalars) + arrays.safetensors (every array), no pickle
+
+
+def _split(obj: Any, prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Dataclass -> JSON dict, moving arrays into ``arrays`` under ``prefix/field``."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, np.ndarray):
+            arrays[f"{prefix}/{f.name}"] = value
+            out[f.name] = {"array": f"{prefix}/{f.name}"}
+        elif isinstance(value, dict) and any(isinstance(v, np.ndarray) for v in value.values()):
+            out[f.name] = {}
+            for key, item in value.items():
+                if isinstance(item, np.ndarray):
+                    arrays[f"{prefix}/{f.name}/{key}"] = item
+                    out[f.name][key] = {"array": f"{prefix}/{f.name}/{key}"}
+                else:
+                    out[f.name][key] = item
+        else:
+            out[f.name] = value
+    return out
+
+
+def _join(record: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    def resolve(value: Any) -> Any:
+        if isinstance(value, dict) and set(value) == {"array"}:
+            if value["array"] not in arrays:
+                raise IRError(f"IR arrays file lacks {value['array']!r}; re-export the model")
+            return arrays[value["array"]]
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        return value
+
+    return {k: resolve(v) for k, v in record.items()}
+
+
+def _contiguous(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    for key, value in arrays.items():
+        value = np.ascontiguousarray(value)
+        if value.dtype == np.bool_:
+            value = value.astype(np.uint8)
+        out[key] = value
+    return out
+
+
+def save_graph(graph: Graph, path: str | Path) -> Path:
+    """Write ``path/graph.json`` + ``path/arrays.safetensors`` atomically (arrays first)."""
+    from safetensors.numpy import save
+
+    graph.validate()
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {}
+    record = {
+        "format": FORMAT, "version": IR_VERSION, "precision": graph.precision,
+        "meta": graph.meta, "fixed": graph.fixed,
+        "populations": [_split(p, f"pop/{p.name}", arrays) for p in graph.populations],
+        "connections": [_split(c, f"conn/{c.name}", arrays) for c in graph.connections],
+        "attentions": [_split(a, f"att/{a.name}", arrays) for a in graph.attentions],
+    }
+    blob = save(_contiguous(arrays)) if arrays else save({"empty": np.zeros(0)})
+    record["arrays_sha256"] = hashlib.sha256(blob).hexdigest()
+    atomic_write_bytes(path / ARRAYS_FILE, blob)
+    atomic_write_json(path / GRAPH_FILE, record)
+    return path
+
+
+def load_graph(path: str | Path) -> Graph:
+    """Read and validate an IR folder written by ``save_graph``; one-line IRError on any problem."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    path = Path(path)
+    if not (path / GRAPH_FILE).is_file() or not (path / ARRAYS_FILE).is_file():
+        raise IRError(f"{path} is not an IR folder (needs {GRAPH_FILE} and {ARRAYS_FILE}); "
+                      "create one with 'spikeformer export RUN --to ir --out PATH'")
+    try:
+        record = json.loads((path / GRAPH_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IRError(f"{path / GRAPH_FILE} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); re-export the model") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise IRError(f"{path / GRAPH_FILE} is not a spikeformer IR file (format {record.get('format') if isinstance(record, dict) else None!r})")
+    if record.get("version") != IR_VERSION:
+        raise IRError(f"{path / GRAPH_FILE} has IR version {record.get('version')!r}; this spikeformer reads "
+                      f"version {IR_VERSION}: re-export the model with this version")
+    blob = (path / ARRAYS_FILE).read_bytes()
+    if hashlib.sha256(blob).hexdigest() != record.get("arrays_sha256"):
+        raise IRError(f"{path / ARRAYS_FILE} does not match {GRAPH_FILE} (truncated or modified); re-export the model")
+    try:
+        arrays = load(blob)
+    except (SafetensorError, ValueError) as exc:
+        raise IRError(f"{path / ARRAYS_FILE} is not a readable safetensors file ({exc}); re-export the model") from None
+    try:
+        graph = Graph(
+            populations=[Population(**_join(p, arrays)) for p in record["populations"]],
+            connections=[Connection(**_join(c, arrays)) for c in record["connections"]],
+            attentions=[Attention(**_join(a, arrays)) for a in record["attentions"]],
+            meta=record["meta"], precision=record["precision"], fixed=record.get("fixed", {}),
+        )
+    except (KeyError, TypeError) as exc:
+        raise IRError(f"{path / GRAPH_FILE} has a missing or unknown field ({exc}); re-export the model") from None
+    return graph.validate()
+
+
+def graph_summary(graph: Graph) -> dict[str, Any]:
+    """Counts for printing: neurons, synapses, attention heads."""
+    neurons = sum(p.size for p in graph.populations if p.kind == "lif")
+    synapses = 0
+    for c in graph.connections:
+        tokens = graph.population(c.target).tokens if c.kind == "tokenwise" else 1
+        synapses += int(c.weight.size) * tokens
+    return {"neurons": neurons, "synapses": synapses, "populations": len(graph.populations),
+            "connections": len(graph.connections), "attention_heads": sum(a.heads for a in graph.attentions),
+            "precision": graph.precision}
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """Dataclass -> dict (arrays kept), for tests and debugging."""
+    return asdict(obj)

@@ -1,0 +1,34 @@
+"""Lava backend: IR graphs as Lava processes (stock ``LIF`` and ``Dense``, the project's
+``SpikingAttention``), in floating point or bit-accurate fixed point.
+
+lava-nc 0.10.0 imports only on CPython 3.10; ``require_lava()`` says so in one line on any other
+Python, and nothing else in spikeformer needs Lava. Process models live in their own packages
+(``neuromorphic.lava.attention``) because Lava imports every module beside a Process to find
+its models; this file and ``run.py`` stay outside that folder.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from spikeformer.errors import SpikeformerError
+
+NEEDED_PYTHON = (3, 10)
+
+
+class LavaUnavailable(SpikeformerError, RuntimeError):
+    """Lava cannot be imported on this interpreter."""
+
+
+def require_lava() -> None:
+    """Raise ``LavaUnavailable`` with one line unless lava-nc imports here."""
+    if sys.version_info[:2] != NEEDED_PYTHON:
+        raise LavaUnavailable(
+            f"the Lava backend needs CPython {NEEDED_PYTHON[0]}.{NEEDED_PYTHON[1]} (lava-nc 0.10.0 imports only "
+            f"there); this is Python {sys.version_info[0]}.{sys.version_info[1]}: use the project's .venv "
+            "(make setup)")
+    try:
+        import lava.magma.core.run_configs  # noqa: F401
+    except ImportError as exc:
+        raise LavaUnavailable(f"lava-nc is not installed or broken ({exc}); install it with "
+                              "pip install -e '.[lava]' on Python 3.10") from None

@@ -1,0 +1,185 @@
+"""Float IR -> fixed-point IR (SPEC §2.4): every rounding step of the Lava export lives here.
+
+Units. A LIF population with float threshold theta and integer ``vth`` keeps its membrane in
+units of ``theta / (64 vth)`` (Lava compares v with ``vth << 6``) and receives ``a_in`` in units
+of ``theta / vth`` (Lava adds ``a_in << 6``). So a float current I becomes ``a_in = I vth / theta``:
+
+- Dense weights: ``W vth / theta`` (divided by the input scale for graded input), written as
+  an 8-bit mantissa times ``2^weight_exp``. With mixed-sign weights Lava's bit-accurate Dense
+  drops the mantissa's least significant bit, so mantissas are even numbers in [-256, 254]
+  (then Lava's clip and truncation leave them unchanged, whatever sign mode it detects).
+- Bias: ``b 64 vth / theta`` = ``bias_mant << bias_exp`` with a 13-bit signed mantissa and
+  the smallest exponent in 0..7 that fits.
+- Decays: ``dv = round((1 - beta) 4096)``, ``du = 4095`` for alpha = 0 (Lava decays u by
+  ``du + 1``, so u keeps nothing: the ``du + 1`` offset of ``PyLifModelBitAcc``).
+- Readout: a LIF with ``dv = 0`` that never fires (``vth`` at its 17-bit maximum) integrates
+  the readout current; its ``a_in`` scale is a power of two chosen so the integral of the
+  largest possible current over a sample stays inside 23 bits.
+- Graded input: ``round(x * input_scale)`` in 8 signed bits (``num_message_bits = 8``), the
+  scale a power of two that maps the largest calibration magnitude to <= 127.
+- Attention: state in ``state_bits``-bit integers, one coincidence = ``one = 2^frac_bits``,
+  decays as 12-bit decrements, rates as 12-bit fractions, the read ``out_scale * scale``
+  times ``vth / theta`` of the target as ``out_mant / 2^out_shift`` (16-bit mantissa).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Optional
+
+import numpy as np
+
+from .ir import Attention, Connection, Graph, LoweringError, Population
+
+VTH = 256  # default integer threshold: a_in resolution theta / 256
+VTH_MAX = 2 ** 17 - 1
+BIAS_MANT_MAX = 2 ** 12 - 1  # 13-bit signed
+INPUT_MAX = 127  # signed 8-bit graded messages
+STATE_BITS = 24
+OUT_MANT_MAX = 2 ** 15 - 1
+
+
+def decrement12(keep: float) -> int:
+    """A decay factor in [0, 1] as Lava's 12-bit decrement ``round((1 - keep) 4096)``, in 0..4096."""
+    return int(min(max(round((1.0 - float(keep)) * 4096), 0), 4096))
+
+
+def rate12(rate: float) -> int:
+    """A non-negative rate as a 12-bit fraction ``round(rate 4096)``."""
+    return int(round(float(rate) * 4096))
+
+
+def quantize_weights(weight: np.ndarray) -> tuple[np.ndarray, int]:
+    """Float weights (in a_in units) -> (even int mantissas in [-256, 254], weight_exp).
+
+    ``mantissa << weight_exp`` approximates ``weight``; the exponent is the smallest that
+    fits the largest magnitude (most precision). Lava's ``clip_weights`` and
+    ``truncate_weights`` (8 bits) leave these mantissas unchanged (tested).
+    """
+    peak = float(np.abs(weight).max()) if weight.size else 0.0
+    if peak == 0.0:
+        return np.zeros(weight.shape, np.int64), 0
+    exp = math.ceil(math.log2(peak / 254.0))
+    while True:
+        mant = 2 * np.round(weight / 2.0 ** (exp + 1))
+        if mant.max() <= 254 and mant.min() >= -256:
+            return mant.astype(np.int64), int(exp)
+        exp += 1
+
+
+def quantize_bias(bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer-unit bias -> (13-bit mantissa, exponent 0..7) per neuron, smallest exponent that fits."""
+    bias = np.asarray(bias, np.float64)
+    exp = np.zeros(bias.shape, np.int64)
+    for _ in range(8):  # raise the exponent only where the rounded mantissa does not fit
+        exp = np.where((np.abs(np.round(bias / 2.0 ** exp)) > BIAS_MANT_MAX) & (exp < 7), exp + 1, exp)
+    if (np.abs(np.round(bias / 2.0 ** exp)) > BIAS_MANT_MAX).any():
+        raise LoweringError("a bias is too large for Lava's 13-bit mantissa and 3-bit exponent; "
+                            "lower the integer threshold (quantize(..., vth=...))")
+    return np.round(bias / 2.0 ** exp).astype(np.int64), exp
+
+
+def _input_scale(graph: Graph, calibration: Optional[np.ndarray]) -> int:
+    if not graph.input.graded:
+        return 1
+    peak = float(np.abs(calibration).max()) if calibration is not None and calibration.size else 1.0
+    return 2 ** int(math.floor(math.log2(INPUT_MAX / max(peak, 1e-12))))
+
+
+def quantize(graph: Graph, vth: int = VTH, calibration: Optional[np.ndarray] = None,
+             state_bits: int = STATE_BITS) -> Graph:
+    """A fixed-point copy of a float ``graph`` (module docstring). ``calibration``: encoded
+    input steps ``[T, B, N, F]`` whose peak sets the graded-input scale (1.0 when None)."""
+    if graph.precision != "float":
+        raise LoweringError("quantize expects a float graph")
+    if not 1 <= vth <= VTH_MAX:
+        raise LoweringError(f"vth must lie in 1..{VTH_MAX}, got {vth}")
+    g = copy.deepcopy(graph)
+    g.precision = "fixed"
+    input_scale = _input_scale(graph, calibration)
+    units: dict[str, float] = {}  # a_in per unit of float current, per population
+    for pop in g.populations:
+        if pop.kind == "lif":
+            if pop.alpha != 0.0:
+                raise LoweringError(f"population {pop.name!r}: fixed point supports alpha = 0 only")
+            units[pop.name] = vth / pop.threshold
+            pop.du = 4095  # Lava decays u by du + 1 = 4096: no current state (alpha = 0)
+            pop.dv = decrement12(pop.beta)
+            pop.vth = int(vth)
+    readout = g.readout
+    units[readout.name] = _readout_unit(g, readout)
+    readout.du, readout.dv, readout.vth = 4095, 0, VTH_MAX
+    for pop in g.populations:
+        if pop.kind in ("lif", "readout"):
+            pop.bias_mant, pop.bias_exp = quantize_bias(pop.bias * units[pop.name] * 64)
+    for conn in g.connections:
+        graded = conn.source == g.input.name and g.input.graded
+        scale = units[conn.target] / (input_scale if graded else 1)
+        conn.weight, conn.weight_exp = quantize_weights(conn.weight * scale)
+        conn.num_weight_bits = 8
+        conn.num_message_bits = 8 if graded else 0
+    for att in g.attentions:
+        _quantize_attention(att, units[att.target], state_bits, g.population(att.query).tokens)
+    g.fixed = {"input_scale": input_scale, "vth": int(vth), "state_bits": state_bits,
+               "readout_unit": units[readout.name], "graded_input": bool(g.input.graded)}
+    return g.validate()
+
+
+def _readout_unit(g: Graph, readout: Population) -> float:
+    """a_in per unit readout current: a power of two keeping the sample's integral in 23 bits."""
+    bound = float(np.abs(readout.bias).max())
+    for conn in g.incoming(readout.name):
+        bound += float(np.abs(conn.weight).sum(1).max())  # every source neuron firing
+    steps = int(g.meta["steps"])
+    budget = 2 ** 22 / (64 * steps * max(bound, 1e-12))
+    return float(2 ** min(int(math.floor(math.log2(budget))), 12))
+
+
+def _attention_bound(att: Attention, tokens: int) -> float:
+    """A bound on |S| in coincidence units, used to pick ``one``."""
+    lam = float(att.decay.max())
+    per_step = float(tokens * att.head_dim)
+    p = att.plasticity
+    if att.variant == "stdp":
+        pre = 1.0 / max(1.0 - float(p["pre_decay"].max()), 1e-3)
+        post = 1.0 / max(1.0 - float(p["post_decay"].max()), 1e-3)
+        per_step *= float(p["a_plus"].max()) * pre + float(p["a_minus"].max()) * post
+    elif att.variant == "three_factor":
+        per_step /= max(1.0 - float(p["eligibility_decay"].max()), 1e-3)
+    elif att.variant == "delta":
+        return 4.0  # the delta rule drives S toward values of order one
+    return per_step / max(1.0 - lam, 1e-3)
+
+
+def _quantize_attention(att: Attention, target_unit: float, state_bits: int, tokens: int) -> None:
+    frac_bits = int(math.floor(math.log2((2 ** (state_bits - 2)) / _attention_bound(att, tokens))))
+    frac_bits = max(0, min(frac_bits, 16))
+    one = 2 ** frac_bits
+    fixed = {"one": one, "frac_bits": frac_bits, "state_bits": state_bits,
+             "decay": [decrement12(x) for x in att.decay]}
+    for name, values in att.plasticity.items():
+        if name.endswith("_decay"):
+            fixed[name] = [decrement12(x) for x in values]
+        else:  # a_plus, a_minus, delta_rate
+            fixed[name] = [rate12(x) for x in values]
+    ratio = att.out_scale * att.scale * target_unit / one  # a_in per unit of q S_int
+    peak = float(np.abs(ratio).max()) or 1.0
+    out_shift = max(0, int(math.floor(math.log2(OUT_MANT_MAX / peak))))
+    fixed["out_shift"] = out_shift
+    fixed["out_mant"] = [int(x) for x in np.round(ratio * 2 ** out_shift)]
+    att.fixed = fixed
+
+
+def encode_fixed(graph: Graph, x_steps: np.ndarray) -> tuple[np.ndarray, int]:
+    """Float input steps -> integer messages for a fixed graph, and how many were clipped."""
+    if not graph.input.graded:
+        return (np.asarray(x_steps) != 0).astype(np.int64), 0
+    scaled = np.round(np.asarray(x_steps, np.float64) * graph.fixed["input_scale"])
+    clipped = np.clip(scaled, -INPUT_MAX, INPUT_MAX)
+    return clipped.astype(np.int64), int((clipped != scaled).sum())
+
+
+def dequantize_weights(conn: Connection) -> np.ndarray:
+    """The float value of a fixed connection's weights, ``mantissa * 2^weight_exp`` (a_in units)."""
+    return conn.weight.astype(np.float64) * 2.0 ** int(conn.weight_exp)

@@ -1,0 +1,193 @@
+"""Reference simulation of an IR ``Graph`` in numpy, for a whole batch at once.
+
+One time loop (``run_graph``) serves both precisions; the arithmetic comes from an ``Ops``
+object: ``FloatOps`` here (float64, SPEC §2.1-2.3, the float reference every backend is
+compared with) and ``FixedOps`` in ``neuromorphic.fixed_ref`` (integers, SPEC §2.4).
+
+Per step t, populations are visited in ``graph.step_order()``; each receives
+
+    current = sum over connections c into it:  W_c @ out[source_c][t - delay_c]
+            + sum over attention nodes a into it:  a(q[t], k[t], v[t], m[t])   (same step)
+
+and then updates: input -> the given input step; lif -> SPEC §2.1; readout -> current + bias
+recorded (the perfect integrator's increment). Logits = mean of the readout over the last
+``window`` steps (``Trace.logits``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
+
+import numpy as np
+
+from .ir import Attention, Connection, Graph, IRError, Population
+
+
+@dataclass
+class Trace:
+    """What a run produced: spikes per population ``[T, B, N, F]`` (bool) and the readout ``[T, B, C]``."""
+
+    spikes: dict[str, np.ndarray]
+    readout: np.ndarray
+    window: int
+    saturation_events: int = 0
+    final_state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def logits(self) -> np.ndarray:
+        """``[B, C]``: the readout averaged over the last ``window`` steps (the torch model's logits)."""
+        return self.readout[-self.window:].mean(0)
+
+
+class Ops(Protocol):
+    def dense(self, conn: Connection, spikes: np.ndarray, target: Population) -> np.ndarray: ...
+    def lif(self, pop: Population, current: np.ndarray, state: Any) -> tuple[np.ndarray, Any]: ...
+    def readout(self, pop: Population, current: np.ndarray, state: Any) -> tuple[np.ndarray, Any]: ...
+    def attention(self, att: Attention, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                  m: Optional[np.ndarray], state: Any) -> tuple[np.ndarray, Any]: ...
+    def zeros(self, shape: tuple) -> np.ndarray: ...
+
+
+def dense_float(weight: np.ndarray, kind: str, spikes: np.ndarray, tokens_out: int) -> np.ndarray:
+    """``[B, N_in, F_in] -> [B, N_out, F_out]`` through a tokenwise or full weight matrix."""
+    if kind == "tokenwise":
+        return spikes @ weight.T  # per token: [B, N, F_in] @ [F_in, F_out]
+    b = spikes.shape[0]
+    return (spikes.reshape(b, -1) @ weight.T).reshape(b, tokens_out, -1)  # [B, N*F] -> [B, N', F']
+
+
+class FloatOps:
+    """Float64 arithmetic of SPEC §2.1-2.3."""
+
+    def zeros(self, shape: tuple) -> np.ndarray:
+        return np.zeros(shape)
+
+    def dense(self, conn: Connection, spikes: np.ndarray, target: Population) -> np.ndarray:
+        return dense_float(conn.weight, conn.kind, spikes, target.tokens)
+
+    def lif(self, pop: Population, current: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        i, v, s = state if state is not None else (0.0, 0.0, np.zeros_like(current, dtype=bool))
+        i = pop.alpha * i + current
+        v = pop.beta * v * (~s) + i + pop.bias
+        s = v > pop.threshold
+        return s, (i, v, s)
+
+    def readout(self, pop: Population, current: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        return current + pop.bias, None
+
+    def attention(self, att: Attention, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                  m: Optional[np.ndarray], state: Any) -> tuple[np.ndarray, Any]:
+        return attention_step_float(att, q, k, v, m, state)
+
+
+def split_heads(x: np.ndarray, heads: int) -> np.ndarray:
+    """``[B, N, H*d] -> [B, N, H, d]``."""
+    b, n, width = x.shape
+    return x.reshape(b, n, heads, width // heads)
+
+
+def attention_initial_state(att: Attention, batch: int, tokens: int, dtype=np.float64) -> dict[str, np.ndarray]:
+    h, d = att.heads, att.head_dim
+    state = {"memory": np.zeros((batch, h, d, d), dtype)}
+    if att.variant == "stdp":
+        state["pre_trace"] = np.zeros((batch, tokens, h, d), dtype)
+        state["post_trace"] = np.zeros((batch, tokens, h, d), dtype)
+    if att.variant == "three_factor":
+        state["eligibility"] = np.zeros((batch, h, d, d), dtype)
+    return state
+
+
+def attention_step_float(att: Attention, q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                         m: Optional[np.ndarray], state: Optional[dict]) -> tuple[np.ndarray, dict]:
+    """One step of SPEC §2.3 for a batch: spikes ``[B, N, H*d]`` -> current ``[B, N, H*d]``.
+
+    Same maths as ``spikeformer.attention`` (its docstring lists the variants); ``m`` holds
+    the gate spikes ``[B, N, H]`` (three_factor), whose mean over tokens is the modulator.
+    The output is ``out_scale * scale * q S`` per column.
+    """
+    h = att.heads
+    q, k, v = (split_heads(x.astype(np.float64), h) for x in (q, k, v))  # [B, N, H, d]
+    state = dict(state) if state is not None else attention_initial_state(att, q.shape[0], q.shape[1])
+    lam = att.decay.reshape(1, h, 1, 1)
+    p = att.plasticity
+    memory = state["memory"]
+    if att.variant == "hebbian":
+        memory = lam * memory + np.einsum("bnhi,bnhj->bhij", k, v)
+    elif att.variant == "stdp":
+        pre = p["pre_decay"].reshape(1, 1, h, 1) * state["pre_trace"] + k
+        potentiation = np.einsum("bnhi,bnhj->bhij", pre, v)
+        depression = np.einsum("bnhi,bnhj->bhij", k, state["post_trace"])
+        memory = lam * memory + p["a_plus"].reshape(1, h, 1, 1) * potentiation \
+            - p["a_minus"].reshape(1, h, 1, 1) * depression
+        state["pre_trace"] = pre
+        state["post_trace"] = p["post_decay"].reshape(1, 1, h, 1) * state["post_trace"] + v
+    elif att.variant == "three_factor":
+        elig = p["eligibility_decay"].reshape(1, h, 1, 1) * state["eligibility"] + np.einsum("bnhi,bnhj->bhij", k, v)
+        memory = lam * memory + m.astype(np.float64).mean(1)[:, :, None, None] * elig
+        state["eligibility"] = elig
+    elif att.variant == "delta":
+        decayed = lam * memory
+        recall = np.einsum("bnhi,bhij->bnhj", k, decayed)
+        error = (v - recall) / np.maximum(k.sum(-1, keepdims=True), 1.0)
+        memory = decayed + p["delta_rate"].reshape(1, h, 1, 1) * np.einsum("bnhi,bnhj->bhij", k, error)
+    else:
+        raise IRError(f"attention {att.name!r} has unknown variant {att.variant!r}")
+    state["memory"] = memory
+    o = att.scale * np.einsum("bnhi,bhij->bnhj", q, memory)  # [B, N, H, d]
+    return o.reshape(o.shape[0], o.shape[1], -1) * att.out_scale, state
+
+
+def run_graph(graph: Graph, x_steps: np.ndarray, ops: Optional[Ops] = None,
+              keep: Optional[set[str]] = None) -> Trace:
+    """Simulate ``graph`` on encoded input ``x_steps [T, B, N, F]`` (one sample per batch row,
+    every state starting at zero). ``keep``: population names whose spikes to return (all
+    when None)."""
+    ops = ops or FloatOps()
+    inp = graph.input
+    if x_steps.ndim != 4 or x_steps.shape[2:] != (inp.tokens, inp.features):
+        raise IRError(f"input steps must be [T, B, {inp.tokens}, {inp.features}], got {x_steps.shape}")
+    steps, batch = x_steps.shape[:2]
+    order = graph.step_order()
+    pops = {p.name: p for p in graph.populations}
+    max_delay = max([c.delay for c in graph.connections] + [1])
+    if any(c.delay < 1 for c in graph.connections):
+        raise IRError("Dense connections need a delay of at least one step")
+    # history[name][d - 1] = output d steps ago
+    history = {n: [ops.zeros((batch, p.tokens, p.features)) for _ in range(max_delay)] for n, p in pops.items()}
+    incoming = {n: graph.incoming(n) for n in pops}
+    att_into = {n: graph.attention_into(n) for n in pops}
+    states: dict[str, Any] = {n: None for n in pops}
+    att_states: dict[str, Any] = {a.name: None for a in graph.attentions}
+    wanted = set(pops) if keep is None else set(keep)
+    spikes = {n: np.zeros((steps, batch, pops[n].tokens, pops[n].features), bool)
+              for n in wanted if pops[n].kind != "readout"}
+    readout = []
+    for t in range(steps):
+        now: dict[str, np.ndarray] = {}
+        for name in order:
+            pop = pops[name]
+            if pop.kind == "input":
+                now[name] = x_steps[t]
+            else:
+                current = ops.zeros((batch, pop.tokens, pop.features))
+                for conn in incoming[name]:
+                    current = current + ops.dense(conn, history[conn.source][conn.delay - 1], pop)
+                for att in att_into[name]:
+                    mod = now[att.modulator] if att.modulator else None
+                    out, att_states[att.name] = ops.attention(
+                        att, now[att.query], now[att.key], now[att.value], mod, att_states[att.name])
+                    current = current + out
+                if pop.kind == "lif":
+                    now[name], states[name] = ops.lif(pop, current, states[name])
+                else:
+                    value, states[name] = ops.readout(pop, current, states[name])
+                    readout.append(value.reshape(batch, -1))
+                    now[name] = ops.zeros((batch, pop.tokens, pop.features))
+            if name in spikes:
+                spikes[name][t] = now[name] != 0
+        for name in pops:
+            history[name] = [now[name]] + history[name][:-1]
+    saturation = int(getattr(ops, "saturation_events", 0))
+    return Trace(spikes, np.stack(readout, 0), int(graph.meta["window"]), saturation,
+                 {"lif": states, "attention": att_states})

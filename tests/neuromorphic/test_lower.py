@@ -1,0 +1,74 @@
+"""Lowering: the IR simulated in numpy reproduces the torch model spike for spike."""
+
+import numpy as np
+import pytest
+import torch
+
+from neuromorphic.compare import agreement, encode_steps, torch_trace
+from neuromorphic.ir import LoweringError
+from neuromorphic.lower import lower
+from neuromorphic.simulate import run_graph
+from spikeformer.config import Config
+from spikeformer.model import build_model
+
+CASES = {
+    "global-hebbian": dict(),
+    "global-stdp": dict(variant="stdp"),
+    "global-three_factor": dict(variant="three_factor"),
+    "global-delta": dict(variant="delta"),
+    "causal-delta": dict(task="recall", mode="causal", variant="delta", attn_scale=1.0),
+    "causal-hebbian": dict(task="recall", mode="causal", variant="hebbian", attn_scale=0.5),
+    "conv1d-stem": dict(task="mnist1d", stem="conv1d"),
+    "depth2-learnt-threshold": dict(depth=2, learn_threshold=True),
+    "feed-forward": dict(depth=0),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_ir_reproduces_torch_spikes(case, make_model, make_inputs):
+    model = make_model(**CASES[case])
+    if model.cfg.learn_threshold:  # per-neuron thresholds fold into the inputs
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("threshold_param"):
+                    p.uniform_(0.6, 1.4)
+    x_steps = encode_steps(model, make_inputs(model.cfg.task, 6))
+    reference = torch_trace(model, x_steps)
+    trace = run_graph(lower(model), x_steps)
+    score = agreement(reference, trace)
+    assert score["populations_compared"] == len(reference.spikes)
+    assert score["spike_agreement"] == 1.0, {k: v for k, v in score["per_population"].items() if v < 1}
+    np.testing.assert_allclose(trace.readout, reference.readout, rtol=1e-9, atol=1e-9)
+    for name, spikes in trace.spikes.items():  # the comparison means something only if neurons fire
+        if name not in ("input",) and "attn.out" not in name:
+            assert spikes.any(), name
+    attention_out = [s for n, s in trace.spikes.items() if n.endswith("attn.out")]
+    assert all(s.any() for s in attention_out)
+
+
+def test_lowering_needs_loihi_delays():
+    model = build_model(Config(task="digits", dim=16, heads=2, head_dim=4, depth=1), 4, 16, 10)
+    with pytest.raises(LoweringError, match="delays"):
+        lower(model)
+
+
+def test_lowering_names_the_layer_with_unsupported_alpha():
+    model = build_model(Config(task="digits", dim=16, heads=2, head_dim=4, depth=1, delays="loihi", alpha=0.5),
+                        4, 16, 10)
+    with pytest.raises(LoweringError, match="'block0.in'"):
+        lower(model)
+
+
+def test_lowering_names_the_layer_with_per_neuron_beta():
+    model = build_model(Config(task="digits", dim=16, heads=2, head_dim=4, depth=1, delays="loihi",
+                               learn_beta=True), 4, 16, 10)
+    with torch.no_grad():
+        model.blocks[0].lif1.lif.beta_logit[0] = 2.0
+    with pytest.raises(LoweringError, match="'block0.in'.*per-neuron beta"):
+        lower(model)
+
+
+def test_ann_baseline_does_not_lower():
+    model = build_model(Config(task="digits", model="ann", dim=16, heads=2, head_dim=4), 4, 16, 10)
+    with pytest.raises(LoweringError, match="ANNTransformer"):
+        lower(model)
