@@ -7,7 +7,7 @@ PYTHON ?= python3.10
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-RUN ?= runs/digits
+RUN ?= runs/digits-loihi
 
 .PHONY: setup demo test test-fast clean-venv
 

@@ -221,7 +221,7 @@ def _validate(g: Graph) -> None:
     for c in g.connections:
         _need(c.source in pops and c.target in pops, f"connection {c.name!r} joins unknown populations")
         _need(c.kind in CONNECTION_KINDS, f"connection {c.name!r} has unknown kind {c.kind!r}")
-        _need(c.delay >= 0, f"connection {c.name!r} has a negative delay")
+        _need(c.delay >= 1, f"connection {c.name!r} has delay {c.delay}; Dense connections delay at least one step (SPEC §2.2)")
         src, dst = pops[c.source], pops[c.target]
         if c.kind == "tokenwise":
             _need(src.tokens == dst.tokens, f"tokenwise connection {c.name!r} joins grids with different tokens")

@@ -150,9 +150,7 @@ def run_graph(graph: Graph, x_steps: np.ndarray, ops: Optional[Ops] = None,
     steps, batch = x_steps.shape[:2]
     order = graph.step_order()
     pops = {p.name: p for p in graph.populations}
-    max_delay = max([c.delay for c in graph.connections] + [1])
-    if any(c.delay < 1 for c in graph.connections):
-        raise IRError("Dense connections need a delay of at least one step")
+    max_delay = max([c.delay for c in graph.connections] + [1])  # graph.validate() ensures delays >= 1
     # history[name][d - 1] = output d steps ago
     history = {n: [ops.zeros((batch, p.tokens, p.features)) for _ in range(max_delay)] for n, p in pops.items()}
     incoming = {n: graph.incoming(n) for n in pops}

@@ -14,10 +14,19 @@ from typing import Optional, Sequence
 from .errors import SpikeformerError
 
 NOT_YET = {
-    "export": "export to Lava/NIR/IR arrives with the neuromorphic backends (issues #4, #5)",
-    "validate": "backend validation arrives with the neuromorphic backends (issues #4, #5)",
     "bench": "the benchmark suite is not built yet",
 }
+PLUGIN_GROUP = "spikeformer.commands"  # other packages (neuromorphic: export, validate) add commands here
+
+
+def _plugins() -> dict:
+    """Commands from the ``spikeformer.commands`` entry points: ``name -> (help, add_arguments, handler)``."""
+    from importlib.metadata import entry_points
+
+    found: dict = {}
+    for ep in entry_points(group=PLUGIN_GROUP):
+        found.update(ep.load()())
+    return found
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write RUN/report.html with figures")
     p.add_argument("run")
 
+    for name, (text, add_arguments, _) in _plugins().items():
+        add_arguments(sub.add_parser(name, help=text))
     for name, text in NOT_YET.items():
         p = sub.add_parser(name, help=f"(not yet) {text}")
         p.add_argument("args", nargs=argparse.REMAINDER)
@@ -118,7 +129,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command in NOT_YET:
             raise SpikeformerError(f"'spikeformer {args.command}' is not available yet: {NOT_YET[args.command]}")
-        return {"train": cmd_train, "eval": cmd_eval, "report": cmd_report}[args.command](args)
+        handlers = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report}
+        handlers.update({name: handler for name, (_, _, handler) in _plugins().items()})
+        return handlers[args.command](args)
     except SpikeformerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,46 +11,66 @@ Mapping (docs/backends.md has the equations):
     readout            a LIF with dv = 0 that never fires: its membrane integrates the readout
                        current; a Monitor records v, and the per-step increments are the readout
 
-Samples run one after another in one compiled network: ``run(steps)`` per sample, then every
-state Var (LIF u and v, Dense a_buff, attention state) is set back to zero, so each sample
-starts from the same all-zero state as the torch model. Floating point runs the
-``floating_pt`` models; fixed point (``graph.precision == "fixed"``) the bit-accurate ones.
+Samples run back to back in one compiled network, each followed by two guard steps, with no
+Var written from outside (reading or writing a Var costs one message per element in
+lava-nc 0.10.0):
+
+    step T + 1   a guard neuron fires (its own RingBuffer)
+    step T + 2   its Dense (weight -2^16 in a_in units, more than any possible input) holds every
+                 LIF below threshold: nothing fires, so every Dense buffer is empty afterwards
+    step 1 of the next sample: ``LIFReset`` (stock Lava) zeroes u and v before integrating, the
+                 attention process zeroes its state, and the network is in its initial state.
+
+Floating point runs the ``floating_pt`` models; fixed point (``graph.precision == "fixed"``)
+the bit-accurate ones. Spikes are written by ``SpikeRecorder`` processes into .npy files.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from ..ir import Graph, IRError
+from ..ir import Graph, IRError, LoweringError
 from ..simulate import Trace
 from . import require_lava
 
-ATTENTION_STATE = ("memory", "pre_trace", "post_trace", "eligibility")
+GUARD_STEPS = 2
+GUARD_A_IN = 2 ** 16  # fixed point: -256 << 8; (a_in << 6) stays inside Lava's 24-bit u
+FLOAT_GUARD = 1e9
 FLOAT_NEVER = 1e300  # threshold of the float readout integrator
+READOUT_VTH = 2 ** 17 - 1
 
 
 @dataclass
 class LavaNetwork:
-    """The built processes, by role."""
+    """The built processes, by role, and where the spikes are written."""
 
-    source: Any
+    sources: list[Any]
     lifs: dict[str, Any]
     denses: list[Any]
     attentions: dict[str, Any]
-    sinks: dict[str, Any]
+    recorders: dict[str, Any]
+    files: dict[str, Path]
     readout: Any
     monitor: Any
-    extra: dict[str, Any] = field(default_factory=dict)
+    period: int
+
+    @property
+    def process_count(self) -> int:
+        return len(self.sources) + len(self.lifs) + len(self.denses) + len(self.attentions) + len(self.recorders) + 1
 
 
 def _flat_steps(x_steps: np.ndarray) -> np.ndarray:
-    """``[T, B, N, F] -> [N*F, B*T]``: one column per step, samples back to back."""
+    """``[T, B, N, F] -> [N*F, B*(T + guard)]``: one column per step, samples back to back,
+    each followed by ``GUARD_STEPS`` zero columns."""
     t, b = x_steps.shape[:2]
-    return x_steps.reshape(t, b, -1).transpose(2, 1, 0).reshape(-1, b * t)
+    padded = np.concatenate([x_steps, np.zeros((GUARD_STEPS,) + x_steps.shape[1:], x_steps.dtype)], 0)
+    return padded.reshape(t + GUARD_STEPS, b, -1).transpose(2, 1, 0).reshape(-1, b * (t + GUARD_STEPS))
 
 
 def _weights(graph: Graph, conn) -> np.ndarray:
@@ -60,47 +80,86 @@ def _weights(graph: Graph, conn) -> np.ndarray:
     return conn.weight
 
 
-def build_network(graph: Graph, x_steps: np.ndarray) -> LavaNetwork:
-    """Lava processes for ``graph`` fed with ``x_steps [T, B, N, F]`` (integers for fixed point)."""
+def _check_guard(graph: Graph) -> None:
+    """Fixed point: the guard must beat the largest possible input of every LIF population."""
+    for pop in graph.populations:
+        if pop.kind != "lif":
+            continue
+        worst = 0
+        for conn in graph.incoming(pop.name):
+            w = np.clip(_weights(graph, conn).astype(np.int64), 0, None)
+            peak = 127 if conn.num_message_bits else 1
+            worst += int(w.sum(1).max()) * peak << max(int(conn.weight_exp), 0) >> max(-int(conn.weight_exp), 0)
+        from ..fixed_ref import effective_bias
+
+        worst += int(effective_bias(pop).max()) // 64 + 1 + int(pop.vth)
+        if worst >= GUARD_A_IN:
+            raise LoweringError(
+                f"population {pop.name!r} can receive up to {worst} (a_in units), more than the guard's "
+                f"{GUARD_A_IN} that separates samples; quantise with a smaller vth")
+
+
+def build_network(graph: Graph, x_steps: np.ndarray, folder: Path) -> LavaNetwork:
+    """Lava processes for ``graph`` fed with ``x_steps [T, B, N, F]`` (integers for fixed point);
+    spike files go to ``folder``."""
     require_lava()
     from lava.proc.dense.process import Dense
-    from lava.proc.io.sink import RingBuffer as Sink
     from lava.proc.io.source import RingBuffer as Source
-    from lava.proc.lif.process import LIF
+    from lava.proc.lif.process import LIFReset
     from lava.proc.monitor.process import Monitor
 
+    from .recorder.process import SpikeRecorder
+
     fixed = graph.precision == "fixed"
-    total = x_steps.shape[0] * x_steps.shape[1]
+    if fixed:
+        _check_guard(graph)
+    steps, batch = x_steps.shape[:2]
+    period = steps + GUARD_STEPS
+    total = period * batch
     data = _flat_steps(x_steps)
     source = Source(data=data.astype(np.int32) if fixed else data.astype(np.float64))
+    guard_data = np.zeros((1, total))
+    guard_data[0, steps::period] = 1  # fires in the first guard step of every sample
+    guard = Source(data=guard_data.astype(np.int32) if fixed else guard_data)
+    reset = {"reset_interval": period, "reset_offset": 1}  # zero u, v at the start of each sample
     lifs: dict[str, Any] = {}
-    sinks: dict[str, Any] = {}
+    recorders: dict[str, Any] = {}
+    files: dict[str, Path] = {}
+    denses = []
     for pop in graph.populations:
         if pop.kind == "input":
             continue
         if fixed:
-            vth = pop.vth if pop.kind == "lif" else 2 ** 17 - 1
-            lif = LIF(shape=(pop.size,), du=pop.du, dv=pop.dv, vth=vth, bias_mant=pop.bias_mant.reshape(-1),
-                      bias_exp=pop.bias_exp.reshape(-1), name=pop.name)
+            vth = pop.vth if pop.kind == "lif" else READOUT_VTH
+            lif = LIFReset(shape=(pop.size,), du=pop.du, dv=pop.dv, vth=vth, bias_mant=pop.bias_mant.reshape(-1),
+                           bias_exp=pop.bias_exp.reshape(-1), name=pop.name, **reset)
         elif pop.kind == "lif":
-            lif = LIF(shape=(pop.size,), du=1.0 - pop.alpha, dv=1.0 - pop.beta, vth=pop.threshold,
-                      bias_mant=pop.bias.reshape(-1).astype(np.float64), name=pop.name)
+            lif = LIFReset(shape=(pop.size,), du=1.0 - pop.alpha, dv=1.0 - pop.beta, vth=pop.threshold,
+                           bias_mant=pop.bias.reshape(-1).astype(np.float64), name=pop.name, **reset)
         else:  # float readout integrator
-            lif = LIF(shape=(pop.size,), du=1.0, dv=0.0, vth=FLOAT_NEVER,
-                      bias_mant=pop.bias.reshape(-1).astype(np.float64), name=pop.name)
+            lif = LIFReset(shape=(pop.size,), du=1.0, dv=0.0, vth=FLOAT_NEVER,
+                           bias_mant=pop.bias.reshape(-1).astype(np.float64), name=pop.name, **reset)
         lifs[pop.name] = lif
         if pop.kind == "lif":
-            sinks[pop.name] = Sink(shape=(pop.size,), buffer=total)
-            lif.s_out.connect(sinks[pop.name].a_in)
+            files[pop.name] = folder / f"{len(files)}.npy"
+            np.lib.format.open_memmap(files[pop.name], mode="w+", dtype=np.uint8, shape=(total, pop.size)).flush()
+            recorders[pop.name] = SpikeRecorder(size=pop.size, steps=total, path=str(files[pop.name]))
+            lif.s_out.connect(recorders[pop.name].a_in)
+            if fixed:
+                stop = Dense(weights=np.full((pop.size, 1), -256), weight_exp=8, num_weight_bits=8)
+            else:
+                stop = Dense(weights=np.full((pop.size, 1), -FLOAT_GUARD))
+            guard.s_out.connect(stop.s_in)
+            stop.a_out.connect(lif.a_in)
+            denses.append(stop)
     ports = {name: lif.s_out for name, lif in lifs.items()}
     ports[graph.input.name] = source.s_out
-    denses = []
     for conn in graph.connections:
         if conn.delay != 1:
             raise IRError(f"connection {conn.name!r} has delay {conn.delay}; Lava's Dense delays exactly one step")
         kwargs: dict[str, Any] = {"num_message_bits": int(conn.num_message_bits)}
         if graph.input.graded and conn.source == graph.input.name and not fixed:
-            kwargs["num_message_bits"] = 24  # float graded input: any non-zero value means graded
+            kwargs["num_message_bits"] = 24  # float graded input: any value > 0 selects the graded path
         if fixed:
             kwargs.update(weight_exp=int(conn.weight_exp), num_weight_bits=int(conn.num_weight_bits))
         dense = Dense(weights=_weights(graph, conn), name=conn.name, **kwargs)
@@ -114,7 +173,7 @@ def build_network(graph: Graph, x_steps: np.ndarray) -> LavaNetwork:
         proc = SpikingAttention(
             tokens=graph.population(att.query).tokens, heads=att.heads, head_dim=att.head_dim,
             variant=att.variant, decay=att.decay, scale=att.scale, out_scale=att.out_scale,
-            plasticity=att.plasticity, fixed=att.fixed if fixed else None, name=att.name)
+            plasticity=att.plasticity, fixed=att.fixed if fixed else None, name=att.name, **reset)
         lifs[att.query].s_out.connect(proc.q_in)
         lifs[att.key].s_out.connect(proc.k_in)
         lifs[att.value].s_out.connect(proc.v_in)
@@ -125,29 +184,15 @@ def build_network(graph: Graph, x_steps: np.ndarray) -> LavaNetwork:
     readout = lifs[graph.readout.name]
     monitor = Monitor()
     monitor.probe(readout.v, total)
-    return LavaNetwork(source, lifs, denses, attentions, sinks, readout, monitor)
-
-
-def _reset(net: LavaNetwork, fixed: bool) -> None:
-    """Every state Var back to zero (the next sample starts like a fresh torch forward)."""
-    for lif in net.lifs.values():
-        zero = np.zeros(lif.u.shape, np.int32 if fixed else np.float64)
-        lif.u.set(zero)
-        lif.v.set(zero)
-    for dense in net.denses:
-        dense.a_buff.set(np.zeros(dense.a_buff.shape, np.int32 if fixed else np.float64))
-    for proc in net.attentions.values():
-        for name in ATTENTION_STATE:
-            var = getattr(proc, name, None)
-            if var is not None:
-                var.set(np.zeros(var.shape, np.int64 if fixed else np.float64))
+    return LavaNetwork([source, guard], lifs, denses, attentions, recorders, files, readout, monitor, period)
 
 
 def run_lava(graph: Graph, x_steps: np.ndarray, progress: bool = True,
-             keep: Optional[set[str]] = None) -> tuple[Trace, dict[str, Any]]:
+             keep: Optional[set[str]] = None, chunk: int = 10) -> tuple[Trace, dict[str, Any]]:
     """Run ``graph`` (float or fixed) on ``x_steps [T, B, N, F]``; returns the ``Trace`` and timings.
 
     For fixed point ``x_steps`` must already be the integer messages (``quantize.encode_fixed``).
+    ``chunk``: samples per ``run`` call (the progress bar's step).
     """
     require_lava()
     from lava.magma.core.run_conditions import RunSteps
@@ -161,36 +206,44 @@ def run_lava(graph: Graph, x_steps: np.ndarray, progress: bool = True,
     if x_steps.ndim != 4 or x_steps.shape[2:] != (inp.tokens, inp.features):
         raise IRError(f"input steps must be [T, B, {inp.tokens}, {inp.features}], got {x_steps.shape}")
     steps, batch = x_steps.shape[:2]
-    start = time.perf_counter()
-    net = build_network(graph, x_steps)
-    run_cfg = Loihi2SimCfg(select_tag="fixed_pt" if fixed else "floating_pt",
-                           exception_proc_model_map={Monitor: PyMonitorModel})
-    build_seconds = time.perf_counter() - start
-    run_seconds = 0.0
-    first = net.source
-    try:
-        for b in tqdm(range(batch), desc=f"lava-{'fixed' if fixed else 'float'}", unit="sample",
-                      disable=not progress, leave=False):
+    with tempfile.TemporaryDirectory(prefix="spikeformer-lava-") as folder:
+        start = time.perf_counter()
+        net = build_network(graph, x_steps, Path(folder))
+        build_seconds = time.perf_counter() - start
+        run_cfg = Loihi2SimCfg(select_tag="fixed_pt" if fixed else "floating_pt",
+                               exception_proc_model_map={Monitor: PyMonitorModel})
+        first = net.sources[0]
+        tick = time.perf_counter()
+        first.create_runtime(run_cfg=run_cfg)  # compile and start every process model
+        compile_seconds = time.perf_counter() - tick
+        run_seconds = 0.0
+        try:
+            with tqdm(total=batch, desc=f"lava-{'fixed' if fixed else 'float'}", unit="sample",
+                      disable=not progress, leave=False) as bar:
+                for done in range(0, batch, chunk):
+                    count = min(chunk, batch - done)
+                    tick = time.perf_counter()
+                    first.run(condition=RunSteps(num_steps=count * net.period))
+                    run_seconds += time.perf_counter() - tick
+                    bar.update(count)
             tick = time.perf_counter()
-            first.run(condition=RunSteps(num_steps=steps), run_cfg=run_cfg)
-            run_seconds += time.perf_counter() - tick
-            _reset(net, fixed)
+            v = np.asarray(net.monitor.get_data()[net.readout.name]["v"]).reshape(batch, net.period, -1)
+            saturation = sum(int(np.asarray(p.saturation.get()).sum()) for p in net.attentions.values())
+            read_seconds = time.perf_counter() - tick
+        finally:
+            first.stop()
         spikes = {}
-        for name, sink in net.sinks.items():
+        for name, path in net.files.items():
             if keep is not None and name not in keep:
                 continue
             pop = graph.population(name)
-            data = np.asarray(sink.data.get()).reshape(pop.tokens, pop.features, batch, steps)
-            spikes[name] = data.transpose(3, 2, 0, 1) != 0  # [T, B, N, F]
-        v = np.asarray(net.monitor.get_data()[net.readout.name]["v"]).reshape(batch, steps, -1)
-        saturation = sum(int(np.asarray(p.saturation.get()).sum()) for p in net.attentions.values()
-                         if hasattr(p, "saturation"))
-    finally:
-        first.stop()
+            data = np.load(path).reshape(batch, net.period, pop.tokens, pop.features)[:, :steps]
+            spikes[name] = data.transpose(1, 0, 2, 3) != 0  # [T, B, N, F]
+    v = v[:, :steps]
     previous = np.concatenate([np.zeros_like(v[:, :1]), v[:, :-1]], 1)
     readout = (v - previous).transpose(1, 0, 2)  # integrator increments: [T, B, C]
-    info = {"build_seconds": build_seconds, "run_seconds": run_seconds,
-            "steps_per_second": steps * batch / run_seconds if run_seconds else float("nan"),
-            "processes": 1 + len(net.lifs) + len(net.denses) + len(net.attentions) + len(net.sinks) + 1,
-            "saturation_events_attention": saturation}
+    info = {"build_seconds": build_seconds, "compile_seconds": compile_seconds, "run_seconds": run_seconds,
+            "read_seconds": read_seconds, "guard_steps_per_sample": GUARD_STEPS,
+            "steps_per_second": net.period * batch / run_seconds if run_seconds else float("nan"),
+            "processes": net.process_count, "saturation_events_attention": saturation}
     return Trace(spikes, readout, int(graph.meta["window"]), saturation), info

@@ -1,0 +1,77 @@
+"""``spikeformer export`` and ``spikeformer validate`` end to end on a tiny trained run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neuromorphic.ir import load_graph
+from spikeformer.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC_KEYS = {"backend", "samples", "spike_agreement", "class_agreement", "accuracy_backend", "accuracy_torch",
+             "latency_steps", "steps_per_second", "saturation_events"}
+
+
+@pytest.fixture(scope="module")
+def loihi_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("backends")
+    (tmp / "cfg.toml").write_text('task = "digits"\nepochs = 2\ndelays = "loihi"\ndim = 16\nheads = 2\n'
+                                  'head_dim = 8\ndepth = 1\ntime_steps = 2\nbatch_size = 128\nnum_threads = 1\n')
+    assert main(["train", "--config", str(tmp / "cfg.toml"), "--out", str(tmp / "run"), "--quiet"]) == 0
+    return tmp / "run"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spikeformer", *args], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=600)
+
+
+def _one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_export_ir_float_and_fixed(loihi_run, tmp_path):
+    assert main(["export", str(loihi_run), "--to", "ir", "--out", str(tmp_path / "f")]) == 0
+    assert main(["export", str(loihi_run), "--to", "ir", "--fixed-point", "--out", str(tmp_path / "q")]) == 0
+    assert load_graph(tmp_path / "f").precision == "float"
+    assert load_graph(tmp_path / "q").precision == "fixed"
+
+
+@pytest.mark.backend
+def test_export_lava_builds_processes(loihi_run, tmp_path, capsys):
+    assert main(["export", str(loihi_run), "--to", "lava", "--fixed-point", "--out", str(tmp_path / "l")]) == 0
+    assert "Lava processes" in capsys.readouterr().out
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("backend", ["lava-float", "lava-fixed"])
+def test_validate_writes_spec_keys(loihi_run, backend):
+    assert main(["validate", str(loihi_run), "--backend", backend, "--samples", "4", "--quiet"]) == 0
+    record = json.loads((loihi_run / f"validate-{backend}.json").read_text())
+    assert SPEC_KEYS <= set(record)
+    assert record["samples"] == 4 and record["spike_agreement"] == 1.0 and record["class_agreement"] == 1.0
+    if backend == "lava-fixed":
+        assert record["fixed_ref_seconds"] > 0 and "accuracy_fixed_ref" in record
+
+
+def test_validate_rejects_a_run_without_loihi_delays(tmp_path):
+    (tmp_path / "cfg.toml").write_text('task = "digits"\nepochs = 1\ndim = 16\nheads = 2\nhead_dim = 8\n'
+                                       'depth = 1\nbatch_size = 256\nnum_threads = 1\n')
+    assert main(["train", "--config", str(tmp_path / "cfg.toml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    _one_line_error(_cli("validate", str(tmp_path / "run"), "--backend", "lava-float"), "delays")
+    _one_line_error(_cli("export", str(tmp_path / "run"), "--to", "ir", "--out", str(tmp_path / "x")), "delays")
+
+
+def test_validate_bad_samples_and_missing_run(loihi_run, tmp_path):
+    _one_line_error(_cli("validate", str(loihi_run), "--backend", "lava-float", "--samples", "0"), "--samples")
+    _one_line_error(_cli("validate", str(tmp_path / "none"), "--backend", "lava-float"))
