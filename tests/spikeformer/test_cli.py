@@ -106,4 +106,4 @@ def test_wrong_input_shape_is_one_line(trained_run, tmp_path):
 
 
 def test_not_yet_commands_say_so():
-    assert_one_line_error(run_cli("bench", "--quick"), "not available yet")
+    assert_one_line_error(run_cli("bench"), "not available yet")
