@@ -75,3 +75,30 @@ def test_validate_rejects_a_run_without_loihi_delays(tmp_path):
 def test_validate_bad_samples_and_missing_run(loihi_run, tmp_path):
     _one_line_error(_cli("validate", str(loihi_run), "--backend", "lava-float", "--samples", "0"), "--samples")
     _one_line_error(_cli("validate", str(tmp_path / "none"), "--backend", "lava-float"))
+
+
+@pytest.fixture(scope="module")
+def feedforward_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("feedforward")
+    (tmp / "cfg.toml").write_text('task = "digits"\nepochs = 2\ndelays = "loihi"\ndim = 32\ndepth = 0\n'
+                                  'time_steps = 3\nbatch_size = 128\nnum_threads = 1\n')
+    assert main(["train", "--config", str(tmp / "cfg.toml"), "--out", str(tmp / "run"), "--quiet"]) == 0
+    return tmp / "run"
+
+
+@pytest.mark.backend
+def test_export_nir_and_validate_norse(feedforward_run, tmp_path):
+    import nir
+
+    assert main(["export", str(feedforward_run), "--to", "nir", "--out", str(tmp_path / "model.nir")]) == 0
+    assert len(nir.read(str(tmp_path / "model.nir")).nodes) > 3
+    assert main(["validate", str(feedforward_run), "--backend", "norse", "--samples", "20", "--quiet"]) == 0
+    record = json.loads((feedforward_run / "validate-norse.json").read_text())
+    assert SPEC_KEYS <= set(record) and record["samples"] == 20
+    assert record["spike_agreement"] == 1.0 and record["class_agreement"] == 1.0
+
+
+@pytest.mark.backend
+def test_nir_refuses_attention_in_one_line(loihi_run, tmp_path):
+    _one_line_error(_cli("export", str(loihi_run), "--to", "nir", "--out", str(tmp_path / "m.nir")), "block0.attn")
+    _one_line_error(_cli("validate", str(loihi_run), "--backend", "norse", "--samples", "2"), "block0.attn")
