@@ -18,13 +18,16 @@ SPEC_KEYS = {"backend", "samples", "spike_agreement", "class_agreement", "accura
              "latency_steps", "steps_per_second", "saturation_events"}
 
 
+def _train_tiny(folder: Path, config: str) -> Path:
+    (folder / "cfg.toml").write_text('task = "digits"\nbatch_size = 128\nnum_threads = 1\n' + config)
+    assert main(["train", "--config", str(folder / "cfg.toml"), "--out", str(folder / "run"), "--quiet"]) == 0
+    return folder / "run"
+
+
 @pytest.fixture(scope="module")
 def loihi_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("backends")
-    (tmp / "cfg.toml").write_text('task = "digits"\nepochs = 2\ndelays = "loihi"\ndim = 16\nheads = 2\n'
-                                  'head_dim = 8\ndepth = 1\ntime_steps = 2\nbatch_size = 128\nnum_threads = 1\n')
-    assert main(["train", "--config", str(tmp / "cfg.toml"), "--out", str(tmp / "run"), "--quiet"]) == 0
-    return tmp / "run"
+    return _train_tiny(tmp_path_factory.mktemp("backends"),
+                       'epochs = 2\ndelays = "loihi"\ndim = 16\nheads = 2\nhead_dim = 8\ndepth = 1\ntime_steps = 2\n')
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -54,7 +57,7 @@ def test_export_lava_builds_processes(loihi_run, tmp_path, capsys):
 
 
 @pytest.mark.backend
-@pytest.mark.parametrize("backend", ["lava-float", "lava-fixed"])
+@pytest.mark.parametrize("backend", ["lava-float", "lava-fixed", "brian2"])
 def test_validate_writes_spec_keys(loihi_run, backend):
     assert main(["validate", str(loihi_run), "--backend", backend, "--samples", "4", "--quiet"]) == 0
     record = json.loads((loihi_run / f"validate-{backend}.json").read_text())
@@ -64,12 +67,19 @@ def test_validate_writes_spec_keys(loihi_run, backend):
         assert record["fixed_ref_seconds"] > 0 and "accuracy_fixed_ref" in record
 
 
+@pytest.mark.backend
+def test_validate_brian2_bio_reports_drift(loihi_run):
+    assert main(["validate", str(loihi_run), "--backend", "brian2-bio", "--samples", "4", "--quiet"]) == 0
+    record = json.loads((loihi_run / "validate-brian2-bio.json").read_text())
+    assert SPEC_KEYS <= set(record) and record["backend"] == "brian2-bio"
+    assert record["build_seconds"] > 0 and record["run_seconds"] > 0
+    assert -1.0 <= record["spike_train_correlation"] <= 1.0 and "spike_count_correlation" in record
+
+
 def test_validate_rejects_a_run_without_loihi_delays(tmp_path):
-    (tmp_path / "cfg.toml").write_text('task = "digits"\nepochs = 1\ndim = 16\nheads = 2\nhead_dim = 8\n'
-                                       'depth = 1\nbatch_size = 256\nnum_threads = 1\n')
-    assert main(["train", "--config", str(tmp_path / "cfg.toml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
-    _one_line_error(_cli("validate", str(tmp_path / "run"), "--backend", "lava-float"), "delays")
-    _one_line_error(_cli("export", str(tmp_path / "run"), "--to", "ir", "--out", str(tmp_path / "x")), "delays")
+    run = _train_tiny(tmp_path, 'epochs = 1\ndim = 16\nheads = 2\nhead_dim = 8\ndepth = 1\n')
+    _one_line_error(_cli("validate", str(run), "--backend", "lava-float"), "delays")
+    _one_line_error(_cli("export", str(run), "--to", "ir", "--out", str(tmp_path / "x")), "delays")
 
 
 def test_validate_bad_samples_and_missing_run(loihi_run, tmp_path):
@@ -79,11 +89,7 @@ def test_validate_bad_samples_and_missing_run(loihi_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def feedforward_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("feedforward")
-    (tmp / "cfg.toml").write_text('task = "digits"\nepochs = 2\ndelays = "loihi"\ndim = 32\ndepth = 0\n'
-                                  'time_steps = 3\nbatch_size = 128\nnum_threads = 1\n')
-    assert main(["train", "--config", str(tmp / "cfg.toml"), "--out", str(tmp / "run"), "--quiet"]) == 0
-    return tmp / "run"
+    return _train_tiny(tmp_path_factory.mktemp("feedforward"), 'epochs = 2\ndelays = "loihi"\ndim = 32\ndepth = 0\ntime_steps = 3\n')
 
 
 @pytest.mark.backend
