@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -363,8 +363,3 @@ def graph_summary(graph: Graph) -> dict[str, Any]:
     return {"neurons": neurons, "synapses": synapses, "populations": len(graph.populations),
             "connections": len(graph.connections), "attention_heads": sum(a.heads for a in graph.attentions),
             "precision": graph.precision}
-
-
-def as_dict(obj: Any) -> dict[str, Any]:
-    """Dataclass -> dict (arrays kept), for tests and debugging."""
-    return asdict(obj)

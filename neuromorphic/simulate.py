@@ -16,7 +16,7 @@ recorded (the perfect integrator's increment). Logits = mean of the readout over
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
 import numpy as np
@@ -32,7 +32,6 @@ class Trace:
     readout: np.ndarray
     window: int
     saturation_events: int = 0
-    final_state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def logits(self) -> np.ndarray:
@@ -187,5 +186,4 @@ def run_graph(graph: Graph, x_steps: np.ndarray, ops: Optional[Ops] = None,
         for name in pops:
             history[name] = [now[name]] + history[name][:-1]
     saturation = int(getattr(ops, "saturation_events", 0))
-    return Trace(spikes, np.stack(readout, 0), int(graph.meta["window"]), saturation,
-                 {"lif": states, "attention": att_states})
+    return Trace(spikes, np.stack(readout, 0), int(graph.meta["window"]), saturation)
