@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from spikeformer.model import Probe, Spikeformer
+from spikeformer.qat import float_weights
 
 from .simulate import Trace
 
@@ -28,7 +29,8 @@ def torch_trace(model: Spikeformer, x_steps: np.ndarray) -> Trace:
     reference = model.double().eval()
     probe = Probe(keep_traces=True)
     try:
-        y, _ = reference.forward_steps(torch.from_numpy(x_steps).double(), probe=probe)
+        with float_weights(reference):  # a qat model's float weights are what the IR holds
+            y, _ = reference.forward_steps(torch.from_numpy(x_steps).double(), probe=probe)
     finally:
         model.float()
     spikes = {name: s.numpy() != 0 for name, s in probe.spikes.items()}

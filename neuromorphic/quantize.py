@@ -30,6 +30,8 @@ from typing import Optional
 
 import numpy as np
 
+from spikeformer.qat import MANTISSA_MAX, MANTISSA_MIN, weight_grid
+
 from .ir import Attention, Connection, Graph, LoweringError, Population
 
 VTH = 256  # default integer threshold: a_in resolution theta / 256
@@ -60,10 +62,10 @@ def quantize_weights(weight: np.ndarray) -> tuple[np.ndarray, int]:
     peak = float(np.abs(weight).max()) if weight.size else 0.0
     if peak == 0.0:
         return np.zeros(weight.shape, np.int64), 0
-    exp = math.ceil(math.log2(peak / 254.0))
+    exp = weight_grid(peak)  # the rule qat trains with (spikeformer/qat.py)
     while True:
         mant = 2 * np.round(weight / 2.0 ** (exp + 1))
-        if mant.max() <= 254 and mant.min() >= -256:
+        if mant.max() <= MANTISSA_MAX and mant.min() >= MANTISSA_MIN:
             return mant.astype(np.int64), int(exp)
         exp += 1
 

@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (TOML value syntax), repeatable")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--init", default=None, metavar="RUN", help="start from the weights of a trained run (fine-tuning)")
+    p.add_argument("--qat", action="store_true",
+                   help="quantisation-aware fine-tuning: weights on Lava's fixed-point grid (needs --init)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("eval", help="score a saved run on its test split")
@@ -77,6 +80,10 @@ def _overrides(args: argparse.Namespace) -> dict:
     for key in ("rule", "device", "epochs", "seed"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
+    if getattr(args, "init", None):
+        values["init_from"] = args.init
+    if getattr(args, "qat", False):
+        values["qat"] = True
     return values
 
 

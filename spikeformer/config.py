@@ -100,6 +100,9 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = False  # bf16 autocast on CUDA
     num_threads: int = 0  # torch CPU threads; 0 = torch default
+    init_from: str = ""  # run directory whose weights start training (fine-tuning); "" = random init
+    qat: bool = False  # quantisation-aware: weights on Lava's fixed-point grid in the forward pass
+    qat_vth: int = 256  # integer threshold of that grid (neuromorphic.quantize's vth)
     # --- free-form notes carried into metrics.json ---
     notes: str = ""  # free text copied into metrics.json
     extra: dict = field(default_factory=dict, repr=False)  # not settable from TOML
@@ -158,6 +161,16 @@ class Config:
             raise ConfigError(f"task {self.task!r} is not a sequence task: set mode = \"global\"")
         if self.task == "digits" and 8 % self.patch_size:
             raise ConfigError(f"patch_size {self.patch_size} must divide the 8-pixel digits image (1, 2, 4 or 8)")
+        if self.qat:
+            needs = {"delays": (self.delays, "loihi"), "stem": (self.stem, "linear"), "model": (self.model, "spikeformer"),
+                     "learn_threshold": (self.learn_threshold, False), "alpha": (self.alpha, 0.0)}
+            wrong = [f"{k} = {v!r} (needs {want!r})" for k, (v, want) in needs.items() if v != want]
+            if wrong:
+                raise ConfigError(f"qat fine-tunes an exportable model; these keys do not allow it: {', '.join(wrong)}")
+            if not self.init_from:
+                raise ConfigError("qat fine-tunes a trained run: set init_from (or pass --init RUN)")
+            if not 1 <= self.qat_vth < 2 ** 17:
+                raise ConfigError(f"config key 'qat_vth' must lie in 1..131071, got {self.qat_vth}")
         if self.attention_impl == "parallel" and self.variant != "hebbian":
             raise ConfigError("attention_impl 'parallel' exists only for variant 'hebbian'; use 'recurrent'")
 

@@ -35,6 +35,7 @@ from .attention import attention_event_counts, spiking_attention
 from .config import Config
 from .errors import ShapeError
 from .neurons import LIF, LIFParameters, _logit, delay_one_step
+from .qat import Term, fake_quantize_fraction, norm_affine, read
 
 State = dict[str, Any]
 
@@ -98,15 +99,22 @@ class Dense(nn.Module):
     ``binary_input`` says whether the input is spikes (counted as ACs: one per spike per
     fan-out) or real values (counted as MACs). With ``delay`` the input is delivered one step
     late, the bias every step, as Lava's Dense + LIF bias do.
+
+    With ``fake_quant`` (``qat``) the folded weight is rounded to Lava's fixed-point grid
+    (``unit``: a_in per unit current); a ``residual`` Dense (one that writes the residual
+    stream) returns ``[Term]`` instead, which every reader of the stream rounds for itself.
     """
 
     def __init__(self, f_in: int, f_out: int, norm: bool = True, delay: bool = False,
-                 binary_input: bool = True, bias: bool = True) -> None:
+                 binary_input: bool = True, bias: bool = True, residual: bool = False) -> None:
         super().__init__()
         self.linear = nn.Linear(f_in, f_out, bias=bias and not norm)
         self.norm = FeatureNorm(f_out) if norm else None
         self.delay = delay
         self.binary_input = binary_input
+        self.residual = residual
+        self.fake_quant = False
+        self.unit = 1.0
 
     def forward(self, x: Tensor, state: Optional[Tensor] = None, probe: Optional[Probe] = None,
                 position: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
@@ -116,6 +124,9 @@ class Dense(nn.Module):
         if probe is not None:
             count = float(x.count_nonzero()) if self.binary_input else float(x.numel())
             probe.count_synapses(count * self.linear.out_features, self.binary_input)
+        if self.fake_quant:
+            term = Term(self, x, position)
+            return ([term] if self.residual else term.current(x.new_ones(self.linear.out_features), self.unit)), carry
         y = self.linear(x)
         if position is not None:
             y = y + position
@@ -170,17 +181,19 @@ class SpikingAttention(nn.Module):
             self.plastic["delta_rate"] = nn.Parameter(torch.full((h,), _logit(cfg.delta_rate)))
         self.out_norm = FeatureNorm(h * d)
         self.out_lif = SpikingNeurons(cfg, h * d)
-        self.out = Dense(h * d, cfg.dim, delay=delay)
+        self.out = Dense(h * d, cfg.dim, delay=delay, residual=True)
+        self.fake_quant = False  # qat: decays and rates on Lava's 12-bit grid, out_norm folded
 
     @property
     def decay(self) -> Tensor:
         """lambda per head, in (0, 1)."""
-        return torch.sigmoid(self.decay_logit)
+        decay = torch.sigmoid(self.decay_logit)
+        return fake_quantize_fraction(decay) if self.fake_quant else decay
 
     def plasticity(self) -> dict[str, Tensor]:
         """Variant parameters in their natural range (amplitudes >= 0 by abs, decays/rates in (0, 1))."""
-        return {name: (p.abs() if name.startswith("a_") else torch.sigmoid(p))
-                for name, p in self.plastic.items()}
+        values = {name: (p.abs() if name.startswith("a_") else torch.sigmoid(p)) for name, p in self.plastic.items()}
+        return {k: fake_quantize_fraction(v) for k, v in values.items()} if self.fake_quant else values
 
     def forward(self, s: Tensor, state: State, probe: Optional[Probe], name: str,
                 modulator: Optional[Tensor] = None) -> tuple[Tensor, State]:
@@ -205,7 +218,12 @@ class SpikingAttention(nn.Module):
             probe.mac += float(t * b * self.heads * self.head_dim ** 2)  # lambda * S each step
             if probe.keep_traces:
                 probe.attention_states.setdefault(name, []).append(new["attention"].memory.detach().cpu())
-        o = self.out_norm(o.reshape(t, b, n, -1))  # [T, B, N, H*d]
+        o = o.reshape(t, b, n, -1)  # [T, B, N, H*d]
+        if self.fake_quant:  # the export folds this norm at its running statistics
+            gain, shift = norm_affine(self.out_norm, o.shape[-1], o)
+            o = o * gain + shift
+        else:
+            o = self.out_norm(o)
         a, new["out_lif"] = self.out_lif(o, state.get("out_lif"), probe, f"{name}.out")
         y, new["out_delay"] = self.out(a, state.get("out_delay"), probe)
         return y, new
@@ -219,7 +237,7 @@ class SpikingMLP(nn.Module):
         hidden, delay = cfg.mlp_ratio * cfg.dim, cfg.delays == "loihi"
         self.fc1 = Dense(cfg.dim, hidden, delay=delay)
         self.lif = SpikingNeurons(cfg, hidden)
-        self.fc2 = Dense(hidden, cfg.dim, delay=delay)
+        self.fc2 = Dense(hidden, cfg.dim, delay=delay, residual=True)
 
     def forward(self, s: Tensor, state: State, probe: Optional[Probe], name: str) -> tuple[Tensor, State]:
         new: State = {}
@@ -227,6 +245,12 @@ class SpikingMLP(nn.Module):
         h, new["lif"] = self.lif(h, state.get("lif"), probe, f"{name}.hidden")
         y, new["fc2_delay"] = self.fc2(h, state.get("fc2_delay"), probe)
         return y, new
+
+
+def read_stream(norm: FeatureNorm, u: Tensor | list, unit: float) -> Tensor:
+    """``norm(u)``: the input of a LIF reading the residual stream ``u`` (a tensor, or with
+    ``qat`` the list of ``Term`` s that each reader rounds for itself)."""
+    return read(norm, u, unit) if isinstance(u, list) else norm(u)
 
 
 class Block(nn.Module):
@@ -238,14 +262,15 @@ class Block(nn.Module):
         self.attn = SpikingAttention(cfg)
         self.norm2, self.lif2 = FeatureNorm(cfg.dim), SpikingNeurons(cfg, cfg.dim)
         self.mlp = SpikingMLP(cfg)
+        self.unit = cfg_unit(cfg)  # a_in per unit current (qat)
 
     def forward(self, u: Tensor, state: State, probe: Optional[Probe], name: str,
                 modulator: Optional[Tensor] = None) -> tuple[Tensor, State]:
         new: State = {}
-        s, new["lif1"] = self.lif1(self.norm1(u), state.get("lif1"), probe, f"{name}.in")
+        s, new["lif1"] = self.lif1(read_stream(self.norm1, u, self.unit), state.get("lif1"), probe, f"{name}.in")
         y, new["attn"] = self.attn(s, state.get("attn", {}), probe, f"{name}.attn", modulator)
         u = u + y
-        s, new["lif2"] = self.lif2(self.norm2(u), state.get("lif2"), probe, f"{name}.mid")
+        s, new["lif2"] = self.lif2(read_stream(self.norm2, u, self.unit), state.get("lif2"), probe, f"{name}.mid")
         y, new["mlp"] = self.mlp(s, state.get("mlp", {}), probe, f"{name}.mlp")
         return u + y, new
 
@@ -255,7 +280,7 @@ class LinearStem(nn.Module):
 
     def __init__(self, cfg: Config, tokens: int, features: int, binary_input: bool) -> None:
         super().__init__()
-        self.embed = Dense(features, cfg.dim, delay=cfg.delays == "loihi", binary_input=binary_input)
+        self.embed = Dense(features, cfg.dim, delay=cfg.delays == "loihi", binary_input=binary_input, residual=True)
         # unit-scale positions: tiny ones leave the global sum over tokens order-blind
         self.position = nn.Parameter(torch.randn(tokens, cfg.dim))
 
@@ -318,6 +343,11 @@ class Conv1dStem(nn.Module):
         return u, new
 
 
+def cfg_unit(cfg: Config) -> float:
+    """a_in per unit current in the fixed-point export (qat rounds weights in these units)."""
+    return cfg.qat_vth / cfg.threshold
+
+
 def check_tokens(x: Tensor, tokens: int, features: int) -> None:
     """Raise ShapeError unless ``x`` is a finite ``[B, tokens, features]`` tensor."""
     if x.dim() != 3 or x.shape[1] != tokens or x.shape[2] != features:
@@ -364,6 +394,12 @@ class Spikeformer(nn.Module):
         self.norm = FeatureNorm(cfg.dim)
         self.lif = SpikingNeurons(cfg, cfg.dim)
         self.readout = Dense(body_tokens * cfg.dim, classes, norm=False, delay=cfg.delays == "loihi")
+        if cfg.qat:  # see spikeformer/qat.py
+            for module in self.modules():
+                if hasattr(module, "fake_quant"):
+                    module.fake_quant = True
+                if isinstance(module, Dense) and module is not self.readout:
+                    module.unit = cfg_unit(cfg)
 
     @property
     def latency(self) -> int:
@@ -395,7 +431,7 @@ class Spikeformer(nn.Module):
         u, new["stem"] = self.stem(x_t, state.get("stem", {}), probe)
         for i, block in enumerate(self.blocks):
             u, new[f"block{i}"] = block(u, state.get(f"block{i}", {}), probe, f"block{i}", modulator)
-        s, new["lif"] = self.lif(self.norm(u), state.get("lif"), probe, "final")
+        s, new["lif"] = self.lif(read_stream(self.norm, u, cfg_unit(self.cfg)), state.get("lif"), probe, "final")
         t, b = s.shape[:2]
         y, new["readout_delay"] = self.readout(s.reshape(t, b, -1), state.get("readout_delay"), probe)
         return y, new  # [T, B, N*D] -> [T, B, C]

@@ -94,6 +94,20 @@ def make_model(cfg: Config, split: Split) -> nn.Module:
     return build_model(cfg, split.tokens, split.features, split.num_classes)
 
 
+def init_weights(model: nn.Module, cfg: Config) -> None:
+    """Start from the weights of the run ``cfg.init_from`` (fine-tuning, e.g. qat); its
+    architecture must match ``cfg``."""
+    meta, weights, _ = load_checkpoint(cfg.init_from)
+    source = config_from_dict(meta.get("config", {}), source=str(Path(cfg.init_from) / "checkpoint.json"))
+    keys = ("task", "model", "mode", "stem", "dim", "heads", "head_dim", "depth", "mlp_ratio", "variant",
+            "patch_size", "learn_beta", "learn_threshold", "learn_decay")
+    differ = [k for k in keys if getattr(source, k) != getattr(cfg, k)]
+    if differ:
+        raise ConfigError(f"init_from run {cfg.init_from} has a different architecture ({', '.join(differ)}); "
+                          "fine-tune with the run's own config")
+    load_model_weights(model, weights)
+
+
 def measure(model: nn.Module, split: Split, device: str, cfg: Config, samples: int = 256) -> dict[str, float]:
     """Synaptic events, energy estimate and spike rate per test sample (first ``samples``)."""
     probe = Probe()
@@ -136,6 +150,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
             log(f"run {out} already finished {cfg.epochs} epochs; nothing to resume")
     elif (out / "checkpoint.json").exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
+    elif cfg.init_from:
+        init_weights(model, cfg)
 
     steps_per_epoch = math.ceil(len(split.x_train) / cfg.batch_size)
     use_amp = cfg.amp and device == "cuda"
@@ -177,7 +193,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
         # the statistics must describe what training showed the model: augmented inputs
         calib = augment(split.x_train[torch.randperm(len(split.x_train), generator=gen)[:CALIBRATION_SAMPLES]],
                         cfg, gen)
-        recalibrate_norms(model, calib, device, 256, gen)
+        if not cfg.qat:  # qat folds the norms at their running statistics: they stay frozen
+            recalibrate_norms(model, calib, device, 256, gen)
         train_seconds += time.perf_counter() - t0
         test = evaluate(model, split.x_test, split.y_test, device=device,
                         generator=torch.Generator().manual_seed(cfg.seed))
