@@ -81,22 +81,25 @@ def _weights(graph: Graph, conn) -> np.ndarray:
 
 
 def _check_guard(graph: Graph) -> None:
-    """Fixed point: the guard must beat the largest possible input of every LIF population."""
+    """Fixed point: the guard must hold every LIF below threshold whatever its other inputs, and
+    ``(a_in << 6)`` must not wrap Lava's 24-bit ``u`` (which would turn inhibition into excitation)."""
+    from ..fixed_ref import UV_BITS, effective_bias, shift
+
+    limit = 2 ** (UV_BITS - 1 - 6)  # |a_in| below this keeps a_in << 6 inside u
     for pop in graph.populations:
         if pop.kind != "lif":
             continue
-        worst = 0
+        excite = inhibit = 0
         for conn in graph.incoming(pop.name):
-            w = np.clip(_weights(graph, conn).astype(np.int64), 0, None)
-            peak = 127 if conn.num_message_bits else 1
-            worst += int(w.sum(1).max()) * peak << max(int(conn.weight_exp), 0) >> max(-int(conn.weight_exp), 0)
-        from ..fixed_ref import effective_bias
-
-        worst += int(effective_bias(pop).max()) // 64 + 1 + int(pop.vth)
-        if worst >= GUARD_A_IN:
+            w = _weights(graph, conn).astype(np.int64)
+            peak = 127 if conn.num_message_bits else 1  # largest graded message
+            excite += int(shift(np.clip(w, 0, None).sum(1).max() * peak, int(conn.weight_exp)))
+            inhibit += int(shift(-np.clip(w, None, 0).sum(1).max() * peak, int(conn.weight_exp)))
+        excite += int(effective_bias(pop).max()) // 64 + 1 + int(pop.vth)
+        if excite >= GUARD_A_IN or inhibit + GUARD_A_IN >= limit:
             raise LoweringError(
-                f"population {pop.name!r} can receive up to {worst} (a_in units), more than the guard's "
-                f"{GUARD_A_IN} that separates samples; quantise with a smaller vth")
+                f"population {pop.name!r} can receive up to +{excite} / -{inhibit} (a_in units), too much for the "
+                f"guard of -{GUARD_A_IN} that separates samples in Lava; quantise with a smaller vth")
 
 
 def build_network(graph: Graph, x_steps: np.ndarray, folder: Path) -> LavaNetwork:

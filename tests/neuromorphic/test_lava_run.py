@@ -67,3 +67,17 @@ def test_require_lava_names_the_python_it_needs(monkeypatch):
     monkeypatch.setattr(sys, "version_info", (3, 11, 4, "final", 0))
     with pytest.raises(LavaUnavailable, match="needs CPython 3.10.*this is Python 3.11"):
         require_lava()
+
+
+def test_guard_that_cannot_separate_samples_is_refused(make_model, make_inputs, tmp_path):
+    from neuromorphic.ir import LoweringError
+    from neuromorphic.lava.run import build_network
+
+    model = make_model(depth=0)
+    x_steps = encode_steps(model, make_inputs("digits", 2))
+    fixed = quantize(lower(model), calibration=x_steps)
+    x_int, _ = encode_fixed(fixed, x_steps)
+    build_network(fixed, x_int, tmp_path)  # fits
+    fixed.connections[0].weight_exp += 9  # inputs up to 2^9 times larger: could outvote the guard
+    with pytest.raises(LoweringError, match="'final'.*guard"):
+        build_network(fixed, x_int, tmp_path)
