@@ -28,7 +28,30 @@ def require_lava() -> None:
             f"there); this is Python {sys.version_info[0]}.{sys.version_info[1]}: use the project's .venv "
             "(make setup)")
     try:
-        import lava.magma.core.run_configs  # noqa: F401
+        _import_lava_runtime()
     except ImportError as exc:
         raise LavaUnavailable(f"lava-nc is not installed or broken ({exc}); install it with "
                               "pip install -e '.[lava]' on Python 3.10") from None
+
+
+def _import_lava_runtime() -> None:
+    """Import Lava's runtime, which calls ``multiprocessing.set_start_method('fork')`` at import.
+
+    That call fails once anything in the process has used the default context (a tqdm
+    progress bar makes a multiprocessing lock, for one). When the context is already 'fork'
+    the call changes nothing, so it is repeated with ``force=True`` for the import only.
+    """
+    import multiprocessing
+
+    current = multiprocessing.get_start_method(allow_none=True)
+    if current not in (None, "fork"):
+        raise LavaUnavailable(f"Lava needs the 'fork' multiprocessing start method, but this process already "
+                              f"uses {current!r}; run the Lava backend in a fresh process")
+    original = multiprocessing.set_start_method
+    if current is not None:
+        multiprocessing.set_start_method = lambda method, force=False: original(method, force=True)
+    try:
+        import lava.magma.core.run_configs  # noqa: F401
+        import lava.magma.runtime.runtime  # noqa: F401  (the module that sets the start method)
+    finally:
+        multiprocessing.set_start_method = original

@@ -32,3 +32,14 @@ def test_lava_missing_is_one_line_from_the_cli(tmp_path):
                             cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("\n") == 1 and "lava-nc is not installed or broken" in result.stdout
+
+
+def test_lava_imports_after_a_progress_bar():
+    """tqdm makes a multiprocessing lock, which fixes the start method before Lava sets it."""
+    code = ("from tqdm import tqdm\n"
+            "for _ in tqdm(range(2), disable=False): pass\n"
+            "import multiprocessing as mp; assert mp.get_start_method(allow_none=True) == 'fork'\n"
+            "from neuromorphic.lava import require_lava; require_lava()\n"
+            "from lava.proc.dense.process import Dense\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
