@@ -65,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from .ir import Attention, Connection, Graph, IRError, LoweringError, Population
+from .ir import Attention, Connection, Graph, IRError, LoweringError, Population, unique_name
 from .simulate import Trace
 
 MODES = ("exact", "biophysical")
@@ -433,13 +433,7 @@ def _check_supported(graph: Graph, mode: str) -> None:
 
 def _brian_name(name: str, used: set[str]) -> str:
     """A valid, unique Brian2 object name for an IR name ('block0.attn.q' -> 'p_block0_attn_q')."""
-    base = "p_" + re.sub(r"\W", "_", name)
-    out, k = base, 1
-    while out in used:
-        k += 1
-        out = f"{base}_{k}"
-    used.add(out)
-    return out
+    return unique_name("p_" + re.sub(r"\W", "_", name), used)
 
 
 def _token_major(tokens: int, f_out: int, f_in: int, weight: np.ndarray, kind: str

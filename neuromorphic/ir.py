@@ -353,6 +353,16 @@ def load_graph(path: str | Path) -> Graph:
     return graph.validate()
 
 
+def unique_name(base: str, used: set[str], sep: str = "_") -> str:
+    """``base``, or ``base{sep}2``, ``base{sep}3``, ... : the first not in ``used`` (then added to it)."""
+    name, k = base, 1
+    while name in used:
+        k += 1
+        name = f"{base}{sep}{k}"
+    used.add(name)
+    return name
+
+
 def graph_summary(graph: Graph) -> dict[str, Any]:
     """Counts for printing: neurons, synapses, attention heads."""
     neurons = sum(p.size for p in graph.populations if p.kind == "lif")

@@ -71,7 +71,7 @@ import numpy as np
 
 from spikeformer.checkpoint import atomic_write_bytes
 
-from .ir import Connection, Graph, IRError, LoweringError, Population
+from .ir import Connection, Graph, IRError, LoweringError, Population, unique_name
 from .simulate import Trace
 
 FORMAT = "spikeformer-nir"
@@ -587,12 +587,7 @@ def _build_graph(gmeta: dict, dt: float, time_steps: int | None, input_name: str
     names: set[str] = set()
 
     def unique(name: str) -> str:
-        base, i = name, 1
-        while name in names:
-            i += 1
-            name = f"{base}#{i}"
-        names.add(name)
-        return name
+        return unique_name(name, names, "#")
 
     for n in built:
         gain = n.gain
