@@ -19,6 +19,7 @@ Brian2 compute (SPEC §2.2); a model trained without delays would change meaning
 
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from spikeformer.model import Conv1dStem, Dense, FeatureNorm, SpikingAttention, SpikingNeurons, Spikeformer
+from spikeformer.qat import norm_affine
 
 from .ir import Attention, Connection, Graph, LoweringError, Population
 
@@ -35,14 +37,12 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def _affine(norm: Optional[FeatureNorm], features: int) -> tuple[np.ndarray, np.ndarray]:
-    """An eval-mode BatchNorm as ``y = gain * x + shift`` (identity when ``norm`` is None)."""
+    """An eval-mode BatchNorm as ``y = gain * x + shift`` (identity when ``norm`` is None), in
+    float64, by ``spikeformer.qat.norm_affine``: the same fold quantisation-aware training uses."""
     if norm is None:
         return np.ones(features), np.zeros(features)
-    bn = norm.bn
-    inv = 1.0 / np.sqrt(_np(bn.running_var) + bn.eps)
-    gain = _np(bn.weight) * inv if bn.affine else inv
-    shift = (_np(bn.bias) if bn.affine else 0.0) - _np(bn.running_mean) * gain
-    return gain, shift
+    gain, shift = norm_affine(copy.deepcopy(norm).double(), features, torch.zeros(0, dtype=torch.float64))
+    return _np(gain), _np(shift)
 
 
 class _Term:

@@ -43,7 +43,6 @@ GUARD_STEPS = 2
 GUARD_A_IN = 2 ** 16  # fixed point: -256 << 8; (a_in << 6) stays inside Lava's 24-bit u
 FLOAT_GUARD = 1e9
 FLOAT_NEVER = 1e300  # threshold of the float readout integrator
-READOUT_VTH = 2 ** 17 - 1
 
 
 @dataclass
@@ -133,8 +132,8 @@ def build_network(graph: Graph, x_steps: np.ndarray, folder: Path) -> LavaNetwor
         if pop.kind == "input":
             continue
         if fixed:
-            vth = pop.vth if pop.kind == "lif" else READOUT_VTH
-            lif = LIFReset(shape=(pop.size,), du=pop.du, dv=pop.dv, vth=vth, bias_mant=pop.bias_mant.reshape(-1),
+            # the readout's vth is the 17-bit maximum (quantize): it never fires
+            lif = LIFReset(shape=(pop.size,), du=pop.du, dv=pop.dv, vth=pop.vth, bias_mant=pop.bias_mant.reshape(-1),
                            bias_exp=pop.bias_exp.reshape(-1), name=pop.name, **reset)
         elif pop.kind == "lif":
             lif = LIFReset(shape=(pop.size,), du=1.0 - pop.alpha, dv=1.0 - pop.beta, vth=pop.threshold,
