@@ -2,7 +2,8 @@
 ``spikeformer.commands`` entry point (so ``spikeformer`` never imports ``neuromorphic``: SPEC §3).
 
 Each command is ``name -> (help, add_arguments(parser), handler(args) -> exit status)``.
-This module stays light: heavy imports happen inside the handlers.
+The choices come from the registry in ``neuromorphic.backends``. This module stays light: heavy
+imports happen inside the handlers.
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-BACKENDS = ("lava-float", "lava-fixed", "brian2", "brian2-bio", "norse")
-TARGETS = ("ir", "lava", "nir")
+from .backends import BACKENDS, TARGET_REGISTRY, TARGETS
+
+__all__ = ["BACKENDS", "TARGETS", "Command", "commands"]
+
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 
 def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory with checkpoint.safetensors + checkpoint.json")
     p.add_argument("--to", required=True, choices=list(TARGETS),
-                   help="ir: graph.json + arrays.safetensors; lava: the same IR, checked to build as Lava "
-                        "processes; nir: a .nir file (float, models without attention)")
+                   help="; ".join(f"{t.name}: {t.help}" for t in TARGET_REGISTRY.values()))
     p.add_argument("--fixed-point", action="store_true", help="quantise for Lava's bit-accurate models (SPEC §2.4)")
     p.add_argument("--out", required=True, help="folder (ir, lava) or file (nir) to write")
 

@@ -6,6 +6,7 @@ same ``Trace`` the IR simulators return, keyed by the same population names.
 
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from spikeformer.model import Probe, Spikeformer
 from spikeformer.qat import float_weights
 
-from .simulate import Trace
+from .trace import Trace
 
 
 def encode_steps(model: Spikeformer, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> np.ndarray:
@@ -25,17 +26,16 @@ def encode_steps(model: Spikeformer, x: torch.Tensor, generator: Optional[torch.
 
 @torch.no_grad()
 def torch_trace(model: Spikeformer, x_steps: np.ndarray) -> Trace:
-    """The torch model on encoded steps ``[T, B, N, F]``, in float64: spikes by population and readout."""
-    reference = model.double().eval()
+    """The torch model on encoded steps ``[T, B, N, F]``, in float64: spikes by population and readout.
+
+    Runs an eval-mode float64 copy: the caller's model (mode, dtype, parameters, buffers) is untouched.
+    """
+    reference = copy.deepcopy(model).double().eval()
     probe = Probe(keep_traces=True)
-    try:
-        with float_weights(reference):  # a qat model's float weights are what the IR holds
-            y, _ = reference.forward_steps(torch.from_numpy(x_steps).double(), probe=probe)
-    finally:
-        model.float()
+    with float_weights(reference):  # a qat model's float weights are what the IR holds
+        y, _ = reference.forward_steps(torch.from_numpy(x_steps).double(), probe=probe)
     spikes = {name: s.numpy() != 0 for name, s in probe.spikes.items()}
-    window = model.cfg.steps_per_token if model.cfg.mode == "causal" else model.cfg.time_steps
-    return Trace(spikes, y.numpy(), window)
+    return Trace(spikes, y.numpy(), model.window)
 
 
 def agreement(reference: Trace, backend: Trace, labels: Optional[np.ndarray] = None) -> dict[str, float]:

@@ -17,8 +17,9 @@ coincidence adds ``one`` = 2^frac_bits to S; rates are 12-bit fractions (``mul12
 12-bit decrements (``decay12``):
 
     hebbian       S = sat(decay12(S, d_lambda) + one * sum_n k_n^T v_n)
-    stdp          x = decay12(x, d_pre) + one k ;  dS = mul12(sum x^T v, A+) - mul12(sum k^T y, A-)
-                  S = sat(decay12(S, d_lambda) + dS) ;  y = decay12(y, d_post) + one v
+    stdp          x = sat(decay12(x, d_pre) + one k) ;  dS = mul12(sum x^T v, A+) - mul12(sum k^T y, A-)
+                  S = sat(decay12(S, d_lambda) + dS) ;  y = sat(decay12(y, d_post) + one v)
+                  (traces saturate at ``trace_bits``, counted like the state)
     three_factor  e = sat(decay12(e, d_elig) + one * sum k^T v) ;  m = (4096 * gate count) // N
                   S = sat(decay12(S, d_lambda) + mul12(e, m))
     delta         D = decay12(S, d_lambda) ;  err_n = trunc((one v_n - k_n D) / max(1, |k_n|))
@@ -36,29 +37,12 @@ from typing import Any, Optional
 import numpy as np
 
 from .ir import Attention, Connection, Graph, IRError, Population
-from .simulate import Trace, run_graph, split_heads
+from .simulate import run_graph, split_heads
+from .trace import Trace
 
-UV_BITS = 24  # Lava's u and v width
-DECAY_SHIFT = 12
-ACT_SHIFT = 6  # a_in << 6 and vth << 6 in PyLifModelBitAcc
-
-
-def decay12(x: np.ndarray, decrement: np.ndarray | int) -> np.ndarray:
-    """Lava's decay: ``sign(x (4096 - d)) * (|x (4096 - d)| >> 12)`` in int64."""
-    prod = np.asarray(x, np.int64) * (4096 - np.asarray(decrement, np.int64))
-    return np.sign(prod) * (np.abs(prod) >> DECAY_SHIFT)
-
-
-def mul12(x: np.ndarray, rate: np.ndarray | int) -> np.ndarray:
-    """``x * rate / 4096`` rounded toward zero (sign-magnitude, as Lava's decays)."""
-    prod = np.asarray(x, np.int64) * np.asarray(rate, np.int64)
-    return np.sign(prod) * (np.abs(prod) >> DECAY_SHIFT)
-
-
-def shift(x: np.ndarray, exp: int) -> np.ndarray:
-    """``x << exp`` for exp >= 0, arithmetic ``x >> -exp`` (floor) otherwise (Lava's Dense)."""
-    x = np.asarray(x, np.int64)
-    return np.left_shift(x, exp) if exp >= 0 else np.right_shift(x, -exp)
+# the arithmetic itself is spikeformer.fixed_point's (one definition for export, qat and Lava)
+from spikeformer.fixed_point import (ACT_SHIFT, DECAY_SHIFT, UV_BITS, decay12, mul12,  # noqa: F401 (public)
+                                     saturate, shift, shift_array)
 
 
 def dense_fixed(conn: Connection, spikes: np.ndarray, tokens_out: int) -> np.ndarray:
@@ -74,9 +58,7 @@ def dense_fixed(conn: Connection, spikes: np.ndarray, tokens_out: int) -> np.nda
 
 def effective_bias(pop: Population) -> np.ndarray:
     """``bias_mant << bias_exp`` (``>>`` for negative exponents), as ``scale_bias`` in Lava."""
-    mant = pop.bias_mant.astype(np.int64)
-    exp = pop.bias_exp.astype(np.int64)
-    return np.where(exp >= 0, np.left_shift(mant, np.maximum(exp, 0)), np.right_shift(mant, np.maximum(-exp, 0)))
+    return shift_array(pop.bias_mant, pop.bias_exp)
 
 
 class FixedOps:
@@ -134,12 +116,6 @@ def attention_initial_state_fixed(att: Attention, batch: int, tokens: int) -> di
     return state
 
 
-def _saturate(x: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
-    limit = 2 ** (bits - 1) - 1
-    clipped = np.clip(x, -limit, limit)
-    return clipped, int((clipped != x).sum())
-
-
 def attention_step_fixed(att: Attention, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                          m: Optional[np.ndarray], state: Optional[dict]) -> tuple[np.ndarray, dict, int]:
     """One integer step (module docstring): spikes ``[B, N, H*d]`` -> a_in ``[B, N, H*d]``,
@@ -156,15 +132,19 @@ def attention_step_fixed(att: Attention, q: np.ndarray, k: np.ndarray, v: np.nda
     if att.variant == "hebbian":
         memory = memory + one * np.einsum("bnhi,bnhj->bhij", k, v)
     elif att.variant == "stdp":
-        pre = decay12(state["pre_trace"], per_token_head(f["pre_decay"])) + one * k
+        trace_bits = int(f.get("trace_bits", bits))  # IR files written before trace_bits: the state's width
+        pre, c = saturate(decay12(state["pre_trace"], per_token_head(f["pre_decay"])) + one * k, trace_bits)
+        clipped += c
         potentiation = mul12(np.einsum("bnhi,bnhj->bhij", pre, v), per_head(f["a_plus"]))
         depression = mul12(np.einsum("bnhi,bnhj->bhij", k, state["post_trace"]), per_head(f["a_minus"]))
         memory = memory + potentiation - depression
         state["pre_trace"] = pre
-        state["post_trace"] = decay12(state["post_trace"], per_token_head(f["post_decay"])) + one * v
+        post = decay12(state["post_trace"], per_token_head(f["post_decay"])) + one * v
+        state["post_trace"], c = saturate(post, trace_bits)
+        clipped += c
     elif att.variant == "three_factor":
         elig = decay12(state["eligibility"], per_head(f["eligibility_decay"])) + one * np.einsum("bnhi,bnhj->bhij", k, v)
-        elig, c = _saturate(elig, bits)
+        elig, c = saturate(elig, bits)
         clipped += c
         tokens = m.shape[1]
         m12 = (4096 * np.asarray(m, np.int64).sum(1)) // tokens  # [B, H]: fraction of gates firing
@@ -178,7 +158,7 @@ def attention_step_fixed(att: Attention, q: np.ndarray, k: np.ndarray, v: np.nda
         memory = memory + mul12(np.einsum("bnhi,bnhj->bhij", k, error), per_head(f["delta_rate"]))
     else:
         raise IRError(f"attention {att.name!r} has unknown variant {att.variant!r}")
-    memory, c = _saturate(memory, bits)
+    memory, c = saturate(memory, bits)
     state["memory"] = memory
     read = np.einsum("bnhi,bhij->bnhj", q, memory).reshape(q.shape[0], q.shape[1], -1)  # [B, N, H*d]
     prod = read * np.asarray(f["out_mant"], np.int64)

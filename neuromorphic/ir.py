@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -35,7 +36,10 @@ from typing import Any, Optional
 import numpy as np
 
 from spikeformer.checkpoint import atomic_write_bytes, atomic_write_json
+from spikeformer.config import short_repr
 from spikeformer.errors import SpikeformerError
+from spikeformer.fixed_point import BIAS_EXP_MAX, BIAS_MANT_MAX, DECAY_UNITY, MANTISSA_MAX, MANTISSA_MIN, VTH_MAX
+from spikeformer.variants import VARIANTS
 
 FORMAT = "spikeformer-ir"
 IR_VERSION = 1
@@ -44,6 +48,14 @@ ARRAYS_FILE = "arrays.safetensors"
 POPULATION_KINDS = ("input", "lif", "readout")
 CONNECTION_KINDS = ("tokenwise", "full")
 PRECISIONS = ("float", "fixed")
+MODES = ("global", "causal")
+# Bounds on declared sizes, checked before any backend allocates from them (a damaged file
+# claiming tokens = 10**12 or delay = 10**9 fails in _validate, in one line)
+MAX_NEURONS = 2 ** 26  # per population (tokens * features)
+MAX_DELAY = 1024  # steps of a Dense connection (backends keep that many past outputs per population)
+MAX_STEPS = 2 ** 24  # meta steps, window and latency
+MAX_HEADS = 1024
+MAX_EXP = 64  # |weight_exp| of a fixed-point connection
 
 
 class IRError(SpikeformerError, ValueError):
@@ -93,6 +105,13 @@ class Connection:
     weight_exp: Optional[int] = None
     num_weight_bits: Optional[int] = None
     num_message_bits: int = 0  # 0: binary spikes in; > 0: graded input of that many bits
+
+    def full_weight(self, tokens: int) -> np.ndarray:
+        """``[N_out*F_out, N_in*F_in]`` over token-major flattened grids: a tokenwise ``[F_out, F_in]``
+        weight becomes the block-diagonal ``kron(I_N, W)`` (``tokens`` = N); a full one is itself."""
+        if self.kind == "tokenwise":
+            return np.kron(np.eye(tokens, dtype=self.weight.dtype), self.weight)  # block n = token n
+        return self.weight
 
 
 @dataclass
@@ -182,7 +201,37 @@ def _need(cond: bool, message: str) -> None:
         raise IRError(message)
 
 
-def _array(obj: Any, name: str, shape: tuple, integer: bool = False) -> None:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value: Any) -> bool:
+    """A finite number (int or float, not bool; an integer too large for a float does not count)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _int_in(value: Any, low: int, high: int, where: str) -> int:
+    _need(_is_int(value) and low <= value <= high, f"{where} must be an integer in {low}..{high}, got {short_repr(value)}")
+    return int(value)
+
+
+def _real(value: Any, where: str) -> float:
+    _need(_is_real(value), f"{where} must be a finite number, got {short_repr(value)}")
+    return float(value)
+
+
+def _name(obj: Any, field_name: str = "name") -> str:
+    value = getattr(obj, field_name)
+    _need(isinstance(value, str), f"IR {type(obj).__name__.lower()} {field_name} must be a string, got {short_repr(value)}")
+    return value
+
+
+def _array(obj: Any, name: str, shape: tuple, integer: bool = False, bounds: Optional[tuple] = None) -> None:
     value = getattr(obj, name)
     where = f"{type(obj).__name__.lower()} {obj.name!r} field {name!r}"
     _need(isinstance(value, np.ndarray), f"{where} must be an array, got {type(value).__name__}")
@@ -193,57 +242,146 @@ def _array(obj: Any, name: str, shape: tuple, integer: bool = False) -> None:
         _need(np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer),
               f"{where} must be numeric, got {value.dtype}")
         _need(bool(np.isfinite(value).all()), f"{where} contains NaN or infinite values")
+    if bounds is not None and value.size:
+        _need(bool(bounds[0] <= value.min() and value.max() <= bounds[1]),
+              f"{where} has values outside [{bounds[0]}, {bounds[1]}]")
+
+
+def _int_list(value: Any, length: int, low: int, high: int, where: str) -> None:
+    _need(isinstance(value, list) and len(value) == length and all(_is_int(x) and low <= x <= high for x in value),
+          f"{where} must be a list of {length} integers in {low}..{high}")
+
+
+def _validate_population(p: Population, fixed: bool) -> None:
+    _need(isinstance(p.kind, str) and p.kind in POPULATION_KINDS,
+          f"population {p.name!r} has unknown kind {short_repr(p.kind)}")
+    where = f"population {p.name!r}"
+    tokens = _int_in(p.tokens, 1, MAX_NEURONS, f"{where} tokens")
+    features = _int_in(p.features, 1, MAX_NEURONS, f"{where} features")
+    _need(tokens * features <= MAX_NEURONS, f"{where} has {tokens} x {features} neurons, above the limit {MAX_NEURONS}")
+    beta, alpha = _real(p.beta, f"{where} beta"), _real(p.alpha, f"{where} alpha")
+    threshold = _real(p.threshold, f"{where} threshold")
+    _need(isinstance(p.graded, (bool, np.bool_)), f"{where} field 'graded' must be true or false")
+    if p.kind == "lif":
+        _need(0.0 <= beta <= 1.0 and 0.0 <= alpha <= 1.0, f"population {p.name!r} has decays outside [0, 1]")
+        _need(threshold > 0, f"population {p.name!r} needs a positive threshold")
+    if p.kind != "input":
+        _array(p, "bias", (p.tokens, p.features))
+    if fixed and p.kind != "input":  # Lava's LIF (the readout is a LIF that never fires)
+        for key in ("du", "dv", "vth"):
+            _need(_is_int(getattr(p, key)), f"fixed-point population {p.name!r} lacks integer {key!r}")
+        _int_in(p.du, 0, DECAY_UNITY - 1, f"{where} du")
+        _int_in(p.dv, 0, DECAY_UNITY, f"{where} dv")
+        _int_in(p.vth, 1, VTH_MAX, f"{where} vth")
+        _array(p, "bias_mant", (p.tokens, p.features), integer=True, bounds=(-BIAS_MANT_MAX, BIAS_MANT_MAX))
+        _array(p, "bias_exp", (p.tokens, p.features), integer=True, bounds=(0, BIAS_EXP_MAX))
+
+
+def _validate_connection(c: Connection, pops: dict[str, Population], fixed: bool) -> None:
+    _name(c, "source")
+    _name(c, "target")
+    _need(c.source in pops and c.target in pops, f"connection {c.name!r} joins unknown populations")
+    _need(isinstance(c.kind, str) and c.kind in CONNECTION_KINDS,
+          f"connection {c.name!r} has unknown kind {short_repr(c.kind)}")
+    _need(_is_int(c.delay) and c.delay >= 1,
+          f"connection {c.name!r} has delay {short_repr(c.delay)}; Dense connections delay at least one step (SPEC §2.2)")
+    _int_in(c.delay, 1, MAX_DELAY, f"connection {c.name!r} delay")
+    src, dst = pops[c.source], pops[c.target]
+    if c.kind == "tokenwise":
+        _need(src.tokens == dst.tokens, f"tokenwise connection {c.name!r} joins grids with different tokens")
+        shape = (dst.features, src.features)
+    else:
+        shape = (dst.size, src.size)
+    _array(c, "weight", shape, integer=fixed, bounds=(MANTISSA_MIN, MANTISSA_MAX) if fixed else None)
+    for key in ("weight_exp", "num_weight_bits"):
+        _need(getattr(c, key) is None or _is_int(getattr(c, key)),
+              f"connection {c.name!r} field {key!r} must be an integer or null, got {short_repr(getattr(c, key))}")
+    _int_in(c.num_message_bits, 0, 32, f"connection {c.name!r} num_message_bits")
+    if fixed:
+        _need(isinstance(c.weight_exp, int), f"fixed-point connection {c.name!r} lacks an integer weight_exp")
+        _int_in(c.weight_exp, -MAX_EXP, MAX_EXP, f"connection {c.name!r} weight_exp")
+
+
+def _validate_attention(a: Attention, pops: dict[str, Population], fixed: bool) -> None:
+    for role in ("query", "key", "value", "target"):
+        _need(isinstance(getattr(a, role), str) and getattr(a, role) in pops,
+              f"attention {a.name!r} {role} {short_repr(getattr(a, role))} is not a population")
+    heads = _int_in(a.heads, 1, MAX_HEADS, f"attention {a.name!r} heads")
+    head_dim = _int_in(a.head_dim, 1, MAX_NEURONS, f"attention {a.name!r} head_dim")
+    width = heads * head_dim
+    for role in ("query", "key", "value", "target"):
+        _need(pops[getattr(a, role)].features == width, f"attention {a.name!r} {role} must have {width} features")
+        _need(pops[getattr(a, role)].tokens == pops[a.query].tokens,
+              f"attention {a.name!r} {role} must have the query's {pops[a.query].tokens} tokens")
+    _need(isinstance(a.variant, str) and a.variant in VARIANTS,
+          f"attention {a.name!r} has unknown variant {short_repr(a.variant)}; choose one of {list(VARIANTS)}")
+    variant = VARIANTS[a.variant]
+    _array(a, "decay", (heads,), bounds=(0.0, 1.0))
+    _real(a.scale, f"attention {a.name!r} scale")
+    _array(a, "out_scale", (width,))
+    _need(isinstance(a.plasticity, dict) and set(a.plasticity) == set(variant.parameter_names),
+          f"attention {a.name!r} plasticity must hold {list(variant.parameter_names)} for variant {a.variant!r}")
+    for key in a.plasticity:
+        value = a.plasticity[key]
+        _need(isinstance(value, np.ndarray) and value.shape == (heads,), f"attention {a.name!r} plasticity {key!r} must be [H]")
+        _need(np.issubdtype(value.dtype, np.number) and bool(np.isfinite(value).all()),
+              f"attention {a.name!r} plasticity {key!r} must hold finite numbers")
+    if a.modulator is not None:
+        _need(isinstance(a.modulator, str) and a.modulator in pops and pops[a.modulator].features == a.heads
+              and pops[a.modulator].tokens == pops[a.query].tokens,
+              f"attention {a.name!r} modulator must be a population with {a.heads} features")
+    _need((a.modulator is not None) == variant.modulated,
+          f"attention {a.name!r} of variant {a.variant!r} " + ("needs a modulator population" if variant.modulated
+                                                              else "takes no modulator"))
+    _need(isinstance(a.fixed, dict), f"attention {a.name!r} field 'fixed' must be a table")
+    if fixed:
+        f, where = a.fixed, f"fixed-point attention {a.name!r}"
+        frac_bits = _int_in(f.get("frac_bits"), 0, 30, f"{where} frac_bits")
+        _need(_is_int(f.get("one")) and f.get("one") == 2 ** frac_bits, f"{where} one must be 2 ** frac_bits")
+        _int_in(f.get("state_bits"), 2, 32, f"{where} state_bits")
+        if "trace_bits" in f:
+            _int_in(f["trace_bits"], 2, 32, f"{where} trace_bits")
+        _int_list(f.get("decay"), heads, 0, DECAY_UNITY, f"{where} decay")
+        for param in variant.parameters:  # decays: 12-bit decrements; amplitudes and rates: fractions of 4096
+            _int_list(f.get(param.name), heads, 0, DECAY_UNITY if param.kind == "decay" else 2 ** 20,
+                      f"{where} {param.name}")
+        _int_in(f.get("out_shift"), 0, 62, f"{where} out_shift")
+        _int_list(f.get("out_mant"), width, -(2 ** 31), 2 ** 31, f"{where} out_mant")
 
 
 def _validate(g: Graph) -> None:
-    _need(g.precision in PRECISIONS, f"IR precision must be one of {PRECISIONS}, got {g.precision!r}")
+    _need(isinstance(g.precision, str) and g.precision in PRECISIONS,
+          f"IR precision must be one of {PRECISIONS}, got {short_repr(g.precision)}")
     fixed = g.precision == "fixed"
-    names = [p.name for p in g.populations]
+    for group, cls in ((g.populations, Population), (g.connections, Connection), (g.attentions, Attention)):
+        _need(isinstance(group, list) and all(isinstance(x, cls) for x in group),
+              f"IR {cls.__name__.lower()}s must be a list of {cls.__name__} records")
+    names = [_name(p) for p in g.populations]
     _need(len(set(names)) == len(names), "IR population names must be unique")
     pops = {p.name: p for p in g.populations}
+    for p in g.populations:
+        _validate_population(p, fixed)
     _need(sum(p.kind == "input" for p in g.populations) == 1, "IR needs exactly one input population")
     _need(sum(p.kind == "readout" for p in g.populations) == 1, "IR needs exactly one readout population")
+    _need(isinstance(g.meta, dict), f"IR meta must be a table, got {type(g.meta).__name__}")
     for key in ("mode", "steps", "window", "latency", "classes"):
         _need(key in g.meta, f"IR meta lacks {key!r}")
-    for p in g.populations:
-        _need(p.kind in POPULATION_KINDS, f"population {p.name!r} has unknown kind {p.kind!r}")
-        _need(p.tokens > 0 and p.features > 0, f"population {p.name!r} has an empty shape")
-        if p.kind == "lif":
-            _need(0.0 <= p.beta <= 1.0 and 0.0 <= p.alpha <= 1.0, f"population {p.name!r} has decays outside [0, 1]")
-            _need(p.threshold > 0, f"population {p.name!r} needs a positive threshold")
-        if p.kind != "input":
-            _array(p, "bias", (p.tokens, p.features))
-        if fixed and p.kind == "lif":
-            for key in ("du", "dv", "vth"):
-                _need(isinstance(getattr(p, key), int), f"fixed-point population {p.name!r} lacks integer {key!r}")
-            _array(p, "bias_mant", (p.tokens, p.features), integer=True)
-            _array(p, "bias_exp", (p.tokens, p.features), integer=True)
+    _need(isinstance(g.meta["mode"], str) and g.meta["mode"] in MODES, f"IR meta mode must be one of {MODES}, got {short_repr(g.meta['mode'])}")
+    steps = _int_in(g.meta["steps"], 1, MAX_STEPS, "IR meta steps")
+    _int_in(g.meta["window"], 1, steps, "IR meta window")
+    _int_in(g.meta["latency"], 0, steps, "IR meta latency")
+    _need(_is_int(g.meta["classes"]) and g.meta["classes"] == g.readout.size,
+          f"IR meta classes must equal the readout's {g.readout.size} neurons, got {short_repr(g.meta['classes'])}")
+    _need(isinstance(g.fixed, dict), f"IR field 'fixed' must be a table, got {type(g.fixed).__name__}")
+    if fixed:
+        _need(_is_real(g.fixed.get("input_scale")) and g.fixed["input_scale"] > 0,
+              f"fixed-point IR needs a positive input_scale, got {short_repr(g.fixed.get('input_scale'))}")
     for c in g.connections:
-        _need(c.source in pops and c.target in pops, f"connection {c.name!r} joins unknown populations")
-        _need(c.kind in CONNECTION_KINDS, f"connection {c.name!r} has unknown kind {c.kind!r}")
-        _need(c.delay >= 1, f"connection {c.name!r} has delay {c.delay}; Dense connections delay at least one step (SPEC §2.2)")
-        src, dst = pops[c.source], pops[c.target]
-        if c.kind == "tokenwise":
-            _need(src.tokens == dst.tokens, f"tokenwise connection {c.name!r} joins grids with different tokens")
-            shape = (dst.features, src.features)
-        else:
-            shape = (dst.size, src.size)
-        _array(c, "weight", shape, integer=fixed)
-        if fixed:
-            _need(isinstance(c.weight_exp, int), f"fixed-point connection {c.name!r} lacks an integer weight_exp")
+        _name(c)
+        _validate_connection(c, pops, fixed)
     for a in g.attentions:
-        for role in ("query", "key", "value", "target"):
-            _need(getattr(a, role) in pops, f"attention {a.name!r} {role} {getattr(a, role)!r} is not a population")
-        width = a.heads * a.head_dim
-        for role in ("query", "key", "value", "target"):
-            _need(pops[getattr(a, role)].features == width, f"attention {a.name!r} {role} must have {width} features")
-        _array(a, "decay", (a.heads,))
-        _array(a, "out_scale", (width,))
-        for key in a.plasticity:
-            _need(a.plasticity[key].shape == (a.heads,), f"attention {a.name!r} plasticity {key!r} must be [H]")
-        if a.modulator is not None:
-            _need(a.modulator in pops and pops[a.modulator].features == a.heads,
-                  f"attention {a.name!r} modulator must be a population with {a.heads} features")
+        _name(a)
+        _validate_attention(a, pops, fixed)
     g.step_order()
 
 
@@ -275,8 +413,8 @@ def _split(obj: Any, prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, An
 def _join(record: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     def resolve(value: Any) -> Any:
         if isinstance(value, dict) and set(value) == {"array"}:
-            if value["array"] not in arrays:
-                raise IRError(f"IR arrays file lacks {value['array']!r}; re-export the model")
+            if not isinstance(value["array"], str) or value["array"] not in arrays:
+                raise IRError(f"IR arrays file lacks {short_repr(value['array'])}; re-export the model")
             return arrays[value["array"]]
         if isinstance(value, dict):
             return {k: resolve(v) for k, v in value.items()}
@@ -326,21 +464,28 @@ def load_graph(path: str | Path) -> Graph:
         raise IRError(f"{path} is not an IR folder (needs {GRAPH_FILE} and {ARRAYS_FILE}); "
                       "create one with 'spikeformer export RUN --to ir --out PATH'")
     try:
-        record = json.loads((path / GRAPH_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IRError(f"{path / GRAPH_FILE} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}); re-export the model") from None
+        record = json.loads((path / GRAPH_FILE).read_bytes())
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit integer, deep nesting
+        reason = exc.msg if hasattr(exc, "msg") else "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise IRError(f"{path / GRAPH_FILE} is not valid JSON ({' '.join(str(reason).split())[:200]}); "
+                      "re-export the model") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise IRError(f"{path / GRAPH_FILE} is not a spikeformer IR file (format {record.get('format') if isinstance(record, dict) else None!r})")
-    if record.get("version") != IR_VERSION:
-        raise IRError(f"{path / GRAPH_FILE} has IR version {record.get('version')!r}; this spikeformer reads "
+        raise IRError(f"{path / GRAPH_FILE} is not a spikeformer IR file "
+                      f"(format {short_repr(record.get('format') if isinstance(record, dict) else None)})")
+    if record.get("version") != IR_VERSION or isinstance(record.get("version"), bool):
+        raise IRError(f"{path / GRAPH_FILE} has IR version {short_repr(record.get('version'))}; this spikeformer reads "
                       f"version {IR_VERSION}: re-export the model with this version")
     blob = (path / ARRAYS_FILE).read_bytes()
     if hashlib.sha256(blob).hexdigest() != record.get("arrays_sha256"):
         raise IRError(f"{path / ARRAYS_FILE} does not match {GRAPH_FILE} (truncated or modified); re-export the model")
     try:
         arrays = load(blob)
-    except (SafetensorError, ValueError) as exc:
-        raise IRError(f"{path / ARRAYS_FILE} is not a readable safetensors file ({exc}); re-export the model") from None
+    except (SafetensorError, ValueError, TypeError) as exc:
+        raise IRError(f"{path / ARRAYS_FILE} is not a readable safetensors file ({' '.join(str(exc).split())[:300]}); "
+                      "re-export the model") from None
+    for key in ("populations", "connections", "attentions"):
+        if not isinstance(record.get(key), list) or not all(isinstance(x, dict) for x in record[key]):
+            raise IRError(f"{path / GRAPH_FILE} field {key!r} must be a list of records; re-export the model")
     try:
         graph = Graph(
             populations=[Population(**_join(p, arrays)) for p in record["populations"]],
@@ -349,7 +494,10 @@ def load_graph(path: str | Path) -> Graph:
             meta=record["meta"], precision=record["precision"], fixed=record.get("fixed", {}),
         )
     except (KeyError, TypeError) as exc:
-        raise IRError(f"{path / GRAPH_FILE} has a missing or unknown field ({exc}); re-export the model") from None
+        raise IRError(f"{path / GRAPH_FILE} has a missing or unknown field ({' '.join(str(exc).split())[:200]}); "
+                      "re-export the model") from None
+    except RecursionError:
+        raise IRError(f"{path / GRAPH_FILE} nests its records too deeply; re-export the model") from None
     return graph.validate()
 
 

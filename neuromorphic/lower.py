@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spikeformer.model import Conv1dStem, Dense, FeatureNorm, SpikingAttention, SpikingNeurons, Spikeformer
-from spikeformer.qat import norm_affine
+from spikeformer.model import Dense, FeatureNorm, SpikingNeurons, Spikeformer
 
 from .ir import Attention, Connection, Graph, LoweringError, Population
 
@@ -38,30 +37,18 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 def _affine(norm: Optional[FeatureNorm], features: int) -> tuple[np.ndarray, np.ndarray]:
     """An eval-mode BatchNorm as ``y = gain * x + shift`` (identity when ``norm`` is None), in
-    float64, by ``spikeformer.qat.norm_affine``: the same fold quantisation-aware training uses."""
+    float64, by ``FeatureNorm.affine``: the same fold quantisation-aware training uses."""
     if norm is None:
         return np.ones(features), np.zeros(features)
-    gain, shift = norm_affine(copy.deepcopy(norm).double(), features, torch.zeros(0, dtype=torch.float64))
+    gain, shift = copy.deepcopy(norm).double().affine()
     return _np(gain), _np(shift)
 
 
 class _Term:
-    """One Dense current into the residual stream: ``weight @ spikes(source) + bias``."""
+    """One Dense current: ``weight @ spikes(source) + bias`` (bias ``[N, F_out]``, for the residual stream)."""
 
     def __init__(self, name: str, source: str, kind: str, weight: np.ndarray, bias: np.ndarray) -> None:
         self.name, self.source, self.kind, self.weight, self.bias = name, source, kind, weight, bias
-
-
-def _dense_term(dense: Dense, name: str, source: str, tokens: int,
-                position: Optional[np.ndarray] = None) -> _Term:
-    """Fold a ``Dense`` (Linear, optional position, BatchNorm) into weight [F_out, F_in] + bias [N, F_out]."""
-    w = _np(dense.linear.weight)
-    b = _np(dense.linear.bias) if dense.linear.bias is not None else np.zeros(w.shape[0])
-    pre_bias = np.broadcast_to(b, (tokens, w.shape[0])).copy()
-    if position is not None:
-        pre_bias = pre_bias + position
-    gain, shift = _affine(dense.norm, w.shape[0])
-    return _Term(name, source, "tokenwise", gain[:, None] * w, gain * pre_bias + shift)
 
 
 def _conv_matrix(conv: nn.Conv1d, tokens: int) -> np.ndarray:
@@ -82,11 +69,6 @@ def _conv_matrix(conv: nn.Conv1d, tokens: int) -> np.ndarray:
 def _lif_params(neurons: SpikingNeurons, name: str, features: int) -> tuple[float, float, np.ndarray]:
     """(beta, alpha, threshold per feature) of a population; per-neuron decays cannot lower."""
     lif = neurons.lif
-    if lif.params.alpha != 0.0:
-        raise LoweringError(
-            f"layer {name!r} has alpha = {lif.params.alpha}: the torch model adds its bias to the "
-            "synaptic current while Lava adds it to the membrane, so only alpha = 0 lowers exactly; "
-            "train with alpha = 0")
     beta = lif.beta
     if isinstance(beta, torch.Tensor):
         values = _np(beta)
@@ -96,17 +78,62 @@ def _lif_params(neurons: SpikingNeurons, name: str, features: int) -> tuple[floa
         beta = float(values[0])
     threshold = lif.threshold
     threshold = _np(threshold) if isinstance(threshold, torch.Tensor) else np.full(features, float(threshold))
-    return float(beta), 0.0, threshold
+    return float(beta), float(lif.params.alpha), threshold
 
 
-class _Builder:
+class GraphBuilder:
+    """What the model's modules describe themselves to: each ``lower(b, ...)`` method in
+    ``spikeformer/model.py`` calls these (the model's topology is written there, once, beside
+    its ``forward``); the builder folds norms and biases into IR populations and connections.
+
+    The residual stream ``u`` is not a population: it is the list of terms written into it
+    (``write``); each LIF that reads it through its own BatchNorm (``read``) gets its own copy
+    of every term, scaled by that norm's gain, and the summed shifts as its bias.
+    """
+
     def __init__(self) -> None:
         self.populations: list[Population] = []
         self.connections: list[Connection] = []
         self.attentions: list[Attention] = []
         self.scales: dict[str, np.ndarray] = {}  # 1 / threshold per feature, when thresholds are per neuron
+        self.stream: list[_Term] = []
+
+    # --- folding ---------------------------------------------------------------------------------
+
+    def affine(self, norm: Optional[FeatureNorm], features: int) -> tuple[np.ndarray, np.ndarray]:
+        """A norm at inference as ``(gain, shift)`` in float64 (``FeatureNorm.affine``); identity for None."""
+        return _affine(norm, features)
+
+    def dense(self, dense: Dense, name: str, source: str, tokens: int,
+              position: Optional[torch.Tensor] = None) -> _Term:
+        """Fold a ``Dense`` (Linear, optional position, BatchNorm) into weight [F_out, F_in] + bias [N, F_out]."""
+        w = _np(dense.linear.weight)
+        b = _np(dense.linear.bias) if dense.linear.bias is not None else np.zeros(w.shape[0])
+        pre_bias = np.broadcast_to(b, (tokens, w.shape[0])).copy()
+        if position is not None:
+            pre_bias = pre_bias + _np(position)
+        gain, shift = _affine(dense.norm, w.shape[0])
+        return _Term(name, source, "tokenwise", gain[:, None] * w, gain * pre_bias + shift)
+
+    def conv(self, conv: nn.Conv1d, name: str, source: str, tokens: int, norm: Optional[FeatureNorm] = None,
+             position: Optional[torch.Tensor] = None) -> _Term:
+        """A 1-d convolution over ``tokens`` unrolled into a ``full`` weight, with the norm after it
+        folded per row (and ``position`` into the bias)."""
+        matrix = _conv_matrix(conv, tokens)
+        c_out = conv.out_channels
+        n_out = matrix.shape[0] // c_out
+        gain, shift = _affine(norm, c_out)
+        pre_bias = _np(position) if position is not None else np.zeros((n_out, c_out))
+        return _Term(name, source, "full", np.tile(gain, n_out)[:, None] * matrix, gain * pre_bias + shift)
+
+    # --- populations and connections -------------------------------------------------------------
+
+    def input(self, tokens: int, features: int, graded: bool) -> str:
+        self.populations.append(Population("input", "input", tokens, features, graded=graded))
+        return "input"
 
     def lif(self, neurons: SpikingNeurons, name: str, tokens: int, features: int, bias: np.ndarray) -> str:
+        """A LIF population ``[tokens, features]`` with membrane bias ``bias`` (broadcast to it)."""
         beta, alpha, threshold = _lif_params(neurons, name, features)
         uniform = bool(np.all(threshold == threshold[0]))
         if not uniform:  # fold per-neuron thresholds into the inputs: v / theta_n crosses 1
@@ -127,10 +154,43 @@ class _Builder:
         self.connections.append(Connection(f"{term.name}->{target}", term.source, target, term.kind,
                                            scale[:, None] * term.weight))
 
+    def attention(self, name: str, query: str, key: str, value: str, target: str, heads: int, head_dim: int,
+                  variant: str, decay: torch.Tensor, scale: float, out_gain: np.ndarray,
+                  plasticity: dict[str, torch.Tensor], modulator: Optional[str]) -> None:
+        """A spiking-attention node; ``out_gain`` is the folded norm after it (per output column)."""
+        self.attentions.append(Attention(
+            name=name, query=query, key=key, value=value, target=target, heads=heads, head_dim=head_dim,
+            variant=variant, decay=_np(decay), scale=float(scale), out_scale=out_gain * self.scales.get(target, 1.0),
+            plasticity={k: _np(v) for k, v in plasticity.items()}, modulator=modulator))
+
+    def readout(self, dense: Dense, source: str) -> str:
+        """The readout Dense into a ``readout`` integrator (its bias delivered every step)."""
+        classes = dense.linear.out_features
+        self.populations.append(Population("readout", "readout", 1, classes, bias=_np(dense.linear.bias)[None, :]))
+        self.connect(_Term("readout", source, "full", _np(dense.linear.weight), np.zeros(0)), "readout")
+        return "readout"
+
+    # --- the residual stream ---------------------------------------------------------------------
+
+    def write(self, term: _Term) -> None:
+        """Add a Dense current to the residual stream."""
+        self.stream.append(term)
+
+    def read(self, norm: FeatureNorm, neurons: SpikingNeurons, name: str, tokens: int, features: int) -> str:
+        """A LIF reading the residual stream through ``norm``: copies of every term written so far."""
+        gain, shift = _affine(norm, features)
+        bias = gain * sum(t.bias for t in self.stream) + shift
+        self.lif(neurons, name, tokens, features, bias)
+        for term in self.stream:
+            self.connect(term, name, gain)
+        return name
+
 
 def lower(model: Spikeformer) -> Graph:
     """Lower a trained ``Spikeformer`` (eval-mode semantics, ``delays = "loihi"``) to an IR ``Graph``.
 
+    The model describes its own topology (``Spikeformer.lower`` and its modules' ``lower``
+    methods); this function checks that it can lower and adds the timing facts.
     Raises ``LoweringError`` naming the layer for anything a backend cannot run exactly.
     """
     if not isinstance(model, Spikeformer):
@@ -143,86 +203,14 @@ def lower(model: Spikeformer) -> Graph:
             "one-step Dense delay of SPEC §2.2, so retrain with --set 'delays=\"loihi\"'")
     if cfg.encoder not in ("direct", "poisson"):
         raise LoweringError(f"encoder {cfg.encoder!r} has no IR form")
-    b = _Builder()
-    stream_tokens = 1 if cfg.mode == "causal" else model.tokens
-    binary = cfg.encoder == "poisson" or cfg.task == "recall"
-    b.populations.append(Population("input", "input", stream_tokens, model.features, graded=not binary))
-    dim = cfg.dim
-
-    # stem -> residual terms
-    residual: list[_Term] = []
-    if isinstance(model.stem, Conv1dStem):
-        stem = model.stem
-        c = stem.conv1.out_channels
-        gain, shift = _affine(stem.norm1, c)
-        b.lif(stem.lif, "stem.conv1", stream_tokens, c, np.broadcast_to(shift, (stream_tokens, c)))
-        conv1 = _Term("stem.conv1", "input", "full", _conv_matrix(stem.conv1, stream_tokens), np.zeros(0))
-        b.connect(conv1, "stem.conv1", gain)
-        gain2, shift2 = _affine(stem.norm2, dim)
-        n_out = stem.out_tokens
-        conv2 = np.tile(gain2, n_out)[:, None] * _conv_matrix(stem.conv2, stream_tokens)  # BatchNorm per row
-        bias = gain2 * _np(stem.position) + shift2
-        residual.append(_Term("stem.conv2", "stem.conv1", "full", conv2, bias))
-        body_tokens = n_out
-    else:
-        residual.append(_dense_term(model.stem.embed, "stem.embed", "input", stream_tokens, _np(model.stem.position)))
-        body_tokens = stream_tokens
-
-    def consume(norm: FeatureNorm, neurons: SpikingNeurons, name: str) -> str:
-        """A LIF reading the residual stream through ``norm``: copies of every residual term."""
-        gain, shift = _affine(norm, dim)
-        bias = gain * sum(t.bias for t in residual) + shift
-        b.lif(neurons, name, body_tokens, dim, bias)
-        for term in residual:
-            b.connect(term, name, gain)
-        return name
-
-    for i, block in enumerate(model.blocks):
-        src = consume(block.norm1, block.lif1, f"block{i}.in")
-        residual.append(_lower_attention(b, block.attn, f"block{i}.attn", src, body_tokens))
-        src = consume(block.norm2, block.lif2, f"block{i}.mid")
-        mlp = block.mlp
-        hidden = mlp.fc1.linear.out_features
-        t1 = _dense_term(mlp.fc1, f"block{i}.mlp.fc1", src, body_tokens)
-        b.lif(mlp.lif, f"block{i}.mlp.hidden", body_tokens, hidden, t1.bias)
-        b.connect(t1, f"block{i}.mlp.hidden")
-        residual.append(_dense_term(mlp.fc2, f"block{i}.mlp.fc2", f"block{i}.mlp.hidden", body_tokens))
-    consume(model.norm, model.lif, "final")
-
-    readout = model.readout
-    classes = readout.linear.out_features
-    b.populations.append(Population("readout", "readout", 1, classes, bias=_np(readout.linear.bias)[None, :]))
-    b.connect(_Term("readout", "final", "full", _np(readout.linear.weight), np.zeros(0)), "readout")
-
-    window = cfg.steps_per_token if cfg.mode == "causal" else cfg.time_steps
+    b = GraphBuilder()
+    body_tokens = model.lower(b)
     meta = {
-        "task": cfg.task, "mode": cfg.mode, "encoder": cfg.encoder, "classes": classes,
+        "task": cfg.task, "mode": cfg.mode, "encoder": cfg.encoder, "classes": model.classes,
         "tokens": model.tokens, "features": model.features, "body_tokens": body_tokens,
         "time_steps": cfg.time_steps, "steps_per_token": cfg.steps_per_token,
-        "latency": model.latency, "window": window,
+        "latency": model.latency, "window": model.window,
         # global: every sample has the same length; causal: (tokens * steps_per_token) + latency
         "steps": (cfg.time_steps if cfg.mode == "global" else model.tokens * cfg.steps_per_token) + model.latency,
     }
     return Graph(b.populations, b.connections, b.attentions, meta).validate()
-
-
-def _lower_attention(b: _Builder, attn: SpikingAttention, name: str, source: str, tokens: int) -> _Term:
-    """q/k/v (and gate) LIFs, the attention node and its output LIF; returns the output Dense term."""
-    width = attn.heads * attn.head_dim
-    for key in "qkv":
-        term = _dense_term(attn.proj[key], f"{name}.{key}_proj", source, tokens)
-        b.lif(attn.lif[key], f"{name}.{key}", tokens, width, term.bias)
-        b.connect(term, f"{name}.{key}")
-    modulator = None
-    if attn.variant == "three_factor":
-        term = _dense_term(attn.gate, f"{name}.gate_proj", source, tokens)
-        modulator = b.lif(attn.gate_lif, f"{name}.gate", tokens, attn.heads, term.bias)
-        b.connect(term, modulator)
-    gain, shift = _affine(attn.out_norm, width)
-    target = b.lif(attn.out_lif, f"{name}.out", tokens, width, np.broadcast_to(shift, (tokens, width)))
-    b.attentions.append(Attention(
-        name=name, query=f"{name}.q", key=f"{name}.k", value=f"{name}.v", target=target,
-        heads=attn.heads, head_dim=attn.head_dim, variant=attn.variant,
-        decay=_np(attn.decay), scale=float(attn.scale), out_scale=gain * b.scales.get(target, 1.0),
-        plasticity={k: _np(v) for k, v in attn.plasticity().items()}, modulator=modulator))
-    return _dense_term(attn.out, f"{name}.out_proj", target, tokens)

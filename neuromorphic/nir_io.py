@@ -71,14 +71,21 @@ import numpy as np
 
 from spikeformer.checkpoint import atomic_write_bytes
 
-from .ir import Connection, Graph, IRError, LoweringError, Population, unique_name
-from .simulate import Trace
+from .ir import MAX_DELAY, Connection, Graph, IRError, LoweringError, Population, unique_name
+from .trace import Trace
 
 FORMAT = "spikeformer-nir"
 NIR_IO_VERSION = 1
 DEFAULT_DT = 1e-3  # seconds per IR step written into exported graphs (Norse's importer default)
 CLOCK = "nir.clock"  # imported graphs: the always-firing population that delivers shifted biases
 SNNTORCH_DT = 1e-4  # the dt snnTorch's export_to_nir / import_from_nir hard-code
+# Import bounds, checked before the importer allocates (a damaged file must fail in one line,
+# not in the allocator): see read_nir and nir_to_graph
+MAX_FILE_VALUES = 2 ** 25  # values in all datasets of one .nir file (256 MiB as float64)
+MAX_GROUP_DEPTH = 16  # HDF5 groups nested in a .nir file (nir.write uses 4)
+MAX_NIR_NEURONS = 2 ** 20  # neurons (values) of one NIR node's input or output
+MAX_MATRIX = 2 ** 25  # values of one dense matrix the importer builds (256 MiB as float64)
+MAX_WORK = 2 ** 34  # multiply-adds of one matrix product composing linear nodes (a few seconds)
 
 
 def _nir():
@@ -116,10 +123,7 @@ def tau_to_decay(tau: np.ndarray, dt: float) -> np.ndarray:
 
 def _full_weight(conn: Connection, dst: Population) -> np.ndarray:
     """``[N_out*F_out, N_in*F_in]`` over token-major flattened grids (tokenwise -> kron(I_N, W))."""
-    w = np.asarray(conn.weight, np.float64)
-    if conn.kind == "tokenwise":
-        return np.kron(np.eye(dst.tokens), w)  # block n of rows/columns = token n
-    return w
+    return np.asarray(conn.full_weight(dst.tokens), np.float64)
 
 
 def _neuron_node(pop: Population, dt: float, metadata: dict):
@@ -241,24 +245,62 @@ def export_nir(graph: Graph, path: str | Path, dt: float = DEFAULT_DT) -> Path:
 # import: NIR graph -> IR Graph
 
 
+# what a damaged file may raise inside nir.read: h5py (OSError, RuntimeError), nir's from_dict
+# (KeyError, AssertionError), numpy (ValueError, TypeError, OverflowError), deep nesting
+READ_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError, AssertionError,
+               OverflowError, ZeroDivisionError, RecursionError)
+
+
 def read_nir(path: str | Path):
-    """``nir.read`` with one-line ``IRError`` for a missing, truncated or malformed file."""
+    """``nir.read`` with one-line ``IRError`` for a missing, truncated or malformed file.
+
+    The HDF5 tree is walked first (``_check_hdf5``): a file may declare datasets far larger than
+    itself (compressed) or link to other files, and nir.read would load or follow them."""
     nir = _nir()
     path = Path(path)
     if not path.is_file():
         raise IRError(f"{path} is not a file; export one with 'spikeformer export RUN --to nir --out PATH'")
     try:
+        _check_hdf5(path)
         return nir.read(path)
-    except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, AssertionError) as exc:
-        # h5py (OSError), nir's from_dict (KeyError, AssertionError) and numpy raise these for a damaged file
+    except READ_ERRORS as exc:
         raise IRError(f"{path} is not a readable NIR file ({type(exc).__name__}: {_one_line(exc)[:200]}); "
                       "re-export it with nir.write") from None
+
+
+def _check_hdf5(path: Path) -> None:
+    """Refuse, before anything is read, an HDF5 tree nir.read could not load safely: links (soft
+    or to other files), groups nested deeper than MAX_GROUP_DEPTH, datasets holding more than
+    MAX_FILE_VALUES values in all."""
+    import h5py
+
+    total = 0
+    with h5py.File(path, "r") as handle:
+        pending = [(handle, 0)]
+        while pending:
+            group, depth = pending.pop()
+            if depth > MAX_GROUP_DEPTH:
+                raise IRError(f"{path} nests HDF5 groups deeper than {MAX_GROUP_DEPTH}; it is not a NIR file")
+            for key in group.keys():
+                link = group.get(key, getlink=True)
+                if not isinstance(link, h5py.HardLink):
+                    raise IRError(f"{path} holds a {type(link).__name__} {key!r}; NIR files hold no links, re-export it")
+                item = group[key]
+                if isinstance(item, h5py.Group):
+                    pending.append((item, depth + 1))
+                elif isinstance(item, h5py.Dataset):
+                    total += int(item.size or 0) * max(1, item.dtype.itemsize // 8)
+                    if total > MAX_FILE_VALUES:
+                        raise IRError(f"{path} declares more than {MAX_FILE_VALUES} values; a damaged or foreign "
+                                      "file, re-export it with nir.write")
 
 
 def _arr(value: Any, name: str) -> np.ndarray:
     """NIR parameter (numpy, torch tensor or scalar) -> finite float64 array."""
     if hasattr(value, "detach"):  # Norse writes torch tensors into in-memory graphs
         value = value.detach().cpu().numpy()
+    if np.iscomplexobj(value):
+        raise IRError(f"NIR node {name} has a complex parameter; NIR parameters are real")
     try:
         out = np.asarray(value, np.float64)
     except (TypeError, ValueError):
@@ -306,6 +348,11 @@ def _apply(signal: _Signal, weight: np.ndarray, bias: np.ndarray | None, name: s
     where = repr(name)
     if weight.ndim != 2 or weight.shape[1] != signal.size:
         raise IRError(f"NIR node {where} has weight {weight.shape} but receives {signal.size} values")
+    if not 1 <= weight.shape[0] <= MAX_NIR_NEURONS:
+        raise IRError(f"NIR node {where} has {weight.shape[0]} outputs; the importer takes 1..{MAX_NIR_NEURONS}")
+    for t in signal.terms:
+        if t.matrix is not None:  # weight @ t.matrix, composed below
+            _dense(weight.shape[0], t.matrix.shape[1], where, work=weight.shape[0] * weight.shape[1] * t.matrix.shape[1])
     terms = [_Term(t.source, t.delay, weight if t.matrix is None else weight @ t.matrix, name, kind)
              for t in signal.terms]
     biases = [(start, weight @ v) for start, v in signal.biases]
@@ -318,6 +365,11 @@ def _apply(signal: _Signal, weight: np.ndarray, bias: np.ndarray | None, name: s
 
 def _steps(delay: np.ndarray, dt: float, where: str) -> int:
     values = np.unique(delay)
+    if values.size == 0:
+        raise IRError(f"NIR Delay {where} has an empty delay")
+    if not abs(float(values[0]) / dt) <= MAX_DELAY:
+        raise LoweringError(f"NIR Delay {where} = {float(values[0]):g} s is more than {MAX_DELAY} steps of dt = {dt:g}; "
+                            "pass the dt the graph was made with")
     if values.size != 1:
         raise LoweringError(f"NIR Delay {where} has per-neuron delays; the IR needs one delay per connection")
     steps = round(float(values[0]) / dt)
@@ -455,7 +507,11 @@ def nir_to_graph(source: Any, dt: float | None = None, time_steps: int | None = 
         if "dt" not in gmeta:
             raise LoweringError("the NIR graph does not state its time step; pass dt= (snnTorch's export uses "
                                 f"{SNNTORCH_DT:g}; Norse's to_nir(dt=d) needs d**2, see docs/backends.md)")
-        dt = float(gmeta["dt"])
+        try:
+            dt = float(gmeta["dt"])
+        except (TypeError, ValueError, OverflowError):
+            raise IRError(f"the NIR graph's metadata dt is {_one_line(gmeta['dt'])[:60]}, not a number of seconds; "
+                          "re-export it or pass dt=") from None
     if not (math.isfinite(dt) and dt > 0):
         raise LoweringError(f"dt must be a positive number of seconds, got {dt!r}")
     nodes = dict(g.nodes)
@@ -473,15 +529,26 @@ def nir_to_graph(source: Any, dt: float | None = None, time_steps: int | None = 
     signals: dict[str, _Signal] = {}
     neurons: dict[str, _Neuron] = {}
     input_name = inputs[0]
-    in_shape = np.asarray(nodes[input_name].input_type["input"]).reshape(-1)
-    input_size = int(np.prod(in_shape)) if in_shape.size else 0
-    if input_size <= 0:
+    try:
+        in_shape = np.asarray(nodes[input_name].input_type["input"], np.float64).reshape(-1)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise IRError(f"NIR Input {input_name!r} has no numeric shape; re-export the graph") from None
+    if not in_shape.size:
         raise IRError(f"NIR Input {input_name!r} has no shape")
+    if not (np.all(np.isfinite(in_shape)) and np.all(in_shape >= 1) and np.all(in_shape == np.round(in_shape))):
+        raise IRError(f"NIR Input {input_name!r} has shape {in_shape.tolist()}, not positive whole numbers")
+    input_size = math.prod(int(n) for n in in_shape)
+    if input_size > MAX_NIR_NEURONS:
+        raise IRError(f"NIR Input {input_name!r} declares {input_size} values, above the importer's limit of "
+                      f"{MAX_NIR_NEURONS}; a damaged file, re-export it")
     readout: _Neuron | None = None
 
     def incoming(name: str) -> _Signal:
         if not preds[name]:
             raise IRError(f"NIR node {name!r} has no input edge")
+        for p in preds[name]:
+            if p not in signals:
+                raise IRError(f"NIR node {p!r} ({type(nodes[p]).__name__}) feeds {name!r} but has no output to feed it")
         return _sum([signals[p] for p in preds[name]], repr(name))
 
     for name in order:
@@ -498,10 +565,13 @@ def nir_to_graph(source: Any, dt: float | None = None, time_steps: int | None = 
             kind = _metadata(node).get("kind")
             bias = _arr(node.bias, where).reshape(-1) if isinstance(node, nir.Affine) else None
             signals[name] = _apply(incoming(name), _arr(node.weight, where), bias, name,
-                                   kind if kind in ("tokenwise", "full") else None)
+                                   kind if isinstance(kind, str) and kind in ("tokenwise", "full") else None)
         elif isinstance(node, nir.Scale):
             s = incoming(name)
             scale = _arr(node.scale, where).reshape(-1)
+            if scale.size not in (1, s.size):
+                raise IRError(f"NIR node {where} has scale of {scale.size} values for {s.size} inputs")
+            _dense(s.size, s.size, where)
             signals[name] = _apply(s, np.diag(np.broadcast_to(scale, (s.size,))), None, name, None)
         elif isinstance(node, nir.Flatten):
             signals[name] = incoming(name)  # populations are flat vectors already
@@ -539,7 +609,7 @@ def _grid(meta: dict, size: int) -> tuple[int, int]:
     tokens, features = meta.get("tokens"), meta.get("features")
     try:
         tokens, features = int(tokens), int(features)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 1, size
     return (tokens, features) if tokens > 0 and features > 0 and tokens * features == size else (1, size)
 
@@ -553,10 +623,19 @@ def _merge(terms: list[_Term], size: int) -> list[_Term]:
             merged[key] = _Term(t.source, t.delay, t.matrix, t.label, t.kind)
             continue
         m = merged[key]
+        if m.matrix is None or t.matrix is None:  # an identity term becomes a dense eye(size)
+            _dense(size, size, repr(t.label or t.source))
         m.matrix = (np.eye(size) if m.matrix is None else m.matrix) + (np.eye(size) if t.matrix is None else t.matrix)
         m.label = f"{m.label}+{t.label}" if m.label and t.label and t.label != m.label else (m.label or t.label)
         m.kind = m.kind if m.kind == t.kind else None
     return list(merged.values())
+
+
+def _dense(rows: int, cols: int, where: str, work: int = 0) -> None:
+    """Refuse, before it is built, a dense matrix (or product) above MAX_MATRIX values (MAX_WORK steps)."""
+    if rows * cols > MAX_MATRIX or work > MAX_WORK:
+        raise LoweringError(f"NIR node {where} needs a dense {rows} x {cols} matrix in the IR, above the importer's "
+                            f"limit of {MAX_MATRIX} values; import a smaller graph")
 
 
 def _build_graph(gmeta: dict, dt: float, time_steps: int | None, input_name: str, input_size: int,
@@ -565,7 +644,7 @@ def _build_graph(gmeta: dict, dt: float, time_steps: int | None, input_name: str
     in_tokens, in_features = _grid(in_meta, input_size)
     try:
         graded = bool(int(in_meta.get("graded", 1)))  # unknown (other tools): real-valued input
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         graded = True
     populations = [Population(input_name, "input", in_tokens, in_features, graded=graded)]
     grids = {input_name: (in_tokens, in_features)}
@@ -617,6 +696,8 @@ def _build_graph(gmeta: dict, dt: float, time_steps: int | None, input_name: str
                                               v.reshape(-1, 1).copy(), delay=step))
         for t in _merge(n.signal.terms, n.size):
             src_tokens, src_features = grids[t.source]
+            if t.matrix is None:
+                _dense(n.size, n.size, repr(n.name))
             matrix = np.eye(n.size) if t.matrix is None else t.matrix
             if matrix.shape != (n.size, src_tokens * src_features):
                 raise IRError(f"NIR path {t.source!r} -> {n.name!r} maps {matrix.shape[1]} values onto {n.size}")
@@ -647,14 +728,17 @@ def _build_graph(gmeta: dict, dt: float, time_steps: int | None, input_name: str
 
 
 def _graph_meta(gmeta: dict, time_steps: int | None, readout: _Neuron, shift: dict) -> dict:
-    if gmeta.get("format") == FORMAT and "ir_meta" in gmeta:
+    if isinstance(gmeta.get("format"), str) and gmeta["format"] == FORMAT and "ir_meta" in gmeta:
         try:
             meta = json.loads(gmeta["ir_meta"])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             raise IRError("the NIR graph's metadata 'ir_meta' is not valid JSON; re-export it") from None
         if isinstance(meta, dict):
             if time_steps is not None:
-                meta.update(window=int(time_steps), steps=int(time_steps) + int(meta.get("latency", 0)))
+                try:
+                    meta.update(window=int(time_steps), steps=int(time_steps) + int(meta.get("latency", 0)))
+                except (TypeError, ValueError, OverflowError):
+                    raise IRError("the NIR graph's metadata 'ir_meta' has no whole-number latency; re-export it") from None
             return meta
     steps = 1 if time_steps is None else int(time_steps)
     if steps <= 0:
@@ -717,7 +801,10 @@ def norse_module(source: Any, dt: float | None = None, dtype: Any = None):
     def model_map(node):
         if isinstance(node, nir.Delay):
             return Delay(_steps(_arr(node.delay, "Delay"), dt, "Delay"))
-        return _import_norse_module(node, ignore_warnings=True, dt=dt)
+        module = _import_norse_module(node, ignore_warnings=True, dt=dt)
+        if isinstance(node, nir.CubaLIF):
+            _cuba_lif_as_nir_defines(module)
+        return module
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # nirtorch.load is what from_nir calls
@@ -727,6 +814,19 @@ def norse_module(source: Any, dt: float | None = None, dtype: Any = None):
         for name, node in g.nodes.items():
             _set_norse_parameters(getattr(module, name.replace(".", "_"), None), node, dtype)
     return module
+
+
+def _cuba_lif_as_nir_defines(module: Any) -> None:
+    """Mend two departures of Norse's CubaLIF import from NIR's CubaLIF (norse 1.1.0): its
+    synapse leaks toward the node's ``v_leak`` (NIR: ``tau_syn dI/dt = -I + w_in S``, no leak
+    target) and its membrane starts at ``v_leak`` instead of 0. Both matter once a population
+    has a bias (``v_leak != 0``); Norse's equations are otherwise used as they are."""
+    import torch
+    from norse.torch.functional.lif_box import LIFBoxFeedForwardState
+
+    synapse = module.synapse
+    synapse.p = synapse.p._replace(v_leak=torch.zeros_like(synapse.p.v_leak))
+    module.lif.state_fallback = lambda x: LIFBoxFeedForwardState(v=torch.zeros_like(x))  # bound at init
 
 
 def _set_norse_parameters(sub: Any, node: Any, dtype: Any) -> None:
@@ -749,7 +849,7 @@ def _set_norse_parameters(sub: Any, node: Any, dtype: Any) -> None:
         sub.p = sub.p._replace(v_th=t(node.v_threshold))
     elif isinstance(node, nir.CubaLIF) and hasattr(sub, "synapse"):
         sub.w_in, sub.r = t(node.w_in), t(node.r)
-        sub.synapse.p = sub.synapse.p._replace(tau_mem_inv=1 / t(node.tau_syn), v_leak=t(node.v_leak))
+        sub.synapse.p = sub.synapse.p._replace(tau_mem_inv=1 / t(node.tau_syn), v_leak=0 * t(node.v_leak))
         sub.lif.p = sub.lif.p._replace(tau_mem_inv=1 / t(node.tau_mem), v_th=t(node.v_threshold),
                                        v_leak=t(node.v_leak))
     for holder in (sub, getattr(sub, "synapse", None), getattr(sub, "lif", None)):

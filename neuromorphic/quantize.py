@@ -10,8 +10,9 @@ of ``theta / vth`` (Lava adds ``a_in << 6``). So a float current I becomes ``a_i
   (then Lava's clip and truncation leave them unchanged, whatever sign mode it detects).
 - Bias: ``b 64 vth / theta`` = ``bias_mant << bias_exp`` with a 13-bit signed mantissa and
   the smallest exponent in 0..7 that fits.
-- Decays: ``dv = round((1 - beta) 4096)``, ``du = 4095`` for alpha = 0 (Lava decays u by
-  ``du + 1``, so u keeps nothing: the ``du + 1`` offset of ``PyLifModelBitAcc``).
+- Decays: ``dv = round((1 - beta) 4096)``, ``du = round((1 - alpha) 4096) - 1``: Lava decays u
+  by ``du + 1`` (the ``ds_offset`` of ``PyLifModelBitAcc``), so alpha = 0 is ``du = 4095`` and u
+  keeps nothing; alpha above 4095.5 / 4096 has no 12-bit form.
 - Readout: a LIF with ``dv = 0`` that never fires (``vth`` at its 17-bit maximum) integrates
   the readout current; its ``a_in`` scale is a power of two chosen so the integral of the
   largest possible current over a sample stays inside 23 bits.
@@ -30,56 +31,32 @@ from typing import Optional
 
 import numpy as np
 
-from spikeformer.qat import MANTISSA_MAX, MANTISSA_MIN, weight_grid
+from spikeformer.fixed_point import (BIAS_MANT_MAX, INPUT_MAX, INPUT_MESSAGE_BITS, VTH_MAX,  # noqa: F401 (public)
+                                     WEIGHT_BITS, bias_grid, current_decrement, decrement12, grid_weights, rate12)
+
+from spikeformer.variants import PARAMETERS, VARIANTS
 
 from .ir import Attention, Connection, Graph, LoweringError, Population
 
 VTH = 256  # default integer threshold: a_in resolution theta / 256
-VTH_MAX = 2 ** 17 - 1
-BIAS_MANT_MAX = 2 ** 12 - 1  # 13-bit signed
-INPUT_MAX = 127  # signed 8-bit graded messages
 STATE_BITS = 24
 OUT_MANT_MAX = 2 ** 15 - 1
 
 
-def decrement12(keep: float) -> int:
-    """A decay factor in [0, 1] as Lava's 12-bit decrement ``round((1 - keep) 4096)``, in 0..4096."""
-    return int(min(max(round((1.0 - float(keep)) * 4096), 0), 4096))
-
-
-def rate12(rate: float) -> int:
-    """A non-negative rate as a 12-bit fraction ``round(rate 4096)``."""
-    return int(round(float(rate) * 4096))
-
-
 def quantize_weights(weight: np.ndarray) -> tuple[np.ndarray, int]:
-    """Float weights (in a_in units) -> (even int mantissas in [-256, 254], weight_exp).
-
-    ``mantissa << weight_exp`` approximates ``weight``; the exponent is the smallest that
-    fits the largest magnitude (most precision). Lava's ``clip_weights`` and
-    ``truncate_weights`` (8 bits) leave these mantissas unchanged (tested).
-    """
-    peak = float(np.abs(weight).max()) if weight.size else 0.0
-    if peak == 0.0:
-        return np.zeros(weight.shape, np.int64), 0
-    exp = weight_grid(peak)  # the rule qat trains with (spikeformer/qat.py)
-    while True:
-        mant = 2 * np.round(weight / 2.0 ** (exp + 1))
-        if mant.max() <= MANTISSA_MAX and mant.min() >= MANTISSA_MIN:
-            return mant.astype(np.int64), int(exp)
-        exp += 1
+    """Float weights (in a_in units) -> (even int mantissas in [-256, 254], weight_exp), by
+    ``spikeformer.fixed_point.grid_weights`` (the grid qat trains on)."""
+    mantissa, exp = grid_weights(np.asarray(weight, np.float64))
+    return mantissa.astype(np.int64), exp
 
 
 def quantize_bias(bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Integer-unit bias -> (13-bit mantissa, exponent 0..7) per neuron, smallest exponent that fits."""
-    bias = np.asarray(bias, np.float64)
-    exp = np.zeros(bias.shape, np.int64)
-    for _ in range(8):  # raise the exponent only where the rounded mantissa does not fit
-        exp = np.where((np.abs(np.round(bias / 2.0 ** exp)) > BIAS_MANT_MAX) & (exp < 7), exp + 1, exp)
-    if (np.abs(np.round(bias / 2.0 ** exp)) > BIAS_MANT_MAX).any():
+    try:
+        return bias_grid(bias)
+    except ValueError:
         raise LoweringError("a bias is too large for Lava's 13-bit mantissa and 3-bit exponent; "
-                            "lower the integer threshold (quantize(..., vth=...))")
-    return np.round(bias / 2.0 ** exp).astype(np.int64), exp
+                            "lower the integer threshold (quantize(..., vth=...))") from None
 
 
 def _input_scale(graph: Graph, calibration: Optional[np.ndarray]) -> int:
@@ -103,15 +80,16 @@ def quantize(graph: Graph, vth: int = VTH, calibration: Optional[np.ndarray] = N
     units: dict[str, float] = {}  # a_in per unit of float current, per population
     for pop in g.populations:
         if pop.kind == "lif":
-            if pop.alpha != 0.0:
-                raise LoweringError(f"population {pop.name!r}: fixed point supports alpha = 0 only")
             units[pop.name] = vth / pop.threshold
-            pop.du = 4095  # Lava decays u by du + 1 = 4096: no current state (alpha = 0)
+            pop.du = current_decrement(pop.alpha)  # Lava decays u by du + 1
+            if pop.du < 0:
+                raise LoweringError(f"population {pop.name!r} has alpha = {pop.alpha}: Lava's 12-bit current "
+                                    "decay keeps at most 4095/4096; train with a smaller alpha")
             pop.dv = decrement12(pop.beta)
             pop.vth = int(vth)
     readout = g.readout
     units[readout.name] = _readout_unit(g, readout)
-    readout.du, readout.dv, readout.vth = 4095, 0, VTH_MAX
+    readout.du, readout.dv, readout.vth = current_decrement(0.0), 0, VTH_MAX
     for pop in g.populations:
         if pop.kind in ("lif", "readout"):
             pop.bias_mant, pop.bias_exp = quantize_bias(pop.bias * units[pop.name] * 64)
@@ -119,8 +97,8 @@ def quantize(graph: Graph, vth: int = VTH, calibration: Optional[np.ndarray] = N
         graded = conn.source == g.input.name and g.input.graded
         scale = units[conn.target] / (input_scale if graded else 1)
         conn.weight, conn.weight_exp = quantize_weights(conn.weight * scale)
-        conn.num_weight_bits = 8
-        conn.num_message_bits = 8 if graded else 0
+        conn.num_weight_bits = WEIGHT_BITS
+        conn.num_message_bits = INPUT_MESSAGE_BITS if graded else 0
     for att in g.attentions:
         _quantize_attention(att, units[att.target], state_bits, g.population(att.query).tokens)
     g.fixed = {"input_scale": input_scale, "vth": int(vth), "state_bits": state_bits,
@@ -160,10 +138,12 @@ def _quantize_attention(att: Attention, target_unit: float, state_bits: int, tok
     one = 2 ** frac_bits
     fixed = {"one": one, "frac_bits": frac_bits, "state_bits": state_bits,
              "decay": [decrement12(x) for x in att.decay]}
-    for name, values in att.plasticity.items():
-        if name.endswith("_decay"):
+    if VARIANTS[att.variant].traces:  # a trace holds at most one / (1 - decay): far inside the state's width
+        fixed["trace_bits"] = state_bits
+    for name, values in att.plasticity.items():  # by the kind in spikeformer/variants.py
+        if PARAMETERS[name].kind == "decay":
             fixed[name] = [decrement12(x) for x in values]
-        else:  # a_plus, a_minus, delta_rate
+        else:  # amplitudes and rates: 12-bit fractions
             fixed[name] = [rate12(x) for x in values]
     ratio = att.out_scale * att.scale * target_unit / one  # a_in per unit of q S_int
     peak = float(np.abs(ratio).max()) or 1.0

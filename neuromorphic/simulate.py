@@ -16,27 +16,14 @@ recorded (the perfect integrator's increment). Logits = mean of the readout over
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
 import numpy as np
 
+from spikeformer.variants import VARIANTS
+
 from .ir import Attention, Connection, Graph, IRError, Population
-
-
-@dataclass
-class Trace:
-    """What a run produced: spikes per population ``[T, B, N, F]`` (bool) and the readout ``[T, B, C]``."""
-
-    spikes: dict[str, np.ndarray]
-    readout: np.ndarray
-    window: int
-    saturation_events: int = 0
-
-    @property
-    def logits(self) -> np.ndarray:
-        """``[B, C]``: the readout averaged over the last ``window`` steps (the torch model's logits)."""
-        return self.readout[-self.window:].mean(0)
+from .trace import Trace  # also public here: ``from neuromorphic.simulate import Trace``
 
 
 class Ops(Protocol):
@@ -56,8 +43,15 @@ def dense_float(weight: np.ndarray, kind: str, spikes: np.ndarray, tokens_out: i
     return (spikes.reshape(b, -1) @ weight.T).reshape(b, tokens_out, -1)  # [B, N*F] -> [B, N', F']
 
 
+def heaviside(x):
+    """H(x) = 1 if x > 0 (SPEC §2): the forward pass of every surrogate, without a gradient."""
+    return (x > 0).to(x.dtype)
+
+
 class FloatOps:
-    """Float64 arithmetic of SPEC §2.1-2.3."""
+    """Float64 arithmetic of SPEC §2.1-2.3: the LIF step and the attention step are the torch
+    model's own functions (``spikeformer.neurons.lif_step``, ``spikeformer.attention``), run on
+    float64 tensors that share memory with the numpy arrays; only the Dense matmul is numpy's."""
 
     def zeros(self, shape: tuple) -> np.ndarray:
         return np.zeros(shape)
@@ -66,11 +60,14 @@ class FloatOps:
         return dense_float(conn.weight, conn.kind, spikes, target.tokens)
 
     def lif(self, pop: Population, current: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
-        i, v, s = state if state is not None else (0.0, 0.0, np.zeros_like(current, dtype=bool))
-        i = pop.alpha * i + current
-        v = pop.beta * v * (~s) + i + pop.bias
-        s = v > pop.threshold
-        return s, (i, v, s)
+        import torch
+
+        from spikeformer.neurons import LIFState, lif_initial_state, lif_step
+
+        x = torch.from_numpy(np.asarray(current, np.float64))
+        state = state if state is not None else lif_initial_state(x)
+        s, state = lif_step(x, state, pop.beta, pop.alpha, pop.threshold, heaviside, torch.from_numpy(pop.bias))
+        return s.numpy() != 0, state
 
     def readout(self, pop: Population, current: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         return current + pop.bias, None
@@ -87,12 +84,15 @@ def split_heads(x: np.ndarray, heads: int) -> np.ndarray:
 
 
 def attention_initial_state(att: Attention, batch: int, tokens: int, dtype=np.float64) -> dict[str, np.ndarray]:
+    """Zero attention state by name: ``memory [B, H, d, d]``, and what the variant keeps beside it
+    (``pre_trace``/``post_trace [B, N, H, d]``, ``eligibility [B, H, d, d]``)."""
     h, d = att.heads, att.head_dim
+    entry = VARIANTS[att.variant]
     state = {"memory": np.zeros((batch, h, d, d), dtype)}
-    if att.variant == "stdp":
+    if entry.traces:
         state["pre_trace"] = np.zeros((batch, tokens, h, d), dtype)
         state["post_trace"] = np.zeros((batch, tokens, h, d), dtype)
-    if att.variant == "three_factor":
+    if entry.eligibility:
         state["eligibility"] = np.zeros((batch, h, d, d), dtype)
     return state
 
@@ -101,40 +101,29 @@ def attention_step_float(att: Attention, q: np.ndarray, k: np.ndarray, v: np.nda
                          m: Optional[np.ndarray], state: Optional[dict]) -> tuple[np.ndarray, dict]:
     """One step of SPEC §2.3 for a batch: spikes ``[B, N, H*d]`` -> current ``[B, N, H*d]``.
 
-    Same maths as ``spikeformer.attention`` (its docstring lists the variants); ``m`` holds
-    the gate spikes ``[B, N, H]`` (three_factor), whose mean over tokens is the modulator.
-    The output is ``out_scale * scale * q S`` per column.
+    The step is ``spikeformer.attention.spiking_attention`` itself (recurrent, float64) on this
+    one step; ``m`` holds the gate spikes ``[B, N, H]`` (three_factor), whose mean over tokens
+    is the modulator. The output is ``out_scale * scale * q S`` per column; ``state`` is the
+    dict of ``attention_initial_state``.
     """
-    h = att.heads
-    q, k, v = (split_heads(x.astype(np.float64), h) for x in (q, k, v))  # [B, N, H, d]
-    state = dict(state) if state is not None else attention_initial_state(att, q.shape[0], q.shape[1])
-    lam = att.decay.reshape(1, h, 1, 1)
-    p = att.plasticity
-    memory = state["memory"]
-    if att.variant == "hebbian":
-        memory = lam * memory + np.einsum("bnhi,bnhj->bhij", k, v)
-    elif att.variant == "stdp":
-        pre = p["pre_decay"].reshape(1, 1, h, 1) * state["pre_trace"] + k
-        potentiation = np.einsum("bnhi,bnhj->bhij", pre, v)
-        depression = np.einsum("bnhi,bnhj->bhij", k, state["post_trace"])
-        memory = lam * memory + p["a_plus"].reshape(1, h, 1, 1) * potentiation \
-            - p["a_minus"].reshape(1, h, 1, 1) * depression
-        state["pre_trace"] = pre
-        state["post_trace"] = p["post_decay"].reshape(1, 1, h, 1) * state["post_trace"] + v
-    elif att.variant == "three_factor":
-        elig = p["eligibility_decay"].reshape(1, h, 1, 1) * state["eligibility"] + np.einsum("bnhi,bnhj->bhij", k, v)
-        memory = lam * memory + m.astype(np.float64).mean(1)[:, :, None, None] * elig
-        state["eligibility"] = elig
-    elif att.variant == "delta":
-        decayed = lam * memory
-        recall = np.einsum("bnhi,bhij->bnhj", k, decayed)
-        error = (v - recall) / np.maximum(k.sum(-1, keepdims=True), 1.0)
-        memory = decayed + p["delta_rate"].reshape(1, h, 1, 1) * np.einsum("bnhi,bnhj->bhij", k, error)
-    else:
+    import torch
+
+    from spikeformer.attention import AttentionState, spiking_attention
+
+    if att.variant not in VARIANTS:
         raise IRError(f"attention {att.name!r} has unknown variant {att.variant!r}")
-    state["memory"] = memory
-    o = att.scale * np.einsum("bnhi,bhij->bnhj", q, memory)  # [B, N, H, d]
-    return o.reshape(o.shape[0], o.shape[1], -1) * att.out_scale, state
+    h = att.heads
+    state = state if state is not None else attention_initial_state(att, q.shape[0], q.shape[1])
+    spikes = [torch.from_numpy(split_heads(np.asarray(x, np.float64), h))[None] for x in (q, k, v)]  # [1, B, N, H, d]
+    empty = spikes[0].new_zeros(0)
+    initial = AttentionState(*(torch.from_numpy(state[f]) if f in state else empty for f in AttentionState._fields))
+    modulator = torch.from_numpy(np.asarray(m, np.float64).mean(1))[None] if VARIANTS[att.variant].modulated else None
+    plasticity = {name: torch.from_numpy(np.asarray(x, np.float64)) for name, x in att.plasticity.items()}
+    o, final = spiking_attention(*spikes, torch.from_numpy(np.asarray(att.decay, np.float64)), att.scale,
+                                 att.variant, "recurrent", initial, plasticity, modulator)
+    out = o[0].numpy()  # [B, N, H, d]
+    new = {f: getattr(final, f).numpy() for f in state}
+    return out.reshape(out.shape[0], out.shape[1], -1) * att.out_scale, new
 
 
 def run_graph(graph: Graph, x_steps: np.ndarray, ops: Optional[Ops] = None,

@@ -39,8 +39,9 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError, ShapeError
+from .variants import VARIANTS as _TABLE
 
-VARIANTS = ("hebbian", "stdp", "three_factor", "delta")
+VARIANTS = tuple(_TABLE)  # the variant table: spikeformer/variants.py
 IMPLEMENTATIONS = ("naive", "recurrent", "parallel")
 
 
@@ -58,8 +59,8 @@ def initial_attention_state(q: Tensor, variant: str) -> AttentionState:
     _, batch, tokens, heads, dim = q.shape
     empty = q.new_zeros(0)
     memory = q.new_zeros(batch, heads, dim, dim)
-    traces = q.new_zeros(batch, tokens, heads, dim) if variant == "stdp" else empty
-    elig = q.new_zeros(batch, heads, dim, dim) if variant == "three_factor" else empty
+    traces = q.new_zeros(batch, tokens, heads, dim) if _TABLE[variant].traces else empty
+    elig = q.new_zeros(batch, heads, dim, dim) if _TABLE[variant].eligibility else empty
     return AttentionState(memory, traces, traces, elig)
 
 
@@ -77,12 +78,10 @@ def _check(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, variant: str, impl: s
         )
     if decay.shape != (q.shape[3],):
         raise ShapeError(f"decay must have shape [H] = [{q.shape[3]}], got {tuple(decay.shape)}")
-    need = {"stdp": ("a_plus", "a_minus", "pre_decay", "post_decay"),
-            "three_factor": ("eligibility_decay",), "delta": ("delta_rate",)}.get(variant, ())
-    missing = [name for name in need if name not in plasticity]
+    missing = [name for name in _TABLE[variant].parameter_names if name not in plasticity]
     if missing:
         raise ConfigError(f"variant {variant!r} needs plasticity parameters {missing}")
-    if variant == "three_factor" and modulator is None:
+    if _TABLE[variant].modulated and modulator is None:
         raise ConfigError("variant 'three_factor' needs a modulator [T, B, H]")
     if modulator is not None:
         if modulator.shape != (q.shape[0], q.shape[1], q.shape[3]):
@@ -198,18 +197,36 @@ def _parallel_hebbian(q, k, v, decay, scale, state: AttentionState):
     return o, AttentionState(memory, state.pre_trace, state.post_trace, state.eligibility)
 
 
-def attention_event_counts(q: Tensor, k: Tensor, v: Tensor, variant: str) -> dict[str, Tensor]:
-    """Synaptic events an event-driven implementation performs (for energy estimates).
+def attention_event_counts(q: Tensor, k: Tensor, v: Tensor, variant: str,
+                           modulator: Optional[Tensor] = None) -> dict[str, Tensor]:
+    """Synaptic operations the event-driven implementation (the Lava ``SpikingAttention``
+    process, whose ``synops`` counter is tested against this) issues, for energy estimates.
 
-    Update: each token touches |k_n| x |v_n| state cells (stdp: also its trace rows/columns);
-    read: each active query row adds d cells. Returns totals over all axes as 0-d tensors.
+    Spikes ``[T, B, N, H, d]``; ``modulator [T, B, H]`` (three_factor). Per step and head:
+
+        hebbian       |k_n| |v_n| per token: one add per coincidence
+        stdp          (|v_n| + |k_n|) d per token: a trace column per value spike (potentiation),
+                      a trace row per key spike (depression)
+        three_factor  |k_n| |v_n| per token into e, then d^2 (S += m e) if the head's m > 0
+        delta         2 |k_n| d per token: the recall k_n S and the write read and add a row per key
+        read          |q_n| d per token: a row of S per active query
+
+    Decays (of S, traces, e) are per-step state updates, counted by the caller as MACs.
+    Returns totals over all axes as 0-d tensors.
     """
     kc, vc, qc = k.sum(-1), v.sum(-1), q.sum(-1)  # active counts per token and head
     dim = q.shape[-1]
-    update = (kc * vc).sum()
-    if variant == "stdp":
-        update = update * 2  # potentiation (trace rows x v) and depression (k x trace columns), bounded
-    if variant == "delta":
-        update = update + (kc * dim).sum()  # the recall k S reads d cells per active key row
+    if variant in ("hebbian", "three_factor"):
+        update = (kc * vc).sum()
+    elif variant == "stdp":
+        update = ((kc + vc) * dim).sum()
+    elif variant == "delta":
+        update = (2 * kc * dim).sum()
+    else:
+        raise ConfigError(f"unknown attention variant {variant!r}; choose one of {VARIANTS}")
+    if variant == "three_factor":
+        if modulator is None:
+            raise ConfigError("attention_event_counts needs the modulator [T, B, H] for 'three_factor'")
+        update = update + (modulator > 0).sum() * dim * dim
     read = (qc * dim).sum()
     return {"update": update, "read": read}

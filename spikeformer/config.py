@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .variants import PARAMETERS, VARIANTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,7 +26,7 @@ CHOICES: dict[str, tuple] = {
     "task": ("digits", "mnist1d", "recall"),
     "model": ("spikeformer", "ann"),
     "mode": ("global", "causal"),
-    "variant": ("hebbian", "stdp", "three_factor", "delta"),
+    "variant": tuple(VARIANTS),  # spikeformer/variants.py
     "attention_impl": ("naive", "recurrent", "parallel"),
     "encoder": ("direct", "poisson"),
     "stem": ("linear", "conv1d"),
@@ -36,6 +37,20 @@ CHOICES: dict[str, tuple] = {
     "rule": ("bptt",),
     "recall_layout": ("pairs", "interleaved"),
 }
+
+# Upper bounds (inclusive) of the integer sizes: a typo or a damaged file (dim = 10**9) fails here
+# in one line, before anything allocates. Far above every demo (dim 128, depth 2, 20000 sequences).
+LIMITS: dict[str, int] = {
+    "patch_size": 64, "recall_pairs": 4096, "recall_keys": 4096, "recall_values": 4096,
+    "recall_train": 10_000_000, "recall_test": 10_000_000, "dim": 65536, "heads": 1024, "head_dim": 4096,
+    "depth": 256, "mlp_ratio": 64, "conv_channels": 16384, "time_steps": 16384, "steps_per_token": 1024,
+    "epochs": 1_000_000, "batch_size": 1_048_576, "warmup_epochs": 1_000_000, "num_threads": 1024,
+    "seed": 2 ** 32 - 1, "data_seed": 2 ** 32 - 1,
+}
+FLOAT_LIMITS: dict[str, float] = {"lr": 10.0, "weight_decay": 100.0}  # AdamW's step overflows float32 past these
+FLOAT32_MAX = 3.4028234663852886e38  # every float key must be a finite float32 (the model's dtype)
+MAX_PARAMETERS = 2 ** 28  # about 268M weights (1 GiB in float32): the model size estimate must stay below
+MAX_DATA_VALUES = 2 ** 28  # recall: generated train + test token values (1 GiB in float32)
 
 
 @dataclass
@@ -80,12 +95,13 @@ class Config:
     attn_decay: float = 0.9  # initial lambda per head
     learn_decay: bool = True  # lambda learnable (sigmoid-parametrised)
     attn_scale: float = 0.0  # read scale; 0 = 1 / head_dim
-    a_plus: float = 1.0  # stdp potentiation amplitude (initial, learnable)
-    a_minus: float = 0.5  # stdp depression amplitude (initial, learnable)
-    pre_decay: float = 0.5  # stdp pre-trace decay
-    post_decay: float = 0.5  # stdp post-trace decay
-    eligibility_decay: float = 0.5  # three_factor eligibility decay
-    delta_rate: float = 0.5  # delta learning rate beta (initial, learnable, in (0, 1))
+    # variant parameters: defaults and meanings from the table in spikeformer/variants.py
+    a_plus: float = PARAMETERS["a_plus"].default  # stdp potentiation amplitude (initial, learnable)
+    a_minus: float = PARAMETERS["a_minus"].default  # stdp depression amplitude (initial, learnable)
+    pre_decay: float = PARAMETERS["pre_decay"].default  # stdp pre-trace decay
+    post_decay: float = PARAMETERS["post_decay"].default  # stdp post-trace decay
+    eligibility_decay: float = PARAMETERS["eligibility_decay"].default  # three_factor eligibility decay
+    delta_rate: float = PARAMETERS["delta_rate"].default  # delta learning rate beta (initial, learnable, in (0, 1))
     # --- training ---
     rule: str = "bptt"  # learning rule; local rules arrive with rules/
     epochs: int = 30
@@ -114,7 +130,7 @@ class Config:
         for key, options in CHOICES.items():
             value = getattr(self, key)
             if value not in options:
-                raise ConfigError(f"config key {key!r} is {value!r}; choose one of {list(options)}")
+                raise ConfigError(f"config key {key!r} is {short_repr(value)}; choose one of {list(options)}")
         positive = ("patch_size", "recall_pairs", "recall_keys", "recall_values", "recall_train",
                     "recall_test", "dim", "heads", "head_dim", "mlp_ratio", "conv_channels",
                     "time_steps", "steps_per_token", "epochs", "batch_size")
@@ -129,10 +145,12 @@ class Config:
         if self.learn_beta and not 0.0 < self.beta < 1.0:
             raise ConfigError(f"learn_beta needs beta strictly inside (0, 1), got {self.beta}")
         # sigmoid-parametrised (learnable) decays: the open interval
-        for key in ("attn_decay", "pre_decay", "post_decay", "eligibility_decay"):
+        fractions = [name for name, p in PARAMETERS.items() if p.kind in ("decay", "rate")]
+        for key in ["attn_decay"] + fractions:
             if not 0.0 < getattr(self, key) < 1.0:
                 raise ConfigError(f"config key {key!r} must lie in (0, 1), got {getattr(self, key)}")
-        for key in ("a_plus", "a_minus", "attn_scale", "weight_decay", "grad_clip", "warmup_epochs",
+        amplitudes = tuple(name for name, p in PARAMETERS.items() if p.kind == "amplitude")
+        for key in amplitudes + ("attn_scale", "weight_decay", "grad_clip", "warmup_epochs",
                     "num_threads", "recall_pairs_min", "data_seed"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
@@ -142,11 +160,21 @@ class Config:
             raise ConfigError(f"config key 'label_smoothing' must lie in [0, 1), got {self.label_smoothing}")
         if not math.isfinite(self.lr):
             raise ConfigError(f"config key 'lr' must be finite, got {self.lr}")
-        if not 0.0 < self.delta_rate < 1.0:
-            raise ConfigError(f"config key 'delta_rate' must lie in (0, 1), got {self.delta_rate}")
         for key in ("threshold", "lr", "slope"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"config key {key!r} must be > 0, got {getattr(self, key)}")
+        for key, f in FIELDS.items():
+            if f.type in ("float", float) and not abs(getattr(self, key)) <= FLOAT32_MAX:
+                raise ConfigError(f"config key {key!r} must be a finite float32 number, got {getattr(self, key)}")
+        for key, most in FLOAT_LIMITS.items():
+            if getattr(self, key) > most:
+                raise ConfigError(f"config key {key!r} is {getattr(self, key)}, above the limit {most}; use a smaller value")
+        for key, most in LIMITS.items():
+            if getattr(self, key) > most:
+                raise ConfigError(f"config key {key!r} is {short_repr(getattr(self, key))}, above the limit {most}; "
+                                  "use a smaller value")
+        if self.seed < 0:
+            raise ConfigError(f"config key 'seed' must be >= 0, got {self.seed}")
         if not 0 <= self.augment_shift <= 3:
             raise ConfigError(f"config key 'augment_shift' must lie in [0, 3] pixels, got {self.augment_shift}")
         if self.augment_shift and self.task != "digits":
@@ -173,6 +201,37 @@ class Config:
                 raise ConfigError(f"config key 'qat_vth' must lie in 1..131071, got {self.qat_vth}")
         if self.attention_impl == "parallel" and self.variant != "hebbian":
             raise ConfigError("attention_impl 'parallel' exists only for variant 'hebbian'; use 'recurrent'")
+        tokens, features, _ = self.task_shape()
+        if self.task == "recall" and (self.recall_train + self.recall_test) * tokens * features > MAX_DATA_VALUES:
+            raise ConfigError(f"recall data of {self.recall_train + self.recall_test} sequences of {tokens} x "
+                              f"{features} values exceeds the limit of {MAX_DATA_VALUES} values; lower recall_train, "
+                              "recall_test, recall_pairs or recall_keys/recall_values")
+        if self.parameter_estimate() > MAX_PARAMETERS:
+            raise ConfigError(f"the configured model has about {self.parameter_estimate():.3g} parameters, above the "
+                              f"limit of {MAX_PARAMETERS} (2**28); lower dim, depth, heads * head_dim or mlp_ratio")
+
+    def task_shape(self) -> tuple[int, int, int]:
+        """``(tokens N, features F, classes)`` of the task's inputs ``[S, N, F]`` (SPEC §5, spikeformer/data.py)."""
+        if self.task == "digits":
+            grid = 8 // self.patch_size
+            return grid * grid, self.patch_size ** 2, 10
+        if self.task == "mnist1d":
+            return 40, 1, 10
+        tokens = self.recall_pairs * (2 if self.recall_layout == "interleaved" else 1) + 1
+        return tokens, self.recall_keys + self.recall_values, self.recall_values
+
+    def parameter_estimate(self) -> int:
+        """An upper estimate of the model's weight count (checked against MAX_PARAMETERS before
+        anything is built): stem + blocks (q/k/v/out projections, gate, MLP) + readout."""
+        tokens, features, classes = self.task_shape()
+        d, width, c = self.dim, self.heads * self.head_dim, self.conv_channels
+        tokens = 1 if self.mode == "causal" else tokens
+        if self.stem == "conv1d":
+            stem, tokens = features * c * 5 + c * d * 3 + 4 * c, (tokens + 1) // 2
+        else:
+            stem = features * d
+        block = 4 * d * width + d * self.heads + 2 * self.mlp_ratio * d * d + 8 * (d + width) + self.mlp_ratio * d
+        return stem + tokens * d + self.depth * block + 8 * d + tokens * d * classes + classes
 
     @property
     def scale(self) -> float:
@@ -188,24 +247,72 @@ class Config:
 FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "extra"}
 
 
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages about damaged values."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit cannot be printed
+        return f"an integer of about {value.bit_length() * 30103 // 100000} digits"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def config_from_dict(values: dict[str, Any], source: str = "config") -> Config:
     """Build a validated Config; unknown keys and wrong types raise ConfigError."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"the config in {source} must be a table of key = value pairs, got {type(values).__name__}")
     defaults = Config()
     clean: dict[str, Any] = {}
     for key, value in values.items():
         if key not in FIELDS:
-            near = difflib.get_close_matches(key, FIELDS, n=1)
+            near = difflib.get_close_matches(key, FIELDS, n=1) if isinstance(key, str) else []
             hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ConfigError(f"unknown config key {key!r} in {source}{hint}; see docs/cli.md for the keys")
+            raise ConfigError(f"unknown config key {short_repr(key)} in {source}{hint}; see docs/cli.md for the keys")
         expected = type(getattr(defaults, key))
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise ConfigError(f"config key {key!r} in {source} is {short_repr(value)}, too large for a float; "
+                                  "use a finite number") from None
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ConfigError(
-                f"config key {key!r} in {source} must be {expected.__name__}, got {type(value).__name__} {value!r}"
+                f"config key {key!r} in {source} must be {expected.__name__}, got {type(value).__name__} {short_repr(value)}"
             )
         clean[key] = value
     return Config(**clean)
+
+
+def _toml_loads(text: str, where: str) -> dict[str, Any]:
+    """``tomllib.loads`` with every failure of a damaged text as one ConfigError."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where} is not valid TOML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is not valid TOML: arrays, tables or dotted keys are nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer past Python's 4300-digit limit for int(str)
+        if "integer string conversion" in str(exc):
+            raise ConfigError(f"{where} holds an integer of more than 4300 digits; use a smaller value") from None
+        raise ConfigError(f"{where} is not valid TOML: {' '.join(str(exc).split())[:200]}") from None
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items -> ``{key: value}``; VALUE in TOML value syntax, a bare word is a
+    string (``--set task=recall``). A malformed item raises ConfigError naming it."""
+    values: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {short_repr(item)}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if "\n" in raw or "\r" in raw:
+            raise ConfigError(f"--set {key}=... has a line break in its value; pass one TOML value on one line")
+        try:
+            parsed = tomllib.loads(f"v = {raw}")
+        except (tomllib.TOMLDecodeError, ValueError, RecursionError):
+            parsed = {"v": raw}  # a bare word is a string
+        values[key] = parsed["v"]
+    return values
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
@@ -214,9 +321,12 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass a path such as demos/digits.toml")
     try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
+    raw = _toml_loads(text, f"config file {str(path)!r}")
     flat: dict[str, Any] = {}
     for key, value in raw.items():
         items = value.items() if isinstance(value, dict) else [(key, value)]  # [sections] flatten
@@ -244,5 +354,8 @@ def keys_markdown() -> str:
         item = re.match(r"\s+(\w+): \w+ = (.*?)(?:\s+#\s*(.*))?$", line)
         if item and item.group(1) in FIELDS:
             meaning = (item.group(3) or "").replace("|", "/")
-            rows.append(f"| `{item.group(1)}` | `{item.group(2)}` | {meaning} |")
+            default = item.group(2)
+            if "PARAMETERS[" in default:  # a default from the variant table: show its value
+                default = repr(getattr(Config(), item.group(1)))
+            rows.append(f"| `{item.group(1)}` | `{default}` | {meaning} |")
     return "\n".join(rows).strip() + "\n"

@@ -19,13 +19,17 @@ In global mode the window is the T input steps (shifted by the latency in loihi 
 readout sees all tokens flattened; in causal mode it is the query token's ``steps_per_token``
 steps and the readout sees the current token.
 
+What a LIF population receives is a ``Drive``: its total input ``I_in + b`` and, when the
+neurons keep a synaptic current (``alpha > 0``), the constant part ``b`` that SPEC §2.1 adds to
+the membrane rather than to the current (with ``alpha = 0``, ``i = I_in`` and the two agree).
+
 Model state is explicit: ``forward_steps(x, state) -> (readout current, state)`` where
 ``state`` is a dict of per-layer states, so a stream can be fed chunk by chunk.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +39,8 @@ from .attention import attention_event_counts, spiking_attention
 from .config import Config
 from .errors import ShapeError
 from .neurons import LIF, LIFParameters, _logit, delay_one_step
-from .qat import Term, fake_quantize_fraction, norm_affine, read
+from .qat import Term, fake_quantize_fraction, read
+from .variants import PARAMETERS, VARIANTS
 
 State = dict[str, Any]
 
@@ -81,6 +86,21 @@ class Probe:
         return sum(self.spike_counts.values()) / total if total else 0.0
 
 
+class Drive(NamedTuple):
+    """The input of a LIF population (SPEC §2.1): ``total`` = I_in + b ``[T, B, N, F]`` and the
+    constant bias ``b`` (broadcastable to ``[N, F]``) that enters the membrane, or None where it
+    need not be told apart (``alpha = 0``). ``total`` is a list of ``qat.Term`` s in a qat model's
+    residual stream."""
+
+    total: Any
+    bias: Optional[Tensor] = None
+
+
+def join(a: Drive, b: Drive) -> Drive:
+    """The sum of two drives (the residual stream ``u + y``)."""
+    return Drive(a.total + b.total, None if a.bias is None else a.bias + b.bias)
+
+
 class FeatureNorm(nn.Module):
     """BatchNorm over the last dimension of ``[..., F]``; folds into an affine map at inference."""
 
@@ -92,9 +112,32 @@ class FeatureNorm(nn.Module):
         shape = x.shape
         return self.bn(x.reshape(-1, shape[-1])).reshape(shape)  # [..., F] -> [M, F] -> [..., F]
 
+    def affine(self, x: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """The norm as ``y = gain * x + shift`` per feature ``([F], [F])``: the batch statistics of
+        ``x [..., F]`` when the norm uses them now (training), else the running statistics (the
+        fold that lowering and qat use)."""
+        bn = self.bn
+        if x is not None and (bn.training or bn.running_var is None):
+            var, mean = torch.var_mean(x.reshape(-1, x.shape[-1]), 0, correction=0)  # as BatchNorm normalises
+        else:
+            mean, var = bn.running_mean, bn.running_var
+        gain = torch.rsqrt(var + bn.eps)
+        gain = gain * bn.weight if bn.affine else gain
+        shift = (bn.bias if bn.affine else 0.0) - mean * gain
+        return gain, shift
+
+    def drive(self, x: Drive) -> Drive:
+        """``norm(u)`` of a drive: the norm of the total; the bias mapped by the same affine map."""
+        total = self(x.total)
+        if x.bias is None:
+            return Drive(total)
+        gain, shift = self.affine(x.total)
+        return Drive(total, gain * x.bias + shift)
+
 
 class Dense(nn.Module):
-    """A synapse layer: ``[T, B, N, F_in] -> [T, B, N, F_out]`` currents = norm(W x + b).
+    """A synapse layer: ``[T, B, N, F_in] -> [T, B, N, F_out]`` currents = norm(W x + b), as a
+    ``Drive`` whose bias (with ``split_bias``) is the constant part norm(b) (W x = 0).
 
     ``binary_input`` says whether the input is spikes (counted as ACs: one per spike per
     fan-out) or real values (counted as MACs). With ``delay`` the input is delivered one step
@@ -115,9 +158,10 @@ class Dense(nn.Module):
         self.residual = residual
         self.fake_quant = False
         self.unit = 1.0
+        self.split_bias = False  # alpha > 0: tell the membrane bias apart (set by Spikeformer)
 
     def forward(self, x: Tensor, state: Optional[Tensor] = None, probe: Optional[Probe] = None,
-                position: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+                position: Optional[Tensor] = None) -> tuple[Drive, Optional[Tensor]]:
         carry = None
         if self.delay:
             x, carry = delay_one_step(x, state)
@@ -126,13 +170,20 @@ class Dense(nn.Module):
             probe.count_synapses(count * self.linear.out_features, self.binary_input)
         if self.fake_quant:
             term = Term(self, x, position)
-            return ([term] if self.residual else term.current(x.new_ones(self.linear.out_features), self.unit)), carry
+            return Drive([term] if self.residual else term.current(x.new_ones(self.linear.out_features), self.unit)), carry
         y = self.linear(x)
         if position is not None:
             y = y + position
+        bias = None
+        if self.split_bias:
+            bias = self.linear.bias if self.linear.bias is not None else y.new_zeros(y.shape[-1])
+            bias = bias + position if position is not None else bias  # [N, F] or [F]
+            if self.norm is not None:
+                gain, shift = self.norm.affine(y)
+                bias = gain * bias + shift
         if self.norm is not None:
             y = self.norm(y)
-        return y, carry
+        return Drive(y, bias), carry
 
 
 class SpikingNeurons(nn.Module):
@@ -143,8 +194,10 @@ class SpikingNeurons(nn.Module):
         params = LIFParameters(cfg.beta, cfg.alpha, cfg.threshold, cfg.surrogate, cfg.slope)
         self.lif = LIF(params, features, cfg.learn_beta, cfg.learn_threshold)
 
-    def forward(self, x: Tensor, state, probe: Optional[Probe], name: str):
-        spikes, state = self.lif(x, state, probe.membrane_list(name) if probe else None)
+    def forward(self, x: Drive, state, probe: Optional[Probe], name: str):
+        """``x``: the population's ``Drive``; returns spikes ``[T, B, N, F]`` and the LIF state."""
+        current = x.total if x.bias is None else x.total - x.bias  # I_in; b goes to the membrane
+        spikes, state = self.lif(current, state, probe.membrane_list(name) if probe else None, x.bias)
         if probe is not None:
             probe.record_spikes(name, spikes)
         return spikes, state
@@ -167,22 +220,20 @@ class SpikingAttention(nn.Module):
         self.lif = nn.ModuleDict({n: SpikingNeurons(cfg, h * d) for n in "qkv"})
         decay = torch.full((h,), _logit(cfg.attn_decay))
         self.decay_logit = nn.Parameter(decay) if cfg.learn_decay else nn.Buffer(decay)
+        # the variant's parameters (spikeformer/variants.py), initial values from the config keys of the same
+        # name: amplitudes learnt through abs, decays and rates through a sigmoid
         self.plastic = nn.ParameterDict()
-        if cfg.variant == "stdp":
-            self.plastic["a_plus"] = nn.Parameter(torch.full((h,), cfg.a_plus))
-            self.plastic["a_minus"] = nn.Parameter(torch.full((h,), cfg.a_minus))
-            self.plastic["pre_decay"] = nn.Parameter(torch.full((h,), _logit(cfg.pre_decay)))
-            self.plastic["post_decay"] = nn.Parameter(torch.full((h,), _logit(cfg.post_decay)))
-        elif cfg.variant == "three_factor":
-            self.plastic["eligibility_decay"] = nn.Parameter(torch.full((h,), _logit(cfg.eligibility_decay)))
+        for p in VARIANTS[cfg.variant].parameters:
+            value = getattr(cfg, p.name)
+            self.plastic[p.name] = nn.Parameter(torch.full((h,), value if p.kind == "amplitude" else _logit(value)))
+        if VARIANTS[cfg.variant].modulated:
             self.gate = Dense(cfg.dim, h, delay=delay)
             self.gate_lif = SpikingNeurons(cfg, h)
-        elif cfg.variant == "delta":
-            self.plastic["delta_rate"] = nn.Parameter(torch.full((h,), _logit(cfg.delta_rate)))
         self.out_norm = FeatureNorm(h * d)
         self.out_lif = SpikingNeurons(cfg, h * d)
         self.out = Dense(h * d, cfg.dim, delay=delay, residual=True)
         self.fake_quant = False  # qat: decays and rates on Lava's 12-bit grid, out_norm folded
+        self.split_bias = cfg.alpha > 0  # the out_norm's shift is a membrane bias
 
     @property
     def decay(self) -> Tensor:
@@ -192,7 +243,8 @@ class SpikingAttention(nn.Module):
 
     def plasticity(self) -> dict[str, Tensor]:
         """Variant parameters in their natural range (amplitudes >= 0 by abs, decays/rates in (0, 1))."""
-        values = {name: (p.abs() if name.startswith("a_") else torch.sigmoid(p)) for name, p in self.plastic.items()}
+        values = {name: (p.abs() if PARAMETERS[name].kind == "amplitude" else torch.sigmoid(p))
+                  for name, p in self.plastic.items()}
         return {k: fake_quantize_fraction(v) for k, v in values.items()} if self.fake_quant else values
 
     def forward(self, s: Tensor, state: State, probe: Optional[Probe], name: str,
@@ -204,7 +256,7 @@ class SpikingAttention(nn.Module):
             current, new[f"{key}_delay"] = self.proj[key](s, state.get(f"{key}_delay"), probe)
             spikes[key], new[f"{key}_lif"] = self.lif[key](current, state.get(f"{key}_lif"), probe, f"{name}.{key}")
         q, k, v = (spikes[key].view(t, b, n, self.heads, self.head_dim) for key in "qkv")  # [T, B, N, H, d]
-        if self.variant == "three_factor" and modulator is None:
+        if VARIANTS[self.variant].modulated and modulator is None:
             g, new["gate_delay"] = self.gate(s, state.get("gate_delay"), probe)
             gate, new["gate_lif"] = self.gate_lif(g, state.get("gate_lif"), probe, f"{name}.gate")
             modulator = gate.mean(2)  # [T, B, H]: fraction of tokens whose gate neuron fired
@@ -213,20 +265,41 @@ class SpikingAttention(nn.Module):
             state.get("attention"), self.plasticity(), modulator,
         )
         if probe is not None:
-            counts = attention_event_counts(q.detach(), k.detach(), v.detach(), self.variant)
+            counts = attention_event_counts(q.detach(), k.detach(), v.detach(), self.variant,
+                                            None if modulator is None else modulator.detach())
             probe.ac += float(counts["update"] + counts["read"])
             probe.mac += float(t * b * self.heads * self.head_dim ** 2)  # lambda * S each step
             if probe.keep_traces:
                 probe.attention_states.setdefault(name, []).append(new["attention"].memory.detach().cpu())
         o = o.reshape(t, b, n, -1)  # [T, B, N, H*d]
         if self.fake_quant:  # the export folds this norm at its running statistics
-            gain, shift = norm_affine(self.out_norm, o.shape[-1], o)
-            o = o * gain + shift
-        else:
-            o = self.out_norm(o)
-        a, new["out_lif"] = self.out_lif(o, state.get("out_lif"), probe, f"{name}.out")
+            gain, shift = self.out_norm.affine()
+            drive = Drive(o * gain + shift)
+        else:  # o is a pure current: the norm's shift is the output LIF's bias
+            drive = self.out_norm.drive(Drive(o, o.new_zeros(o.shape[-1]) if self.split_bias else None))
+        a, new["out_lif"] = self.out_lif(drive, state.get("out_lif"), probe, f"{name}.out")
         y, new["out_delay"] = self.out(a, state.get("out_delay"), probe)
         return y, new
+
+
+    def lower(self, b: Any, name: str, source: str, tokens: int) -> Any:
+        """Describe this block to an IR builder (``neuromorphic.lower.GraphBuilder``): the q/k/v
+        (and gate) LIFs fed from ``source``, the attention node, its output LIF (the out_norm folded:
+        gain per column, shift as bias); returns the output Dense's term."""
+        width = self.heads * self.head_dim
+        for key in "qkv":
+            term = b.dense(self.proj[key], f"{name}.{key}_proj", source, tokens)
+            b.connect(term, b.lif(self.lif[key], f"{name}.{key}", tokens, width, term.bias))
+        modulator = None
+        if VARIANTS[self.variant].modulated:
+            term = b.dense(self.gate, f"{name}.gate_proj", source, tokens)
+            modulator = b.lif(self.gate_lif, f"{name}.gate", tokens, self.heads, term.bias)
+            b.connect(term, modulator)
+        gain, shift = b.affine(self.out_norm, width)
+        target = b.lif(self.out_lif, f"{name}.out", tokens, width, shift)
+        b.attention(name, f"{name}.q", f"{name}.k", f"{name}.v", target, self.heads, self.head_dim, self.variant,
+                    self.decay, self.scale, gain, self.plasticity(), modulator)
+        return b.dense(self.out, f"{name}.out_proj", target, tokens)
 
 
 class SpikingMLP(nn.Module):
@@ -246,11 +319,17 @@ class SpikingMLP(nn.Module):
         y, new["fc2_delay"] = self.fc2(h, state.get("fc2_delay"), probe)
         return y, new
 
+    def lower(self, b: Any, name: str, source: str, tokens: int) -> Any:
+        """Describe this MLP to an IR builder: fc1 into the hidden LIF; returns fc2's term."""
+        term = b.dense(self.fc1, f"{name}.fc1", source, tokens)
+        b.connect(term, b.lif(self.lif, f"{name}.hidden", tokens, self.fc1.linear.out_features, term.bias))
+        return b.dense(self.fc2, f"{name}.fc2", f"{name}.hidden", tokens)
 
-def read_stream(norm: FeatureNorm, u: Tensor | list, unit: float) -> Tensor:
-    """``norm(u)``: the input of a LIF reading the residual stream ``u`` (a tensor, or with
-    ``qat`` the list of ``Term`` s that each reader rounds for itself)."""
-    return read(norm, u, unit) if isinstance(u, list) else norm(u)
+
+def read_stream(norm: FeatureNorm, u: Drive, unit: float) -> Drive:
+    """``norm(u)``: the input of a LIF reading the residual stream ``u`` (with ``qat`` its total
+    is the list of ``Term`` s that each reader rounds for itself)."""
+    return Drive(read(norm, u.total, unit)) if isinstance(u.total, list) else norm.drive(u)
 
 
 class Block(nn.Module):
@@ -264,15 +343,24 @@ class Block(nn.Module):
         self.mlp = SpikingMLP(cfg)
         self.unit = cfg_unit(cfg)  # a_in per unit current (qat)
 
-    def forward(self, u: Tensor, state: State, probe: Optional[Probe], name: str,
-                modulator: Optional[Tensor] = None) -> tuple[Tensor, State]:
+    def forward(self, u: Drive, state: State, probe: Optional[Probe], name: str,
+                modulator: Optional[Tensor] = None) -> tuple[Drive, State]:
         new: State = {}
         s, new["lif1"] = self.lif1(read_stream(self.norm1, u, self.unit), state.get("lif1"), probe, f"{name}.in")
         y, new["attn"] = self.attn(s, state.get("attn", {}), probe, f"{name}.attn", modulator)
-        u = u + y
+        u = join(u, y)
         s, new["lif2"] = self.lif2(read_stream(self.norm2, u, self.unit), state.get("lif2"), probe, f"{name}.mid")
         y, new["mlp"] = self.mlp(s, state.get("mlp", {}), probe, f"{name}.mlp")
-        return u + y, new
+        return join(u, y), new
+
+    def lower(self, b: Any, name: str, tokens: int) -> None:
+        """Describe this block to an IR builder: two readers of the residual stream, each
+        followed by the sublayer that writes back into it."""
+        dim = self.norm1.bn.num_features
+        source = b.read(self.norm1, self.lif1, f"{name}.in", tokens, dim)
+        b.write(self.attn.lower(b, f"{name}.attn", source, tokens))
+        source = b.read(self.norm2, self.lif2, f"{name}.mid", tokens, dim)
+        b.write(self.mlp.lower(b, f"{name}.mlp", source, tokens))
 
 
 class LinearStem(nn.Module):
@@ -284,9 +372,14 @@ class LinearStem(nn.Module):
         # unit-scale positions: tiny ones leave the global sum over tokens order-blind
         self.position = nn.Parameter(torch.randn(tokens, cfg.dim))
 
-    def forward(self, x: Tensor, state: State, probe: Optional[Probe]) -> tuple[Tensor, State]:
+    def forward(self, x: Tensor, state: State, probe: Optional[Probe]) -> tuple[Drive, State]:
         u, carry = self.embed(x, state.get("embed_delay"), probe, position=self.position)
         return u, {"embed_delay": carry}
+
+    def lower(self, b: Any, tokens: int) -> int:
+        """Describe this stem to an IR builder: the embedding writes the residual stream; returns its tokens."""
+        b.write(b.dense(self.embed, "stem.embed", "input", tokens, position=self.position))
+        return tokens
 
 
 class Conv1dStem(nn.Module):
@@ -309,6 +402,7 @@ class Conv1dStem(nn.Module):
         self.out_tokens = (tokens + 1) // 2
         self.position = nn.Parameter(torch.randn(self.out_tokens, cfg.dim))
         self.norm2 = FeatureNorm(cfg.dim)
+        self.split_bias = cfg.alpha > 0  # norm shifts (and the positions) are membrane biases
 
     @staticmethod
     def _conv(conv: nn.Conv1d, x: Tensor) -> Tensor:
@@ -325,7 +419,7 @@ class Conv1dStem(nn.Module):
         window = F.conv1d(active, ones, stride=conv.stride, padding=conv.padding)
         return float(window.sum()) * conv.out_channels
 
-    def forward(self, x: Tensor, state: State, probe: Optional[Probe]) -> tuple[Tensor, State]:
+    def forward(self, x: Tensor, state: State, probe: Optional[Probe]) -> tuple[Drive, State]:
         new: State = {}
         if self.delay:
             x, new["conv1_delay"] = delay_one_step(x, state.get("conv1_delay"))
@@ -333,14 +427,25 @@ class Conv1dStem(nn.Module):
             ops = self._count(self.conv1, x) if self.binary_input else \
                 float(x.numel()) * self.conv1.kernel_size[0] * self.conv1.out_channels
             probe.count_synapses(ops, self.binary_input)
-        h = self.norm1(self._conv(self.conv1, x))
-        s, new["lif"] = self.lif(h, state.get("lif"), probe, "stem.conv1")
+        h = self._conv(self.conv1, x)
+        zero = h.new_zeros(h.shape[-1]) if self.split_bias else None
+        s, new["lif"] = self.lif(self.norm1.drive(Drive(h, zero)), state.get("lif"), probe, "stem.conv1")
         if self.delay:
             s, new["conv2_delay"] = delay_one_step(s, state.get("conv2_delay"))
         if probe is not None:
             probe.ac += self._count(self.conv2, s)
-        u = self.norm2(self._conv(self.conv2, s) + self.position)
-        return u, new
+        u = Drive(self._conv(self.conv2, s) + self.position, self.position if self.split_bias else None)
+        return self.norm2.drive(u), new
+
+    def lower(self, b: Any, tokens: int) -> int:
+        """Describe this stem to an IR builder: conv1 (unrolled) into its LIF, conv2 (+ position,
+        norm2 folded) into the residual stream; returns the tokens after the stride."""
+        channels = self.conv1.out_channels
+        gain, shift = b.affine(self.norm1, channels)
+        b.lif(self.lif, "stem.conv1", tokens, channels, shift)
+        b.connect(b.conv(self.conv1, "stem.conv1", "input", tokens), "stem.conv1", gain)
+        b.write(b.conv(self.conv2, "stem.conv2", "stem.conv1", tokens, self.norm2, self.position))
+        return self.out_tokens
 
 
 def cfg_unit(cfg: Config) -> float:
@@ -386,6 +491,7 @@ class Spikeformer(nn.Module):
         super().__init__()
         self.cfg, self.tokens, self.features, self.classes = cfg, tokens, features, classes
         binary = cfg.encoder == "poisson" or cfg.task == "recall"  # one-hot tokens are spikes
+        self.binary_input = binary
         stream_tokens = 1 if cfg.mode == "causal" else tokens
         stem_cls = Conv1dStem if cfg.stem == "conv1d" else LinearStem
         self.stem = stem_cls(cfg, stream_tokens, features, binary)
@@ -400,6 +506,9 @@ class Spikeformer(nn.Module):
                     module.fake_quant = True
                 if isinstance(module, Dense) and module is not self.readout:
                     module.unit = cfg_unit(cfg)
+        for module in self.modules():  # alpha > 0: biases go to the membrane (SPEC §2.1)
+            if isinstance(module, Dense):
+                module.split_bias = cfg.alpha > 0
 
     @property
     def latency(self) -> int:
@@ -410,8 +519,25 @@ class Spikeformer(nn.Module):
         per_block = 2 + 2  # attention: q/k/v Dense then out Dense; MLP: fc1 then fc2
         return stem + per_block * self.cfg.depth + 1  # + readout Dense
 
+    @property
+    def window(self) -> int:
+        """Readout steps averaged for the logits: ``time_steps`` (global) or ``steps_per_token`` (causal)."""
+        return self.cfg.steps_per_token if self.cfg.mode == "causal" else self.cfg.time_steps
+
     def check_input(self, x: Tensor) -> None:
         check_tokens(x, self.tokens, self.features)
+
+    def lower(self, b: Any) -> int:
+        """Describe the model to an IR builder (``neuromorphic.lower.GraphBuilder``), in the order
+        of ``forward_steps``; returns the tokens of the residual stream."""
+        tokens = 1 if self.cfg.mode == "causal" else self.tokens
+        b.input(tokens, self.features, graded=not self.binary_input)
+        body = self.stem.lower(b, tokens)
+        for i, block in enumerate(self.blocks):
+            block.lower(b, f"block{i}", body)
+        b.read(self.norm, self.lif, "final", body, self.cfg.dim)
+        b.readout(self.readout, "final")
+        return body
 
     def encode_input(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         """Tokens ``[B, N, F]`` -> the steps ``forward`` feeds ``forward_steps``: ``[T (+latency), B, N', F]``
@@ -434,7 +560,7 @@ class Spikeformer(nn.Module):
         s, new["lif"] = self.lif(read_stream(self.norm, u, cfg_unit(self.cfg)), state.get("lif"), probe, "final")
         t, b = s.shape[:2]
         y, new["readout_delay"] = self.readout(s.reshape(t, b, -1), state.get("readout_delay"), probe)
-        return y, new  # [T, B, N*D] -> [T, B, C]
+        return y.total, new  # [T, B, N*D] -> [T, B, C]
 
     def forward(self, x: Tensor, state: Optional[State] = None, probe: Optional[Probe] = None,
                 generator: Optional[torch.Generator] = None) -> tuple[Tensor, State]:
@@ -445,9 +571,8 @@ class Spikeformer(nn.Module):
         input is followed by ``latency`` zero steps so every path reaches the readout).
         """
         x_t = self.encode_input(x, generator)
-        window = self.cfg.steps_per_token if self.cfg.mode == "causal" else self.cfg.time_steps
         y, state = self.forward_steps(x_t, state, probe)
-        return y[-window:].mean(0), state
+        return y[-self.window:].mean(0), state
 
 
 # ---------------------------------------------------------------------------------------------

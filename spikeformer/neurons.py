@@ -7,8 +7,9 @@ The neuron is one pure step function with explicit state, under a thin module:
     s[t] = H(v[t] - theta)                           # H(x) = 1 if x > 0 (strict)
 
 This is Lava's stock ``LIF`` with ``du = 1 - alpha``, ``dv = 1 - beta``, ``vth = theta``.
-Time is in steps (dt = 1); every quantity is dimensionless. The bias ``b`` is carried by
-the linear layer in front of the neuron, so ``I_in`` already includes it.
+Time is in steps (dt = 1); every quantity is dimensionless. The bias ``b`` enters the membrane,
+not the current (as Lava's ``bias_mant``). With ``alpha = 0`` the current keeps nothing
+(``i = I_in``), so callers may pass ``I_in + b`` as one input and no separate bias.
 
 In the backward pass H is replaced by a surrogate derivative from ``snntorch.surrogate``.
 The reset factor ``(1 - s[t-1])`` is detached (as snnTorch does by default): the gradient
@@ -94,15 +95,19 @@ def lif_step(
     alpha: Tensor | float,
     threshold: Tensor | float,
     spike_fn: Callable[[Tensor], Tensor],
+    bias: Optional[Tensor] = None,
 ) -> tuple[Tensor, LIFState]:
     """One LIF step (SPEC §2.1): ``(I_in[t], state[t-1]) -> (s[t], state[t])``.
 
     ``beta``, ``alpha`` and ``threshold`` are floats or tensors broadcastable to the input
-    (per-neuron learnable values). Shapes: input ``[...]``, every state tensor ``[...]``.
+    (per-neuron learnable values); ``bias`` (broadcastable, None = 0) is added to the membrane.
+    Shapes: input ``[...]``, every state tensor ``[...]``.
     """
     current = alpha * state.current + input_current
     keep = 1.0 - state.spikes.detach()  # reset to zero in the step after a spike
     membrane = beta * state.membrane * keep + current
+    if bias is not None:
+        membrane = membrane + bias
     spikes = spike_fn(membrane - threshold)
     return spikes, LIFState(current, membrane, spikes)
 
@@ -156,10 +161,12 @@ class LIF(nn.Module):
         input_current: Tensor,
         state: Optional[LIFState] = None,
         record_membrane: Optional[list] = None,
+        bias: Optional[Tensor] = None,
     ) -> tuple[Tensor, LIFState]:
         """Run over time. ``input_current``: ``[T, ...]``; returns spikes ``[T, ...]`` and the last state.
 
         ``record_membrane``: when a list is given, the membrane ``[...]`` of every step is appended.
+        ``bias``: the membrane bias b, broadcastable to one step ``[...]`` (None = 0).
         """
         if state is None:
             state = lif_initial_state(input_current[0])
@@ -167,7 +174,7 @@ class LIF(nn.Module):
         out = []
         # unbind, not x[t]: indexing inside the loop makes the backward pass O(T^2)
         for x_t in input_current.unbind(0):
-            s_t, state = lif_step(x_t, state, beta, alpha, threshold, self.spike_fn)
+            s_t, state = lif_step(x_t, state, beta, alpha, threshold, self.spike_fn, bias)
             out.append(s_t)
             if record_membrane is not None:
                 record_membrane.append(state.membrane.detach())

@@ -18,34 +18,20 @@ and its read are not rounded here: their fixed-point steps are below 2^-14 of a 
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
-MANTISSA_MAX, MANTISSA_MIN = 254, -256  # even mantissas: Lava drops the LSB of mixed-sign 8-bit weights
-
-
-def weight_grid(peak: float) -> int:
-    """The exponent of the fixed-point weight grid for a connection whose largest |w| is ``peak``
-    (before the overflow check of ``round_to_grid``); shared with ``neuromorphic.quantize``."""
-    return math.ceil(math.log2(peak / MANTISSA_MAX))
+from .fixed_point import fraction12, grid_weights
 
 
 def round_to_grid(weight: Tensor) -> Tensor:
-    """``weight`` on the grid ``2 * round(w / 2^(e+1)) * 2^e`` (even mantissas in [-256, 254]),
-    the exponent the smallest that fits, as ``neuromorphic.quantize.quantize_weights``."""
-    peak = float(weight.detach().abs().max()) if weight.numel() else 0.0
-    if peak == 0.0:
-        return weight.detach().clone()
-    exp = weight_grid(peak)
-    while True:
-        mantissa = 2 * torch.round(weight.detach() / 2.0 ** (exp + 1))
-        if mantissa.max() <= MANTISSA_MAX and mantissa.min() >= MANTISSA_MIN:
-            return mantissa * 2.0 ** exp
-        exp += 1
+    """``weight`` on the fixed-point weight grid (``fixed_point.grid_weights``: even 8-bit
+    mantissas times ``2^weight_exp``), the grid ``neuromorphic.quantize`` exports."""
+    mantissa, exp = grid_weights(weight.detach())
+    return mantissa * 2.0 ** exp
 
 
 def fake_quantize(weight: Tensor) -> Tensor:
@@ -55,18 +41,14 @@ def fake_quantize(weight: Tensor) -> Tensor:
 
 def fake_quantize_fraction(value: Tensor) -> Tensor:
     """A decay or rate rounded to 1/4096 (Lava's 12-bit fractions), straight through."""
-    return value + (torch.round(value.detach() * 4096) / 4096 - value.detach())
+    return value + (fraction12(value.detach()) - value.detach())
 
 
 def norm_affine(norm: Optional[nn.Module], features: int, like: Tensor) -> tuple[Tensor, Tensor]:
-    """``FeatureNorm`` at its running statistics as ``(gain, shift)``; identity for None."""
+    """``FeatureNorm.affine()`` (running statistics) as ``(gain, shift)``; identity for None."""
     if norm is None:
         return like.new_ones(features), like.new_zeros(features)
-    bn = norm.bn
-    gain = torch.rsqrt(bn.running_var + bn.eps)
-    gain = gain * bn.weight if bn.affine else gain
-    shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * gain
-    return gain, shift
+    return norm.affine()
 
 
 class Term:

@@ -2,8 +2,8 @@
 
 ``write_report(run)`` writes ``RUN/report.html`` and PNGs in ``RUN/figures/``. The activity
 figures come from ONE test sample: spike rasters, membrane traces, the attention state S of
-head 0 of block 0 over time (fed step by step, so it also exercises streaming), and the
-spike rate of every layer.
+head 0 of block 0 over time (fed step by step, so it also exercises streaming; skipped for a
+depth-0 model, which has no attention), and the spike rate of every layer.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .checkpoint import atomic_write_bytes
 from .config import Config
+from .errors import ConfigError
 from .model import Probe
 from .train import load_run
 
@@ -40,8 +41,12 @@ def attention_trace(model: nn.Module, x_t: Tensor, block: int = 0) -> Tensor:
     """Attention state S of ``block`` after each step: ``x_t [T, B, N, F]`` -> ``[T, B, H, d, d]``.
 
     The model is fed one step at a time with its explicit state, since a whole-sequence call
-    only returns the final S.
+    only returns the final S. Raises ``ConfigError`` when the model has no block ``block``.
     """
+    depth = len(model.blocks)
+    if not 0 <= block < depth:
+        raise ConfigError(f"attention_trace: block {block} does not exist in a model with {depth} attention blocks; "
+                          f"pass 0 <= block < {depth} (a depth-0 model has no attention state)")
     state: Optional[dict[str, Any]] = None
     memories = []
     for t in range(x_t.shape[0]):
@@ -185,9 +190,10 @@ def write_report(run: str | Path) -> Path:
         plot_membranes(probe.membranes[layer], probe.spikes[layer], layer, cfg.threshold,
                        figures / "membrane_traces.png")
         shown.append(("membrane_traces.png", f"Membrane potential of a few neurons of {layer} for test sample 0."))
-        plot_attention(attention_trace(model, x_t)[:, 0], figures / "attention_state.png")
-        shown.append(("attention_state.png", "Attention state S of block 0, head 0, at several steps; "
-                                             "Frobenius norm of S per head over time."))
+        if len(model.blocks) > 0:  # depth 0 (feed-forward SNN): no attention state to show
+            plot_attention(attention_trace(model, x_t)[:, 0], figures / "attention_state.png")
+            shown.append(("attention_state.png", "Attention state S of block 0, head 0, at several steps; "
+                                                 "Frobenius norm of S per head over time."))
         plot_rates(probe, figures / "spike_rates.png")
         shown.append(("spike_rates.png", "Spike rate per layer for test sample 0."))
 
@@ -210,6 +216,8 @@ def write_report(run: str | Path) -> Path:
     for name, caption in shown:
         parts.append(f"<figure><img src='figures/{name}' alt='{html.escape(caption)}'>"
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    if cfg.model != "ann" and len(model.blocks) == 0:
+        parts.append("<p>The attention-state figure does not apply: this model has depth 0 (no attention blocks).</p>")
     if cfg.model == "ann":
         parts.append("<p>Spike rasters, membrane traces, attention state and spike rates do not apply: "
                      "this is the ANN (softmax attention) baseline.</p>")

@@ -10,6 +10,7 @@ with ``TrainingDiverged`` and leaves the last good checkpoint in place.
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -123,10 +124,25 @@ def measure(model: nn.Module, split: Split, device: str, cfg: Config, samples: i
     }
 
 
+def check_out_dir(out: Path) -> None:
+    """Raise ``ConfigError`` when ``out`` cannot become a run directory: it (or a parent) is a
+    file, or the nearest existing folder is not writable. Called before any training."""
+    existing = out
+    while not os.path.lexists(existing):  # nearest existing path: out itself or the folder that will hold it
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is an existing file" if existing == out else f"lies under {str(existing)!r}, which is a file"
+        raise ConfigError(f"--out {str(out)!r} {where}, not a run directory; choose another --out path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {str(out)!r} is not writable (no write permission on {str(existing)!r}); "
+                          "choose an --out in a folder you can write to")
+
+
 def train(cfg: Config, out: str | Path, resume: bool = False,
           progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``cfg`` into the run directory ``out``; returns the metrics written to metrics.json."""
     out = Path(out)
+    check_out_dir(out)  # fail before the first epoch, not when the first checkpoint is written
     device = resolve_device(cfg.device)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)

@@ -1,7 +1,11 @@
 """Shared test set-up.
 
 Under SPIKEFORMER_REQUIRE_BACKENDS=1 (set by .ci/run) a skipped test marked ``backend`` is
-reported as a failure: CI must run the Lava, Brian2 and NIR tests for real.
+reported as a failure: CI must run the Lava, Brian2 and NIR tests for real. A module skipped
+as a whole while it is collected (``pytest.importorskip`` at module level) never yields items,
+so its markers cannot be read: under =1 EVERY collection-time skip becomes a collection error,
+and pytest stops with a non-zero status. A module that must skip for another reason in CI
+skips per test instead.
 """
 
 from __future__ import annotations
@@ -21,6 +25,17 @@ def pytest_runtest_makereport(item, call):
     if REQUIRE_BACKENDS and report.skipped and item.get_closest_marker("backend") is not None:
         report.outcome = "failed"
         report.longrepr = f"backend test {item.nodeid} was skipped, but SPIKEFORMER_REQUIRE_BACKENDS=1 requires it to run"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_BACKENDS and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (f"{collector.nodeid} was skipped while collected ({reason}), but "
+                           "SPIKEFORMER_REQUIRE_BACKENDS=1 requires every backend test to run")
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,7 @@ the bit-accurate ones. Spikes are written by ``SpikeRecorder`` processes into .n
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -35,12 +36,15 @@ from typing import Any, Optional
 
 import numpy as np
 
+from spikeformer.fixed_point import ACT_SHIFT, INPUT_MAX, MANTISSA_MIN, UV_BITS, WEIGHT_BITS, shift
+
 from ..ir import Graph, IRError, LoweringError
-from ..simulate import Trace
+from ..trace import Trace
 from . import require_lava
 
 GUARD_STEPS = 2
-GUARD_A_IN = 2 ** 16  # fixed point: -256 << 8; (a_in << 6) stays inside Lava's 24-bit u
+GUARD_MANTISSA, GUARD_EXP = MANTISSA_MIN, 8  # fixed point: the guard weight -256 << 8
+GUARD_A_IN = -GUARD_MANTISSA << GUARD_EXP  # 2^16: (a_in << 6) stays inside Lava's 24-bit u
 FLOAT_GUARD = 1e9
 FLOAT_NEVER = 1e300  # threshold of the float readout integrator
 
@@ -73,28 +77,28 @@ def _flat_steps(x_steps: np.ndarray) -> np.ndarray:
 
 
 def _weights(graph: Graph, conn) -> np.ndarray:
-    if conn.kind == "tokenwise":
-        tokens = graph.population(conn.target).tokens
-        return np.kron(np.eye(tokens, dtype=conn.weight.dtype), conn.weight)
-    return conn.weight
+    return conn.full_weight(graph.population(conn.target).tokens)
 
 
 def _check_guard(graph: Graph) -> None:
     """Fixed point: the guard must hold every LIF below threshold whatever its other inputs, and
-    ``(a_in << 6)`` must not wrap Lava's 24-bit ``u`` (which would turn inhibition into excitation)."""
-    from ..fixed_ref import UV_BITS, effective_bias, shift
+    ``(a_in << 6)`` must not wrap Lava's 24-bit ``u`` (which would turn inhibition into excitation).
+    A current that keeps ``alpha`` of itself per step sums its inputs up to ``1 / (1 - alpha)`` times."""
+    from ..fixed_ref import effective_bias
 
-    limit = 2 ** (UV_BITS - 1 - 6)  # |a_in| below this keeps a_in << 6 inside u
+    limit = 2 ** (UV_BITS - 1 - ACT_SHIFT)  # |a_in| below this keeps a_in << 6 inside u
     for pop in graph.populations:
         if pop.kind != "lif":
             continue
         excite = inhibit = 0
         for conn in graph.incoming(pop.name):
             w = _weights(graph, conn).astype(np.int64)
-            peak = 127 if conn.num_message_bits else 1  # largest graded message
+            peak = INPUT_MAX if conn.num_message_bits else 1  # largest graded message
             excite += int(shift(np.clip(w, 0, None).sum(1).max() * peak, int(conn.weight_exp)))
             inhibit += int(shift(-np.clip(w, None, 0).sum(1).max() * peak, int(conn.weight_exp)))
-        excite += int(effective_bias(pop).max()) // 64 + 1 + int(pop.vth)
+        gain = 4096 / (int(pop.du) + 1)  # 1 / (1 - alpha): the most the current accumulates
+        excite = math.ceil(excite * gain) + (int(effective_bias(pop).max()) >> ACT_SHIFT) + 1 + int(pop.vth)
+        inhibit = math.ceil(inhibit * gain)
         if excite >= GUARD_A_IN or inhibit + GUARD_A_IN >= limit:
             raise LoweringError(
                 f"population {pop.name!r} can receive up to +{excite} / -{inhibit} (a_in units), too much for the "
@@ -148,7 +152,8 @@ def build_network(graph: Graph, x_steps: np.ndarray, folder: Path) -> LavaNetwor
             recorders[pop.name] = SpikeRecorder(size=pop.size, steps=total, path=str(files[pop.name]))
             lif.s_out.connect(recorders[pop.name].a_in)
             if fixed:
-                stop = Dense(weights=np.full((pop.size, 1), -256), weight_exp=8, num_weight_bits=8)
+                stop = Dense(weights=np.full((pop.size, 1), GUARD_MANTISSA), weight_exp=GUARD_EXP,
+                             num_weight_bits=WEIGHT_BITS)
             else:
                 stop = Dense(weights=np.full((pop.size, 1), -FLOAT_GUARD))
             guard.s_out.connect(stop.s_in)

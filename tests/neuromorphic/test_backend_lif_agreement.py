@@ -90,3 +90,59 @@ def test_brian2_discrete_lif_matches_shared_step():
     v = np.asarray(state.v).T  # [STEPS, n], recorded after threshold, before reset
     quiet = spikes == 0
     np.testing.assert_allclose(v[quiet], membranes[quiet], rtol=0, atol=1e-12)
+
+
+def cuba_graph(seed: int = 0):
+    """input [1, n] graded -> lif (alpha > 0, a bias per neuron) through a random Dense -> readout:
+    random currents into the one LIF equation every backend restates."""
+    from neuromorphic.ir import Connection, Graph, Population
+
+    rng = np.random.default_rng(seed)
+    n = 12
+    pops = [Population("input", "input", 1, n, graded=True),
+            Population("cells", "lif", 1, n, beta=0.8, alpha=0.6, threshold=1.0, bias=rng.uniform(-0.1, 0.3, (1, n))),
+            Population("readout", "readout", 1, 2, bias=np.zeros((1, 2)))]
+    conns = [Connection("drive", "input", "cells", "tokenwise", rng.normal(0.1, 0.5, (n, n))),
+             Connection("out", "cells", "readout", "full", rng.normal(0, 1, (2, n)))]
+    meta = {"mode": "global", "steps": STEPS, "window": STEPS, "latency": 2, "classes": 2}
+    return Graph(pops, conns, [], meta).validate(), rng.uniform(0, 1, (STEPS, 4, 1, n))
+
+
+def shared_step_spikes(graph, x_steps: np.ndarray) -> np.ndarray:
+    """The ``cells`` spikes by ``lif_step`` itself, fed the Dense currents (one step late)."""
+    pop, conn = graph.population("cells"), graph.connections[0]
+    current = np.concatenate([np.zeros_like(x_steps[:1]), x_steps[:-1]]) @ conn.weight.T  # [T, B, 1, n]
+    x = torch.from_numpy(current)
+    state = LIFState(torch.zeros_like(x[0]), torch.zeros_like(x[0]), torch.zeros_like(x[0]))
+    out = []
+    for t in range(len(x)):
+        s, state = lif_step(x[t], state, pop.beta, pop.alpha, pop.threshold, lambda v: (v > 0).to(v.dtype),
+                            torch.from_numpy(pop.bias))
+        out.append(s.numpy() != 0)
+    return np.stack(out)
+
+
+@pytest.mark.backend
+def test_every_backend_restating_the_lif_step_agrees_with_it_on_random_currents(tmp_path):
+    """SPEC §2.1 with a synaptic current and a membrane bias: the Brian2 exact strings, Lava's stock
+    LIF (float), run_graph and, in fixed point, Lava's bit-accurate LIF against fixed_ref."""
+    from neuromorphic.brian2_ref import run_brian2
+    from neuromorphic.fixed_ref import run_fixed
+    from neuromorphic.lava.run import run_lava
+    from neuromorphic.quantize import encode_fixed, quantize
+    from neuromorphic.simulate import run_graph
+
+    graph, x_steps = cuba_graph()
+    expected = shared_step_spikes(graph, x_steps)
+    assert 0.1 < expected.mean() < 0.9  # both regimes
+    for name, trace in {"run_graph": run_graph(graph, x_steps),
+                        "brian2": run_brian2(graph, x_steps, mode="exact")[0],
+                        "lava-float": run_lava(graph, x_steps, progress=False)[0]}.items():
+        np.testing.assert_array_equal(trace.spikes["cells"], expected, err_msg=name)
+    fixed = quantize(graph, calibration=x_steps)
+    x_int, _ = encode_fixed(fixed, x_steps)
+    reference = run_fixed(fixed, x_int)
+    lava = run_lava(fixed, x_int, progress=False)[0]
+    np.testing.assert_array_equal(lava.spikes["cells"], reference.spikes["cells"])
+    np.testing.assert_array_equal(lava.readout, reference.readout)
+    assert (reference.spikes["cells"] == expected).mean() > 0.95  # fixed point stays close to float

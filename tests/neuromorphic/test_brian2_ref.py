@@ -25,6 +25,7 @@ CASES = {
     "global-stdp": dict(variant="stdp"),
     "global-three_factor": dict(variant="three_factor"),
     "global-delta": dict(variant="delta"),
+    "cuba-global-hebbian": dict(alpha=0.5),
 }
 
 
@@ -77,7 +78,7 @@ def test_unsupported_variant_raises_one_clear_line(make_model):
     graph = lower(make_model())
     graph.attentions[0].variant = "softmax"
     x_steps = np.zeros((graph.meta["steps"], 1, graph.input.tokens, graph.input.features))
-    with pytest.raises(LoweringError, match="variant 'softmax'") as err:
+    with pytest.raises(IRError, match="variant 'softmax'") as err:  # the IR's own check, before any build
         run_brian2(graph, x_steps)
     assert "\n" not in str(err.value)
 

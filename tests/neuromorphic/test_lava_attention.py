@@ -171,6 +171,47 @@ def test_fixed_model_saturates_and_counts_like_the_reference(variant):
 
 
 @pytest.mark.backend
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_synops_count_what_the_event_driven_model_executes(variant):
+    """``attention_event_counts`` (the energy estimate) equals the Lava process's own counter."""
+    from spikeformer.attention import attention_event_counts
+
+    att = make_attention(variant, seed=5)
+    spikes = make_spikes(3, seed=55)
+    proc, sink = build(att, spikes, gate=variant == "three_factor")
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+
+    try:
+        proc.run(condition=RunSteps(num_steps=STEPS), run_cfg=Loihi2SimCfg(select_tag="floating_pt"))
+        synops = int(np.asarray(proc.synops.get()).sum())
+    finally:
+        proc.stop()
+    q, k, v = (torch.tensor(spikes[x], dtype=torch.float64).view(STEPS, 1, 3, HEADS, DIM) for x in "qkv")
+    modulator = torch.tensor(spikes["m"], dtype=torch.float64).mean(1).view(STEPS, 1, HEADS)
+    counts = attention_event_counts(q, k, v, variant, modulator)
+    assert synops == int(counts["update"] + counts["read"]) > 0
+
+
+@pytest.mark.backend
+def test_stdp_traces_have_a_declared_width_and_saturate_counted():
+    """SPEC §2.4: the stdp traces are integers of ``trace_bits`` that saturate, never silently."""
+    att = make_attention("stdp", seed=4)
+    _quantize_attention(att, target_unit=256.0, state_bits=24, tokens=3)
+    assert att.fixed["trace_bits"] == 24
+    att.fixed["trace_bits"] = att.fixed["frac_bits"] + 2  # four pending key spikes fill a trace
+    spikes = make_spikes(3, seed=44)
+    lava = run_lava(att, spikes, "fixed_pt")
+    ref, state, clipped = reference(att, spikes, fixed=True)
+    limit = 2 ** (att.fixed["trace_bits"] - 1) - 1
+    assert clipped > 0 and int(lava["saturation"].sum()) == clipped
+    for name in ("pre_trace", "post_trace"):
+        assert np.abs(state[name]).max() == limit, name  # the reference clipped there
+        np.testing.assert_array_equal(lava[name], state[name], err_msg=name)
+    np.testing.assert_array_equal(lava["out"], ref)
+
+
+@pytest.mark.backend
 @pytest.mark.parametrize("tag", ["floating_pt", "fixed_pt"])
 def test_unconnected_gate_reads_zero_without_blocking_and_warns(tag, capfd):
     att = make_attention("three_factor", seed=1)

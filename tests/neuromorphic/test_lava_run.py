@@ -19,6 +19,7 @@ CASES = {
     "global-three_factor": dict(variant="three_factor"),
     "causal-delta": dict(task="recall", mode="causal", variant="delta", attn_scale=1.0),
     "causal-stdp": dict(task="recall", mode="causal", variant="stdp", attn_scale=0.5),
+    "cuba-global-delta": dict(variant="delta", alpha=0.5),
 }
 
 

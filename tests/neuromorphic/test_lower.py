@@ -21,6 +21,9 @@ CASES = {
     "conv1d-stem": dict(task="mnist1d", stem="conv1d"),
     "depth2-learnt-threshold": dict(depth=2, learn_threshold=True),
     "feed-forward": dict(depth=0),
+    "cuba-global-stdp": dict(alpha=0.5, variant="stdp"),  # synaptic current: biases on the membrane
+    "cuba-conv1d-stem": dict(task="mnist1d", stem="conv1d", alpha=0.7),
+    "cuba-causal-three_factor": dict(task="recall", mode="causal", variant="three_factor", alpha=0.3),
 }
 
 
@@ -52,11 +55,18 @@ def test_lowering_needs_loihi_delays():
         lower(model)
 
 
-def test_lowering_names_the_layer_with_unsupported_alpha():
-    model = build_model(Config(task="digits", dim=16, heads=2, head_dim=4, depth=1, delays="loihi", alpha=0.5),
-                        4, 16, 10)
-    with pytest.raises(LoweringError, match="'block0.in'"):
-        lower(model)
+def test_cuba_model_puts_biases_on_the_membrane(make_model, make_inputs):
+    """alpha > 0: a bias passed through the current would sum to b / (1 - alpha); SPEC §2.1 adds
+    b to the membrane, as the lowered graph (and Lava's bias_mant) does."""
+    model = make_model(alpha=0.5)
+    graph = lower(model)
+    assert {p.alpha for p in graph.populations if p.kind == "lif"} == {0.5}
+    x_steps = encode_steps(model, make_inputs("digits", 4))
+    reference = torch_trace(model, x_steps)
+    drifted = [p for p in graph.populations if p.kind == "lif"]
+    for pop in drifted:  # the same graph with each bias fed through the current instead
+        pop.bias = pop.bias * (1 - pop.alpha)
+    assert agreement(reference, run_graph(graph, x_steps))["spike_agreement"] < 1.0
 
 
 def test_lowering_names_the_layer_with_per_neuron_beta():

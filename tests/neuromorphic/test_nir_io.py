@@ -40,16 +40,16 @@ def one_line_error(info: pytest.ExceptionInfo) -> str:
     return message
 
 
-def feed_forward_model(stem: str, seed: int = 0) -> tuple[Spikeformer, torch.Tensor]:
+def feed_forward_model(stem: str, seed: int = 0, alpha: float = 0.0) -> tuple[Spikeformer, torch.Tensor]:
     """A depth-0 ("feed-forward") spikeformer with random weights and BatchNorm statistics
     chosen so every population is active; beta = 0.8 so 1 / (1 - beta) is not a power of 2."""
     torch.manual_seed(seed)
     if stem == "conv1d":
         cfg = Config(task="mnist1d", depth=0, delays="loihi", dim=16, stem="conv1d", conv_channels=4,
-                     time_steps=6, beta=0.8)
+                     time_steps=6, beta=0.8, alpha=alpha)
         tokens, features = 40, 1
     else:
-        cfg = Config(task="digits", depth=0, delays="loihi", dim=16, time_steps=6, beta=0.8)
+        cfg = Config(task="digits", depth=0, delays="loihi", dim=16, time_steps=6, beta=0.8, alpha=alpha)
         tokens, features = 16, 4
     model = Spikeformer(cfg, tokens, features, 10).eval()
     with torch.no_grad():
@@ -67,9 +67,10 @@ def feed_forward_model(stem: str, seed: int = 0) -> tuple[Spikeformer, torch.Ten
 # (a) spikeformer -> IR -> NIR -> Norse, spike for spike
 
 
-@pytest.mark.parametrize("stem", ["linear", "conv1d"])
-def test_feed_forward_spikeformer_runs_spike_for_spike_in_norse(stem, tmp_path):
-    model, x = feed_forward_model(stem)
+@pytest.mark.parametrize("stem, alpha", [("linear", 0.0), ("conv1d", 0.0), ("linear", 0.5), ("conv1d", 0.6)],
+                         ids=["linear", "conv1d", "linear-cuba", "conv1d-cuba"])
+def test_feed_forward_spikeformer_runs_spike_for_spike_in_norse(stem, alpha, tmp_path):
+    model, x = feed_forward_model(stem, alpha=alpha)
     graph = lower(model)
     steps = encode_steps(model, x)
     reference = torch_trace(model, steps)
@@ -255,8 +256,7 @@ def small_graph(beta: float, alpha: float, bias: float) -> Graph:
 
 @pytest.mark.parametrize("beta, alpha, node", [(0.6, 0.0, "LIF"), (1.0, 0.0, "IF"), (0.7, 0.5, "CubaLIF")])
 def test_each_neuron_kind_round_trips_and_runs_in_norse(beta, alpha, node, tmp_path):
-    bias = 0.0 if node == "CubaLIF" else 0.15  # Norse's CubaLIF leaks its synapse to v_leak: bias 0 there
-    graph = small_graph(beta, alpha, bias)
+    graph = small_graph(beta, alpha, 0.15)  # CubaLIF: the bias in v_leak (norse_module mends Norse's import)
     x = np.random.default_rng(1).uniform(0, 0.8, (30, SAMPLES, 2, 3))
     ir = run_graph(graph, x)
     assert active(ir.spikes["hidden"])

@@ -10,7 +10,8 @@ import torch
 from neuromorphic.compare import agreement, encode_steps, torch_trace
 from neuromorphic.lower import lower
 from neuromorphic.quantize import dequantize_weights, quantize
-from neuromorphic.simulate import Trace, run_graph
+from neuromorphic.simulate import run_graph
+from neuromorphic.trace import Trace
 from spikeformer.config import Config
 from spikeformer.model import Probe, build_model
 

@@ -330,10 +330,13 @@ def test_attention_event_counts_hand_count():
     k = torch.tensor([[1, 1, 0], [0, 0, 1]], dtype=torch.float64).view(1, 1, 2, 1, 3)  # |k| = 2, 1
     v = torch.tensor([[1, 0, 1], [0, 0, 0]], dtype=torch.float64).view(1, 1, 2, 1, 3)  # |v| = 2, 0
     q = torch.tensor([[1, 0, 0], [1, 1, 1]], dtype=torch.float64).view(1, 1, 2, 1, 3)  # |q| = 1, 3
-    # update: sum_n |k_n| |v_n| = 2*2 + 1*0 = 4 ; read: sum_n |q_n| * d = (1 + 3) * 3 = 12
-    expected_update = {"hebbian": 4, "three_factor": 4, "stdp": 8, "delta": 4 + (2 + 1) * 3}
+    # hebbian: sum_n |k_n| |v_n| = 2*2 + 1*0 = 4; stdp: sum_n (|k_n| + |v_n|) d = (4 + 1) * 3 = 15;
+    # three_factor: 4 + d^2 for the one step and head whose modulator is > 0; delta: 2 (2 + 1) 3 = 18;
+    # read: sum_n |q_n| * d = (1 + 3) * 3 = 12
+    expected_update = {"hebbian": 4, "three_factor": 4 + 9, "stdp": 15, "delta": 18}
+    modulator = torch.full((1, 1, 1), 0.5, dtype=torch.float64)
     for variant, update in expected_update.items():
-        counts = attention_event_counts(q, k, v, variant)
+        counts = attention_event_counts(q, k, v, variant, modulator)
         assert counts["update"].item() == update, variant
         assert counts["read"].item() == 12, variant
 

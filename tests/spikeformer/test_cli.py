@@ -105,5 +105,16 @@ def test_wrong_input_shape_is_one_line(trained_run, tmp_path):
     assert_one_line_error(run_cli("eval", str(edited)), "do not fit")
 
 
+def test_out_that_is_a_file_is_one_line_before_training(tmp_path):
+    cfg = write_config(tmp_path)
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    for out in (a_file, a_file / "run"):  # the path itself, or a parent, is a file
+        assert_one_line_error(run_cli("train", "--config", str(cfg), "--out", str(out), *TINY),
+                              str(out), "not a run directory", "choose another --out")
+    assert a_file.read_text() == "x"
+    assert not list(tmp_path.rglob("metrics.json")) and not list(tmp_path.rglob("checkpoint.json"))
+
+
 def test_not_yet_commands_say_so():
     assert_one_line_error(run_cli("bench"), "not available yet")

@@ -271,7 +271,7 @@ def test_attention_sublayer_delays_by_exactly_two_steps(variant):
         if variant == "three_factor":
             attn.gate.linear.weight.fill_(1.0)
         attn.out_norm.bn.weight.fill_(100.0)  # any positive attention read fires the output LIF
-        assert impulse_delay(lambda x: attn(x, {}, None, "a")[0], (6, 1, 2, cfg.dim)) == 2
+        assert impulse_delay(lambda x: attn(x, {}, None, "a")[0].total, (6, 1, 2, cfg.dim)) == 2
 
 
 def test_mlp_sublayer_delays_by_exactly_two_steps():
@@ -279,7 +279,7 @@ def test_mlp_sublayer_delays_by_exactly_two_steps():
     mlp = SpikingMLP(cfg).eval()
     with torch.no_grad():
         mlp.fc1.linear.weight.fill_(1.0)
-        assert impulse_delay(lambda x: mlp(x, {}, None, "m")[0], (6, 1, 2, cfg.dim)) == 2
+        assert impulse_delay(lambda x: mlp(x, {}, None, "m")[0].total, (6, 1, 2, cfg.dim)) == 2
 
 
 def test_stems_and_readout_delay_by_their_dense_count():
@@ -291,14 +291,14 @@ def test_stems_and_readout_delay_by_their_dense_count():
     with torch.no_grad():
         conv.conv1.weight.fill_(1.0)
         q, k = impulse_pair((5, 1, 4, 3))
-        assert first_difference(linear(q, {}, None)[0], linear(k, {}, None)[0]) == 1
+        assert first_difference(linear(q, {}, None)[0].total, linear(k, {}, None)[0].total) == 1
         q, k = impulse_pair((5, 1, 6, 1))
-        assert first_difference(conv(q, {}, None)[0], conv(k, {}, None)[0]) == 2
+        assert first_difference(conv(q, {}, None)[0].total, conv(k, {}, None)[0].total) == 2
         q, k = impulse_pair((5, 1, 5))
         y0, _ = readout(q)
         y1, _ = readout(k)
-    assert first_difference(y0, y1) == 1
-    torch.testing.assert_close(y1[1], readout.linear(k[0]))
+    assert first_difference(y0.total, y1.total) == 1
+    torch.testing.assert_close(y1.total[1], readout.linear(k[0]))
 
 
 @pytest.mark.parametrize("depth", [1, 2])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from spikeformer.config import Config
-from spikeformer.errors import CheckpointError
+from spikeformer.errors import CheckpointError, ConfigError
 from spikeformer.report import attention_trace, encoded_input, write_report
 from spikeformer.train import load_run, train
 
@@ -18,7 +18,8 @@ SPIKE_FIGURES = ("spike_raster.png", "membrane_traces.png", "attention_state.png
 
 
 def _tiny_run(root: Path, name: str, **overrides) -> Path:
-    cfg = Config(task="digits", epochs=1, dim=16, heads=2, head_dim=8, depth=1, batch_size=128, **overrides)
+    cfg = Config(**{**dict(task="digits", epochs=1, dim=16, heads=2, head_dim=8, depth=1, batch_size=128),
+                    **overrides})
     train(cfg, root / name, progress=False, log=lambda s: None)
     return root / name
 
@@ -76,6 +77,20 @@ def test_step_by_step_state_matches_one_call(runs):
     final = state["block0"]["attn"]["attention"].memory
     assert torch.allclose(trace[-1], final, atol=1e-5)
     assert trace.abs().sum() > 0  # the state actually moved (otherwise the check is vacuous)
+
+
+def test_depth_zero_report_skips_the_attention_figure(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        run = _tiny_run(tmp_path, "feedforward", depth=0, num_threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    names = _check_report(run)
+    assert names == ["training_curves.png", *(n for n in SPIKE_FIGURES if n != "attention_state.png")]
+    assert "depth 0" in (run / "report.html").read_text()
+    cfg, model, split, _ = load_run(run)
+    with pytest.raises(ConfigError, match="depth-0"):
+        attention_trace(model, encoded_input(model, cfg, split.x_test[:1]))
 
 
 def test_missing_run_raises_checkpoint_error(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,6 +103,28 @@ def test_existing_run_is_not_overwritten(tmp_path):
         quiet(cfg, tmp_path / "run")
     with pytest.raises(ConfigError, match="differ"):
         quiet(Config(epochs=1, **{**TINY, "dim": 32}), tmp_path / "run", resume=True)
+
+
+def test_unusable_out_fails_before_training(tmp_path, monkeypatch):
+    import spikeformer.train as train_mod
+
+    def no_training(cfg):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(train_mod, "load_task", no_training)  # the check must come before any data or epoch
+    cfg = Config(epochs=1, **TINY)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a run")
+    with pytest.raises(ConfigError, match="notes.txt' is an existing file.*choose another --out"):
+        quiet(cfg, a_file)
+    with pytest.raises(ConfigError, match="notes.txt', which is a file"):
+        quiet(cfg, a_file / "run")
+    assert a_file.read_text() == "not a run"
+    # root ignores permission bits, so a read-only folder cannot be made here: stand in for os.access
+    monkeypatch.setattr(train_mod.os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(ConfigError, match="not writable.*choose an --out in a folder you can write to"):
+        quiet(cfg, tmp_path / "new" / "run")
+    assert not (tmp_path / "new").exists()
 
 
 def test_learning_rate_warmup_then_cosine_to_zero():

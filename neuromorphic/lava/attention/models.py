@@ -45,10 +45,8 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 # absolute imports only: Lava executes this file as a top-level module named "models"
-from neuromorphic.fixed_ref import decay12, mul12
 from neuromorphic.lava.attention.process import SpikingAttention
-
-WIRE_MAX = 2 ** 31 - 1  # the fixed-point a_out is int32 on the channel
+from spikeformer.fixed_point import WIRE_MAX, decay12, mul12  # WIRE_MAX: a_out is int32 on the channel
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,6 +121,7 @@ class AbstractPySpikingAttentionModel(PyLoihiProcessModel):
     v_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, bool, precision=1)
     m_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, bool, precision=1)
     saturation: np.ndarray = LavaPyType(np.ndarray, np.int64)
+    synops: np.ndarray = LavaPyType(np.ndarray, np.int64)
 
     def __init__(self, proc_params) -> None:
         super().__init__(proc_params)
@@ -147,7 +146,7 @@ class AbstractPySpikingAttentionModel(PyLoihiProcessModel):
             self._warn_no_gate()
         if self.reset_interval and self.time_step % self.reset_interval == self.reset_offset:
             self.reset()
-        self.update(k, v, m)
+        self.synops[0] += self.update(k, v, m)  # each update returns the operations it issued
         self.a_out.send(self.read(q))
 
     def reset(self) -> None:
@@ -166,6 +165,7 @@ class AbstractPySpikingAttentionModel(PyLoihiProcessModel):
     def read(self, q: np.ndarray) -> np.ndarray:
         """``[N*H*d]`` output: rows of active queries only; silent tokens/heads send 0."""
         n, h, i = np.nonzero(q)
+        self.synops[0] += n.size * self.dim  # a row of S per active query
         gn, gh, rows, _, _ = group_rows(n, h, i, self.memory, self.heads)  # q_n S: [G, d]
         cols = (gh * self.dim)[:, None] + np.arange(self.dim)  # output column h*d + j: [G, d]
         out = np.zeros((self.tokens, self.heads * self.dim), self.out_dtype)
@@ -209,6 +209,7 @@ class PySpikingAttentionModelFloat(AbstractPySpikingAttentionModel):
         h, i, j = coincidences(k, v)
         cells, counts = np.unique((h * self.dim + i) * self.dim + j, return_counts=True)
         self._add(cells, counts.astype(np.float64))
+        return h.size  # one per coincidence
 
     def update_stdp(self, k, v, m) -> None:
         d = self.dim
@@ -223,6 +224,7 @@ class PySpikingAttentionModelFloat(AbstractPySpikingAttentionModel):
         self._add(dep[0], -dep[1], self.p["a_minus"])
         self.post_trace *= self.p["post_decay"][None, :, None]
         self.post_trace[v] += 1.0
+        return (vn.size + kn.size) * d  # a trace column per value spike, a trace row per key spike
 
     def update_three_factor(self, k, v, m) -> None:
         d = self.dim
@@ -232,8 +234,10 @@ class PySpikingAttentionModelFloat(AbstractPySpikingAttentionModel):
         self.eligibility.reshape(-1)[cells] += counts
         self.memory *= self.lam
         gate = m.sum(0) / self.tokens  # [H]: mean gate spike over tokens
-        for head in np.nonzero(gate)[0]:  # only heads whose gate fired
+        heads = np.nonzero(gate)[0]
+        for head in heads:  # only heads whose gate fired
             self.memory[head] += gate[head] * self.eligibility[head]
+        return h.size + heads.size * d * d  # coincidences into e, then m e over each gated head
 
     def update_delta(self, k, v, m) -> None:
         self.memory *= self.lam  # D: recall reads the decayed state
@@ -242,6 +246,7 @@ class PySpikingAttentionModelFloat(AbstractPySpikingAttentionModel):
         error = (v[gn, gh, :] - recall) / count[:, None]  # [G, d]
         cells, sums = scatter_sum(row_cells(kh, ki, self.dim), error[where])  # rows of active keys
         self._add(cells, sums, self.p["delta_rate"])
+        return 2 * kn.size * self.dim  # the recall reads and the write of a row per active key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,6 +275,7 @@ class PySpikingAttentionModelFixed(AbstractPySpikingAttentionModel):
         self.f = f
         self.one = int(f["one"])
         self.limit = 2 ** (int(f["state_bits"]) - 1) - 1
+        self.trace_limit = 2 ** (int(f.get("trace_bits", f["state_bits"])) - 1) - 1
 
     def scale_read(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         prod = rows * self.f["out_mant"][cols]
@@ -278,11 +284,12 @@ class PySpikingAttentionModelFixed(AbstractPySpikingAttentionModel):
         self.saturation[0] += int((wire != out).sum())
         return wire
 
-    def _saturate(self, matrix: np.ndarray, cells: np.ndarray) -> None:
-        """Clip the touched ``cells`` of ``matrix`` to ``state_bits`` and count them."""
+    def _saturate(self, matrix: np.ndarray, cells: np.ndarray, limit: int | None = None) -> None:
+        """Clip the touched ``cells`` of ``matrix`` to ``state_bits`` (or ``limit``) and count them."""
+        limit = self.limit if limit is None else limit
         flat = matrix.reshape(-1)
         values = flat[cells]
-        clipped = np.clip(values, -self.limit, self.limit)
+        clipped = np.clip(values, -limit, limit)
         self.saturation[0] += int((clipped != values).sum())
         flat[cells] = clipped
 
@@ -299,11 +306,13 @@ class PySpikingAttentionModelFixed(AbstractPySpikingAttentionModel):
         cells, counts = np.unique((h * self.dim + i) * self.dim + j, return_counts=True)
         self.memory.reshape(-1)[cells] += self.one * counts
         self._saturate(self.memory, cells)
+        return h.size
 
     def update_stdp(self, k, v, m) -> None:
         d, f = self.dim, self.f
         self.pre_trace[:] = decay12(self.pre_trace, f["pre_decay"][None, :, None])
         self.pre_trace[k] += self.one
+        self._saturate(self.pre_trace, np.flatnonzero(k), self.trace_limit)  # decays never grow a trace
         vn, vh, vj = np.nonzero(v)
         pot_cells, pot = scatter_sum(column_cells(vh, vj, d), self.pre_trace[vn, vh, :])
         kn, kh, ki = np.nonzero(k)
@@ -314,6 +323,8 @@ class PySpikingAttentionModelFixed(AbstractPySpikingAttentionModel):
         self._saturate(self.memory, np.union1d(pot_cells, dep_cells))
         self.post_trace[:] = decay12(self.post_trace, f["post_decay"][None, :, None])
         self.post_trace[v] += self.one
+        self._saturate(self.post_trace, np.flatnonzero(v), self.trace_limit)
+        return (vn.size + kn.size) * d
 
     def update_three_factor(self, k, v, m) -> None:
         d, f = self.dim, self.f
@@ -324,10 +335,12 @@ class PySpikingAttentionModelFixed(AbstractPySpikingAttentionModel):
         self._saturate(self.eligibility, cells)
         self._decay_memory()
         m12 = (4096 * m.sum(0).astype(np.int64)) // self.tokens  # [H]: fraction of gates firing
-        for head in np.nonzero(m12)[0]:  # only heads whose gate fired
+        heads = np.nonzero(m.sum(0))[0]
+        for head in heads:  # only heads whose gate fired
             self.memory[head] += mul12(self.eligibility[head], m12[head])
             head_cells = head * d * d + np.arange(d * d)
             self._saturate(self.memory, head_cells)
+        return h.size + heads.size * d * d
 
     def update_delta(self, k, v, m) -> None:
         self._decay_memory()  # D
@@ -338,3 +351,4 @@ class PySpikingAttentionModelFixed(AbstractPySpikingAttentionModel):
         cells, sums = scatter_sum(row_cells(kh, ki, self.dim), error[where])
         self._add(cells, sums, self.f["delta_rate"])
         self._saturate(self.memory, cells)
+        return 2 * kn.size * self.dim

@@ -21,6 +21,8 @@ a Lava ProcessModel must declare a type for every Var and port of its Process):
     pre_trace    (tokens, H, d)   stdp key trace x
     post_trace   (tokens, H, d)   stdp value trace y
     eligibility  (H, d, d)        three_factor eligibility e
+    synops       (1,)             synaptic operations issued so far (cumulative): what
+                                  ``spikeformer.attention.attention_event_counts`` counts
     saturation   (1,)             fixed point: state cells clipped so far (cumulative; also
                                   output values clipped to the 32-bit wire). Float: stays 0.
 
@@ -50,11 +52,13 @@ from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess, LogConfig
 from lava.magma.core.process.variable import Var
 
-VARIANTS = ("hebbian", "stdp", "three_factor", "delta")
-PLASTICITY = {"hebbian": (), "stdp": ("a_plus", "a_minus", "pre_decay", "post_decay"),
-              "three_factor": ("eligibility_decay",), "delta": ("delta_rate",)}
+# absolute import only: Lava executes the model file of this package as a top-level module
+from spikeformer.variants import PARAMETERS, VARIANTS as _TABLE
+
+VARIANTS = tuple(_TABLE)  # spikeformer/variants.py
+PLASTICITY = {name: v.parameter_names for name, v in _TABLE.items()}
 STATE_VARS = ("memory", "pre_trace", "post_trace", "eligibility")
-DECAY_FIELDS = ("decay", "pre_decay", "post_decay", "eligibility_decay")  # 12-bit decrements
+DECAY_FIELDS = ("decay",) + tuple(n for n, p in PARAMETERS.items() if p.kind == "decay")  # 12-bit decrements
 
 
 def _per_head(value: Any, heads: int, what: str) -> np.ndarray:
@@ -76,9 +80,10 @@ def check_fixed(fixed: dict, variant: str, heads: int, head_dim: int) -> dict[st
                          "neuromorphic.quantize (att.fixed) or pass fixed=None for floating_pt only")
     out: dict[str, Any] = {"one": int(fixed["one"]), "state_bits": int(fixed["state_bits"]),
                            "out_shift": int(fixed["out_shift"])}
-    if not 2 <= out["state_bits"] <= 62:
-        raise ValueError(f"SpikingAttention fixed state_bits must lie in 2..62 (int64 arithmetic), "
-                         f"got {out['state_bits']}")
+    out["trace_bits"] = int(fixed.get("trace_bits", out["state_bits"]))  # stdp traces (older IR: the state's)
+    for key in ("state_bits", "trace_bits"):
+        if not 2 <= out[key] <= 62:
+            raise ValueError(f"SpikingAttention fixed {key} must lie in 2..62 (int64 arithmetic), got {out[key]}")
     if out["one"] < 1 or out["out_shift"] < 0:
         raise ValueError(f"SpikingAttention fixed 'one' must be >= 1 and 'out_shift' >= 0, "
                          f"got {out['one']} and {out['out_shift']}")
@@ -182,6 +187,7 @@ class SpikingAttention(AbstractProcess):
         self.post_trace = Var(shape=(tokens, heads, head_dim), init=0)
         self.eligibility = Var(shape=(heads, head_dim, head_dim), init=0)
         self.saturation = Var(shape=(1,), init=0)
+        self.synops = Var(shape=(1,), init=0)
 
 
 def from_ir(att: Any, tokens: int, name: str | None = None, **reset: int) -> SpikingAttention:

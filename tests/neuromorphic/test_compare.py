@@ -1,0 +1,64 @@
+"""torch_trace: the float64 eval reference, computed without touching the caller's model."""
+
+import copy
+
+import numpy as np
+import torch
+
+from neuromorphic.compare import encode_steps, torch_trace
+from spikeformer.model import Probe
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_state(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        assert after[key].dtype == value.dtype, key
+        assert torch.equal(after[key], value), key
+
+
+def _expected(model: torch.nn.Module, x_steps: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """What torch_trace computed before it worked on a copy: the model in eval mode, float64."""
+    reference = copy.deepcopy(model).double().eval()
+    probe = Probe(keep_traces=True)
+    with torch.no_grad():
+        y, _ = reference.forward_steps(torch.from_numpy(x_steps).double(), probe=probe)
+    return {k: v.numpy() != 0 for k, v in probe.spikes.items()}, y.numpy()
+
+
+def _assert_trace(trace, expected) -> None:
+    spikes, readout = expected
+    assert trace.spikes.keys() == spikes.keys()
+    for name in spikes:
+        np.testing.assert_array_equal(trace.spikes[name], spikes[name], err_msg=name)
+    np.testing.assert_array_equal(trace.readout, readout)
+    assert trace.readout.dtype == np.float64
+
+
+def test_train_mode_model_stays_in_train_mode(make_model, make_inputs):
+    model = make_model()
+    x_steps = encode_steps(model, make_inputs("digits", 4))
+    expected = _expected(model, x_steps)  # from the eval-mode model
+    model.train()
+    before = _snapshot(model)
+    trace = torch_trace(model, x_steps)
+    assert all(m.training for m in model.modules())
+    _assert_same_state(model, before)  # float32 kept, BatchNorm running statistics not updated
+    _assert_trace(trace, expected)
+
+
+def test_float64_model_stays_float64(make_model, make_inputs):
+    model = make_model().double()
+    x_steps = encode_steps(model, make_inputs("digits", 4))
+    expected = _expected(model, x_steps)
+    before = _snapshot(model)
+    trace = torch_trace(model, x_steps)
+    assert not model.training
+    assert all(t.dtype == torch.float64 for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
+    _assert_same_state(model, before)
+    _assert_trace(trace, expected)
+    _assert_trace(torch_trace(model, x_steps), expected)  # a second call sees the same model
