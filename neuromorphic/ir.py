@@ -324,8 +324,8 @@ def _validate_attention(a: Attention, pops: dict[str, Population], fixed: bool) 
     for key in a.plasticity:
         value = a.plasticity[key]
         _need(isinstance(value, np.ndarray) and value.shape == (heads,), f"attention {a.name!r} plasticity {key!r} must be [H]")
-        _need(np.issubdtype(value.dtype, np.number) and bool(np.isfinite(value).all()),
-              f"attention {a.name!r} plasticity {key!r} must hold finite numbers")
+        _need((np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer))
+              and bool(np.isfinite(value).all()), f"attention {a.name!r} plasticity {key!r} must hold finite real numbers")
     if a.modulator is not None:
         _need(isinstance(a.modulator, str) and a.modulator in pops and pops[a.modulator].features == a.heads
               and pops[a.modulator].tokens == pops[a.query].tokens,
@@ -498,7 +498,10 @@ def load_graph(path: str | Path) -> Graph:
                       "re-export the model") from None
     except RecursionError:
         raise IRError(f"{path / GRAPH_FILE} nests its records too deeply; re-export the model") from None
-    return graph.validate()
+    try:
+        return graph.validate()
+    except IRError as exc:  # name the file and the fix
+        raise IRError(f"{path / GRAPH_FILE}: {exc}; re-export the model") from None
 
 
 def unique_name(base: str, used: set[str], sep: str = "_") -> str:

@@ -172,7 +172,7 @@ def _check_meta(meta: dict[str, Any], where: Path) -> None:
         bad(f"has config {short_repr(meta.get('config'))}, not a table of config keys")
     epoch = meta.get("epoch")
     if not (isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch < 2 ** 31):
-        bad(f"has epoch {short_repr(epoch)}, not a whole number >= 0")
+        bad(f"has epoch {short_repr(epoch)}, not a whole number in [0, 2**31)")
     history = meta.get("history")
     if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
         bad(f"has history {short_repr(history)}, not a list of epoch records")

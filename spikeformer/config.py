@@ -45,7 +45,7 @@ LIMITS: dict[str, int] = {
     "recall_train": 10_000_000, "recall_test": 10_000_000, "dim": 65536, "heads": 1024, "head_dim": 4096,
     "depth": 256, "mlp_ratio": 64, "conv_channels": 16384, "time_steps": 16384, "steps_per_token": 1024,
     "epochs": 1_000_000, "batch_size": 1_048_576, "warmup_epochs": 1_000_000, "num_threads": 1024,
-    "seed": 2 ** 32 - 1, "data_seed": 2 ** 32 - 1,
+    "seed": 2 ** 32 - 1, "data_seed": 2 ** 32 - 1, "qat_vth": 2 ** 17 - 1,  # qat_vth: every model divides by it
 }
 FLOAT_LIMITS: dict[str, float] = {"lr": 10.0, "weight_decay": 100.0}  # AdamW's step overflows float32 past these
 FLOAT32_MAX = 3.4028234663852886e38  # every float key must be a finite float32 (the model's dtype)

@@ -206,3 +206,12 @@ def test_known_damage_is_one_ir_error():
     for blob in (b"[" * 100000, b'{"version": ' + b"9" * 5000 + b"}"):  # RecursionError, ValueError before
         with pytest.raises(IRError):
             load_and_run(blob, seed_files("float-stdp")[1])
+    graph_json, arrays = seed_files("float-stdp")  # a float64 [H] plasticity array read as complex64 [H]
+    (n,) = struct.unpack("<Q", arrays[:8])  # (same bytes): accepted before, the imaginary parts dropped
+    header = json.loads(arrays[8:8 + n])
+    name = next(k for k in header if "/plasticity/" in k and header[k]["dtype"] == "F64")
+    header[name]["dtype"] = "C64"
+    text = json.dumps(header).encode()
+    blob = struct.pack("<Q", len(text)) + text + arrays[8 + n:]
+    with pytest.raises(IRError, match="finite real numbers"):
+        load_and_run(with_hash(graph_json, blob), blob)

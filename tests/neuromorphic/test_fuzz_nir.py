@@ -113,7 +113,7 @@ def test_fuzz_nir_bytes():
     """The HDF5 file truncated, bit-flipped, with random bytes, inserted or deleted ranges."""
     tally = Tally("nir/bytes")
 
-    @fuzz_settings(80)
+    @fuzz_settings(100)
     @given(data=st.data(), kind=st.sampled_from(KINDS))
     def run(data, kind):
         blob = data.draw(mutated_bytes(seed_file(kind)) | st.sampled_from([b"", b"\x89HDF\r\n\x1a\n", b"{}"]))
@@ -218,7 +218,7 @@ def test_fuzz_nir_content():
     delays, broken edges (cycles, unknown nodes), a bad dt, damaged ir_meta and grid metadata."""
     tally = Tally("nir/content")
 
-    @fuzz_settings(120)
+    @fuzz_settings(100)
     @given(data=st.data(), kind=st.sampled_from(KINDS))
     def run(data, kind):
         blob = write_content(data.draw(damaged_content(kind)))

@@ -161,6 +161,7 @@ KNOWN = {
     "nan weight_decay": "weight_decay = nan",  # was accepted (NaN < 0 is false)
     "inf grad_clip": "grad_clip = inf",  # was accepted
     "huge lr": "lr = 1e300",  # was accepted: AdamW's step overflows float32
+    "huge qat_vth": "qat_vth = 1" + "0" * 400,  # was accepted: building the model raised OverflowError
     "recall data": 'task = "recall"\nmode = "causal"\nrecall_keys = 4096\nrecall_values = 4096\nrecall_pairs = 4096',
 }
 

@@ -1,0 +1,73 @@
+"""What the NIR modules share (``nir_export``, ``nir_import``, ``nir_norse``): the format's
+constants and import bounds, the lazy ``nir`` import, parameter reading and the scalar
+conversions. docs/backends.md (NIR section) and ``neuromorphic.nir_io`` describe the mapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .ir import IRError, LoweringError
+
+FORMAT = "spikeformer-nir"
+NIR_IO_VERSION = 1
+DEFAULT_DT = 1e-3  # seconds per IR step written into exported graphs (Norse's importer default)
+CLOCK = "nir.clock"  # imported graphs: the always-firing population that delivers shifted biases
+SNNTORCH_DT = 1e-4  # the dt snnTorch's export_to_nir / import_from_nir hard-code
+# Import bounds, checked before the importer allocates (a damaged file must fail in one line,
+# not in the allocator): see read_nir and nir_to_graph
+MAX_FILE_VALUES = 2 ** 25  # values in all datasets of one .nir file (256 MiB as float64)
+MAX_GROUP_DEPTH = 16  # HDF5 groups nested in a .nir file (nir.write uses 4)
+MAX_NIR_NEURONS = 2 ** 20  # neurons (values) of one NIR node's input or output
+MAX_MATRIX = 2 ** 25  # values of one dense matrix the importer builds (256 MiB as float64)
+MAX_WORK = 2 ** 34  # multiply-adds of one matrix product composing linear nodes (a few seconds)
+
+
+def _nir():
+    try:
+        import nir
+    except ImportError:  # pragma: no cover - nir is a declared dependency
+        raise LoweringError("the 'nir' package is needed for NIR import/export; install it with "
+                            "'pip install nir'") from None
+    return nir
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _arr(value: Any, name: str) -> np.ndarray:
+    """NIR parameter (numpy, torch tensor or scalar) -> finite float64 array."""
+    if hasattr(value, "detach"):  # Norse writes torch tensors into in-memory graphs
+        value = value.detach().cpu().numpy()
+    if np.iscomplexobj(value):
+        raise IRError(f"NIR node {name} has a complex parameter; NIR parameters are real")
+    try:
+        out = np.asarray(value, np.float64)
+    except (TypeError, ValueError):
+        raise IRError(f"NIR node {name} has a non-numeric parameter") from None
+    if not np.isfinite(out).all():
+        raise IRError(f"NIR node {name} has NaN or infinite parameters")
+    return out
+
+
+def _metadata(obj: Any) -> dict:
+    meta = getattr(obj, "metadata", None)
+    return meta if isinstance(meta, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# scalar conversions (each one written once, used by export and import)
+
+
+def decay_to_tau(decay: float, dt: float) -> float:
+    """Per-step decay ``d`` (beta or alpha) -> time constant ``tau = dt / (1 - d)`` (Euler)."""
+    if not 0.0 <= decay < 1.0:
+        raise LoweringError(f"decay {decay} has no finite NIR time constant (needs 0 <= decay < 1)")
+    return dt / (1.0 - decay)
+
+
+def tau_to_decay(tau: np.ndarray, dt: float) -> np.ndarray:
+    """Time constant -> per-step decay ``1 - dt / tau`` (the inverse of ``decay_to_tau``)."""
+    return 1.0 - dt / np.asarray(tau, np.float64)
