@@ -22,8 +22,10 @@ import math
 import os
 import resource
 import signal
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, Callable
 
 from hypothesis import HealthCheck, settings
@@ -224,3 +226,13 @@ def mutated_json(draw: st.DrawFn, tree: Any, max_edits: int = 3, protect: tuple 
         else:
             _get(tree, path[:-1])[path[-1]] = new
     return tree
+
+
+def in_folder(files: dict[str, bytes | None], load: Callable[[Path], Any]) -> Any:
+    """Write ``files`` (name -> bytes; None: left out) into a fresh folder and return ``load(folder)``."""
+    with tempfile.TemporaryDirectory() as tmp:  # hypothesis reuses fixtures: one folder per example
+        folder = Path(tmp)
+        for name, data in files.items():
+            if data is not None:
+                (folder / name).write_bytes(data)
+        return load(folder)

@@ -24,7 +24,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_profiles import Tally, fuzz_settings, mutated_bytes, mutated_json
+from fuzz_profiles import Tally, fuzz_settings, in_folder, mutated_bytes, mutated_json
 from neuromorphic.fixed_ref import run_fixed
 from neuromorphic.ir import ARRAYS_FILE, GRAPH_FILE, IRError, load_graph, save_graph
 from neuromorphic.lower import lower
@@ -54,13 +54,7 @@ KINDS = ["float-stdp", "fixed-stdp", "fixed-three_factor"]
 
 
 def load_and_run(graph_json: bytes | None, arrays: bytes | None) -> None:
-    with tempfile.TemporaryDirectory() as tmp:  # hypothesis reuses fixtures: one folder per example
-        path = Path(tmp)
-        if graph_json is not None:
-            (path / GRAPH_FILE).write_bytes(graph_json)
-        if arrays is not None:
-            (path / ARRAYS_FILE).write_bytes(arrays)
-        graph = load_graph(path)
+    graph = in_folder({GRAPH_FILE: graph_json, ARRAYS_FILE: arrays}, load_graph)
     inp = graph.input
     x = np.ones((2, 1, inp.tokens, inp.features))
     if graph.precision == "fixed":

@@ -24,7 +24,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_profiles import NASTY, Tally, fuzz_settings, mutated_bytes, mutated_json
+from fuzz_profiles import NASTY, Tally, fuzz_settings, in_folder, mutated_bytes, mutated_json
 from spikeformer.checkpoint import META, WEIGHTS, load_checkpoint, load_model_weights, restore_optimizer, save_checkpoint
 from spikeformer.config import Config, config_from_dict
 from spikeformer.errors import CheckpointError, SpikeformerError
@@ -69,13 +69,7 @@ def resume_like(run: Path) -> None:
 
 
 def load(meta: bytes | None, weights: bytes | None) -> None:
-    with tempfile.TemporaryDirectory() as tmp:  # hypothesis reuses fixtures: one folder per example
-        run = Path(tmp)
-        if meta is not None:
-            (run / META).write_bytes(meta)
-        if weights is not None:
-            (run / WEIGHTS).write_bytes(weights)
-        resume_like(run)
+    in_folder({META: meta, WEIGHTS: weights}, resume_like)
 
 
 def with_hash(meta: bytes, weights: bytes) -> bytes:
