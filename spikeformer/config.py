@@ -42,7 +42,7 @@ CHOICES: dict[str, tuple] = {
 # in one line, before anything allocates. Far above every demo (dim 128, depth 2, 20000 sequences).
 LIMITS: dict[str, int] = {
     "patch_size": 64, "recall_pairs": 4096, "recall_keys": 4096, "recall_values": 4096,
-    "recall_train": 10_000_000, "recall_test": 10_000_000, "dim": 65536, "heads": 1024, "head_dim": 4096,
+    "recall_train": 10_000_000, "recall_test": 10_000_000, "dim": 65536, "heads": 1024, "head_dim": 2048,
     "depth": 256, "mlp_ratio": 64, "conv_channels": 16384, "time_steps": 16384, "steps_per_token": 1024,
     "epochs": 1_000_000, "batch_size": 1_048_576, "warmup_epochs": 1_000_000, "num_threads": 1024,
     "seed": 2 ** 32 - 1, "data_seed": 2 ** 32 - 1, "qat_vth": 2 ** 17 - 1,  # qat_vth: every model divides by it
@@ -51,6 +51,7 @@ FLOAT_LIMITS: dict[str, float] = {"lr": 10.0, "weight_decay": 100.0}  # AdamW's 
 FLOAT32_MAX = 3.4028234663852886e38  # every float key must be a finite float32 (the model's dtype)
 MAX_PARAMETERS = 2 ** 28  # about 268M weights (1 GiB in float32): the model size estimate must stay below
 MAX_DATA_VALUES = 2 ** 28  # recall: generated train + test token values (1 GiB in float32)
+MAX_STATE = 2 ** 22  # attention state heads * head_dim**2 per sample and block (16 MiB in float32)
 
 
 @dataclass
@@ -206,6 +207,9 @@ class Config:
             raise ConfigError(f"recall data of {self.recall_train + self.recall_test} sequences of {tokens} x "
                               f"{features} values exceeds the limit of {MAX_DATA_VALUES} values; lower recall_train, "
                               "recall_test, recall_pairs or recall_keys/recall_values")
+        if self.heads * self.head_dim ** 2 > MAX_STATE:
+            raise ConfigError(f"the attention state of heads * head_dim**2 = {self.heads * self.head_dim ** 2} values per "
+                              f"sample is above the limit of {MAX_STATE} (2**22); lower heads or head_dim")
         if self.parameter_estimate() > MAX_PARAMETERS:
             raise ConfigError(f"the configured model has about {self.parameter_estimate():.3g} parameters, above the "
                               f"limit of {MAX_PARAMETERS} (2**28); lower dim, depth, heads * head_dim or mlp_ratio")

@@ -4,7 +4,8 @@ another exception, a hang or a huge allocation (tests/fuzz_profiles.py: profiles
 
 Each example rewrites a valid run directory made by ``save_checkpoint`` and then does what
 ``spikeformer.train.load_run`` and ``--resume`` do with it, minus the data: read it, rebuild the
-config, build the model, load the weights and the optimizer state, take one optimizer step. The
+config, build the model, load the weights and the optimizer state, take one optimizer step (on
+unit gradients: a forward pass costs what the config asks, e.g. 16384 time steps). The
 SHA-256 in checkpoint.json is recomputed after most weight-file edits, so the fuzzer reaches the
 safetensors parser and the tensor checks behind the hash check (an adversarial edit, not a torn write).
 """
@@ -51,7 +52,7 @@ def valid_run() -> tuple[bytes, bytes]:
 
 
 def resume_like(run: Path) -> None:
-    """What load_run and train(resume=True) do with a checkpoint, without the data set."""
+    """What load_run and train(resume=True) do with a checkpoint, without the data set and the forward pass."""
     meta, weights, optim = load_checkpoint(run)
     cfg = config_from_dict(meta.get("config", {}), source=str(run / META))
     tokens, features, classes = cfg.task_shape()
@@ -62,9 +63,8 @@ def resume_like(run: Path) -> None:
     _ = meta["epoch"] + 1, len(meta["history"]), float(meta["train_seconds"])
     for row in meta["history"]:  # what the report plots
         _ = [float(row[k]) for k in ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")]
-    model.train()
-    logits, _ = model(torch.rand(2, tokens, features))
-    logits.float().sum().backward()
+    for p in model.parameters():  # the restored state must take one AdamW step (no forward: its cost is the
+        p.grad = torch.ones_like(p)  # config's time steps, not the loader's)
     optimizer.step()
 
 

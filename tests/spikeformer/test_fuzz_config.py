@@ -158,6 +158,7 @@ KNOWN = {
     "deep tables": "dim = " + "{a = " * 600 + "1" + "}" * 600,  # was RecursionError
     "long dotted key": "a" + ".a" * 2000 + " = 1",  # was RecursionError
     "dim 10**9": "dim = 1000000000",  # was accepted: the model then allocates
+    "head_dim 2000": "heads = 8\nhead_dim = 2000",  # was accepted: 32M attention state values per sample
     "nan weight_decay": "weight_decay = nan",  # was accepted (NaN < 0 is false)
     "inf grad_clip": "grad_clip = inf",  # was accepted
     "huge lr": "lr = 1e300",  # was accepted: AdamW's step overflows float32
