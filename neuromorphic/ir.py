@@ -206,13 +206,13 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_real(value: Any) -> bool:
-    """A finite number (int or float, not bool; an integer too large for a float does not count)."""
+    """A finite number: a float, or an int a float holds exactly (|x| < 2**53: torch takes larger
+    ints as int64 and fails on them), never a bool."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
+    if isinstance(value, (int, np.integer)):
+        return abs(int(value)) < 2 ** 53
+    return math.isfinite(value)
 
 
 def _int_in(value: Any, low: int, high: int, where: str) -> int:

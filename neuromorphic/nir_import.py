@@ -37,8 +37,11 @@ def read_nir(path: str | Path):
     if not path.is_file():
         raise IRError(f"{path} is not a file; export one with 'spikeformer export RUN --to nir --out PATH'")
     try:
+        _check_global_heaps(path)
         _check_hdf5(path)
         return nir.read(path)
+    except IRError:  # from the checks above, already one line (IRError is a ValueError too)
+        raise
     except READ_ERRORS as exc:
         raise IRError(f"{path} is not a readable NIR file ({type(exc).__name__}: {_one_line(exc)[:200]}); "
                       "re-export it with nir.write") from None
@@ -69,6 +72,37 @@ def _check_hdf5(path: Path) -> None:
                     if total > MAX_FILE_VALUES:
                         raise IRError(f"{path} declares more than {MAX_FILE_VALUES} values; a damaged or foreign "
                                       "file, re-export it with nir.write")
+
+
+def _check_global_heaps(path: Path) -> None:
+    """Refuse a file whose HDF5 global heap (where nir.write's strings live) would send libhdf5
+    into an endless loop. libhdf5 (h5py 3.16, H5HG__cache_heap_deserialize) walks a collection's
+    objects by their stated sizes in wrapping size_t arithmetic: a collection size changed by one
+    byte brings in garbage objects whose sizes overflow or are 0, and the walk never ends (found by
+    tests/neuromorphic/test_fuzz_nir.py). Every "GCOL" collection is walked here first; in an
+    intact heap the objects tile the collection exactly (the last one is the free space)."""
+    data = path.read_bytes()
+    start = data.find(b"\x89HDF\r\n\x1a\n")
+    if start < 0 or len(data) < start + 16:
+        return  # not HDF5: h5py says so
+    length = data[start + 14] if data[start + 8] in (0, 1) else data[start + 10]  # superblock: size of lengths
+    if length not in (2, 4, 8, 16):
+        return  # h5py refuses the superblock
+    object_header = 8 + length  # index (2), references (2), reserved (4), size
+    at = data.find(b"GCOL")
+    while at >= 0:
+        if data[at + 4:at + 5] == b"\x01":  # collection version 1, as libhdf5 requires
+            end = at + int.from_bytes(data[at + 8:at + 8 + length], "little")
+            p = at + 8 + length
+            while end - p >= object_header:  # a shorter tail is free space
+                index = int.from_bytes(data[p:p + 2], "little")
+                size = int.from_bytes(data[p + 8:p + 8 + length], "little")
+                step = object_header + (size + 7) // 8 * 8 if index else size  # index 0: free space
+                if not 0 < step <= end - p or end > len(data):
+                    raise IRError(f"{path} has a damaged HDF5 global heap at byte {at} (objects that do not tile "
+                                  "it, which libhdf5 would read forever); re-export it with nir.write")
+                p += step
+        at = data.find(b"GCOL", at + 1)
 
 
 @dataclass

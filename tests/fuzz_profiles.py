@@ -11,22 +11,25 @@ Profiles (one environment variable, read when a fuzz file is imported):
 ``SPIKEFORMER_FUZZ_REPORT=PATH`` appends one JSON line per fuzz test to PATH (examples, accepted,
 rejected, seconds). The oracle (``Tally.check``): a loader either returns, or raises the project's
 ``SpikeformerError`` whose message is one non-empty line; any other exception, an example slower
-than ``EXAMPLE_TIMEOUT_S`` or a peak memory growth above ``MAX_RSS_GROWTH_MB`` fails the test.
+than ``EXAMPLE_TIMEOUT_S`` (``guard``) or a peak memory growth above ``MAX_RSS_GROWTH_MB`` fails the test.
 """
 
 from __future__ import annotations
 
 import copy
+import faulthandler
 import json
 import math
 import os
 import resource
 import signal
+import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -57,6 +60,26 @@ class _Timeout(Exception):
     """Raised in the main thread when one example runs past EXAMPLE_TIMEOUT_S (not a SpikeformerError)."""
 
 
+@contextmanager
+def guard(name: str) -> Iterator[None]:
+    """Fail a slow example: SIGALRM raises _Timeout after EXAMPLE_TIMEOUT_S; a hang inside C code
+    (where no Python signal handler runs: libhdf5 once looped forever on a damaged heap) ends the
+    whole test process after 4x that, with every thread's traceback on stderr."""
+
+    def expire(signum, frame):
+        raise _Timeout(f"{name}: one example ran past {EXAMPLE_TIMEOUT_S} s (a hang?)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(EXAMPLE_TIMEOUT_S)
+    faulthandler.dump_traceback_later(4 * EXAMPLE_TIMEOUT_S, exit=True, file=sys.stderr)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class Tally:
     """Counts accepted and rejected examples of one fuzz test and checks the oracle."""
 
@@ -70,23 +93,15 @@ class Tally:
 
     def check(self, load: Callable[[], Any]) -> Any:
         """Run ``load()``: return its result, or None after a one-line SpikeformerError."""
-
-        def expire(signum, frame):
-            raise _Timeout(f"{self.name}: one example ran past {EXAMPLE_TIMEOUT_S} s (a hang?)")
-
-        previous = signal.signal(signal.SIGALRM, expire)
-        signal.alarm(EXAMPLE_TIMEOUT_S)
         try:
-            result = load()
+            with guard(self.name):
+                result = load()
         except SpikeformerError as exc:
             message = str(exc)
             assert message and "\n" not in message, f"{type(exc).__name__} message is not one line: {message!r}"
             self.rejected += 1
             self.reasons[type(exc).__name__] += 1
             return None
-        finally:
-            signal.alarm(0)
-            signal.signal(signal.SIGALRM, previous)
         self.accepted += 1
         return result
 

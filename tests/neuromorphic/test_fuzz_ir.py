@@ -178,6 +178,7 @@ KNOWN = {  # inputs the fuzzer found; what each did before the fix, in the comme
     "delay true": ("float-stdp", _set(("connections", 0, "delay"), True)),  # accepted
     "beta true": ("float-stdp", _set(("populations", 1, "beta"), True)),  # accepted
     "threshold null": ("float-stdp", _set(("populations", 1, "threshold"), None)),  # TypeError
+    "threshold 2**64": ("float-stdp", _set(("populations", 1, "threshold"), 2 ** 64 + 1)),  # OverflowError in run_graph
     "heads string": ("float-stdp", _set(("attentions", 0, "heads"), "2")),  # IRError already ("2" * 8 features)
     "plasticity key": ("float-stdp", lambda r: r["attentions"][0]["plasticity"].pop("a_minus")),  # KeyError in run_graph
     "variant": ("float-stdp", _set(("attentions", 0, "variant"), "hebbian")),  # accepted with stdp plasticity

@@ -26,7 +26,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz_profiles import Tally, fuzz_settings, mutated_bytes, mutated_json
+from fuzz_profiles import Tally, fuzz_settings, guard, mutated_bytes, mutated_json
 from neuromorphic.lower import lower
 from neuromorphic.simulate import run_graph
 from spikeformer.config import Config
@@ -264,3 +264,7 @@ def test_known_damage_is_one_line_error():
     tree = copy.deepcopy(seed_content("lif"))
     tree["node"]["metadata"]["format"] = np.array([1, 2])  # ValueError (truth value of an array); now: a
     import_and_run(write_content(tree))  # graph of another tool, imported with its own metadata ignored
+    blob = bytearray(seed_file("lif"))
+    blob[blob.find(b"GCOL") + 8] = 0xFF  # the global heap's size + 255 bytes: libhdf5 looped forever
+    with guard("nir/global-heap"), pytest.raises(nir_io.IRError, match="global heap"):
+        import_and_run(bytes(blob))
