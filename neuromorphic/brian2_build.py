@@ -31,7 +31,7 @@ import numpy as np
 from .brian2_equations import (ATTENTION_LINK, ATTENTION_STEP, ATTENTION_UNITS, DENSE, DENSE_ON_PRE, ERROR_STEP,
                                ERROR_UNITS, GATE, GRADED_WEIGHT, INPUT, INPUT_RESET, INPUT_THRESHOLD, KEY_TRACE,
                                KEY_TRACE_STEP, KEY_TRACE_ZERO, MEMORY, MEMORY_DECAY, MEMORY_RESET, MEMORY_UPDATE, ORDER,
-                               READ, RECALL, VALUE_TRACE, VALUE_TRACE_STEP, VALUE_TRACE_ZERO, WRITE)
+                               READ, RECALL, VALUE_TRACE, VALUE_TRACE_ADD, VALUE_TRACE_DECAY, VALUE_TRACE_ZERO, WRITE)
 from .ir import Attention, Connection, Graph, Population, unique_name
 from .trace import Trace
 
@@ -255,7 +255,8 @@ class Builder:
             gk.pre_decay = np.tile(np.repeat(p["pre_decay"], d), tokens)
             gv.post_decay = np.tile(np.repeat(p["post_decay"], d), tokens)
             self._regularly(gk, KEY_TRACE_STEP, slot, ORDER["pre_trace"], "pre_trace")
-            self._regularly(gv, VALUE_TRACE_STEP, slot, ORDER["post_trace"], "post_trace")
+            self._regularly(gv, VALUE_TRACE_DECAY, slot, ORDER["pre_trace"], "post_decay")
+            self._regularly(gv, VALUE_TRACE_ADD, slot, ORDER["post_trace"], "post_trace")
         elif att.variant == "three_factor":
             memory.elig_decay = p["eligibility_decay"][head_of_cell]
             memory.tokens = float(self.pops[att.modulator].tokens)

@@ -140,7 +140,8 @@ KEY_TRACE = "x : 1  # STDP pre-synaptic trace\npre_decay : 1 (constant)"
 KEY_TRACE_STEP = "x = pre_decay * x\nx = x + s"  # x = d_pre x + k (includes this step's key)
 KEY_TRACE_ZERO = "x = 0"
 VALUE_TRACE = "y : 1  # STDP post-synaptic trace\npost_decay : 1 (constant)"
-VALUE_TRACE_STEP = "y = post_decay * y\ny = y + s"  # after the memory used the previous y
+VALUE_TRACE_DECAY = "y = post_decay * y"  # decayed to this step before the memory reads it
+VALUE_TRACE_ADD = "y = y + s"  # this step's values, after the memory used y
 VALUE_TRACE_ZERO = "y = 0"
 
 RECALL = "cell : integer (constant)\nS_m : 1 (linked)\nr_post = s_pre * S_m : 1 (summed)\nkc_post = s_pre : 1 (summed)"
@@ -164,13 +165,13 @@ ATTENTION_STEP = "o = scale * qS\no = o * gain"
 ATTENTION_LINK = "{link} : 1 (linked)  # attention current of {name}"  # in the target's model: it reads o
 # Order inside a level slot (exact) or the 'attention' slot (biophysical), in execution order
 ORDER = {
-    "pre_trace": -9,     # stdp: x = d_pre x + k (keys)
+    "pre_trace": -9,     # stdp: x = d_pre x + k (keys); y = d_post y (values)
     "decay": -9,         # delta: S = lambda S before the recall reads it
     "sums": -8,          # write / gate / recall summed variables (coincidences, k S, |k|)
     "errors": -7,        # delta: err = (v - k S) / max(1, |k|)
     "delta_write": -6,   # delta: sum_n k_n err_n
     "memory": -5,        # S update
-    "post_trace": -4,    # stdp: y = d_post y + v (values), after the memory used the old y
+    "post_trace": -4,    # stdp: y = y + v (values), after the memory used the decayed y
     "read": -3,          # q S summed into the attention units
     "units": -2,         # o = out_scale * (scale * q S)
     "update": 0, "threshold": 1, "reset": 2,  # the populations of this level (exact)

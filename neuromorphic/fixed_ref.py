@@ -135,12 +135,12 @@ def attention_step_fixed(att: Attention, q: np.ndarray, k: np.ndarray, v: np.nda
         trace_bits = int(f.get("trace_bits", bits))  # IR files written before trace_bits: the state's width
         pre, c = saturate(decay12(state["pre_trace"], per_token_head(f["pre_decay"])) + one * k, trace_bits)
         clipped += c
+        post = decay12(state["post_trace"], per_token_head(f["post_decay"]))  # decayed to this step
         potentiation = mul12(np.einsum("bnhi,bnhj->bhij", pre, v), per_head(f["a_plus"]))
-        depression = mul12(np.einsum("bnhi,bnhj->bhij", k, state["post_trace"]), per_head(f["a_minus"]))
+        depression = mul12(np.einsum("bnhi,bnhj->bhij", k, post), per_head(f["a_minus"]))
         memory = memory + potentiation - depression
         state["pre_trace"] = pre
-        post = decay12(state["post_trace"], per_token_head(f["post_decay"])) + one * v
-        state["post_trace"], c = saturate(post, trace_bits)
+        state["post_trace"], c = saturate(post + one * v, trace_bits)  # this step's values after use
         clipped += c
     elif att.variant == "three_factor":
         elig = decay12(state["eligibility"], per_head(f["eligibility_decay"])) + one * np.einsum("bnhi,bnhj->bhij", k, v)

@@ -5,12 +5,15 @@ Per head, binary spikes ``q, k, v`` in {0,1}^d drive a d x d fast-weight memory 
     S[t]   = lambda * S[t-1] + dS[t]           # dS depends on the plasticity variant
     o_n[t] = scale * q_n[t] S[t]               # graded current into an output LIF
 
-Variants of dS (sums run over the tokens n that arrive at step t):
+Variants of dS (sums run over the tokens n that arrive at step t; the stdp and eligibility steps
+are the shared kernels of ``spikeformer/plasticity.py``, which the weight rules use too):
 
     hebbian       dS = sum_n k_n^T v_n
-    stdp          x_n = d_pre x_n + k_n ; dS = A+ sum_n x_n^T v_n - A- sum_n k_n^T y_n ; y_n = d_post y_n + v_n
+    stdp          x_n = d_pre x_n + k_n ; y_n = d_post y_n ; dS = A+ sum_n x_n^T v_n - A- sum_n k_n^T y_n ;
+                  y_n = y_n + v_n
                   (the pre trace includes this step's key, so coincidences potentiate; the
-                  post trace used for depression holds only earlier value spikes)
+                  post trace used for depression, decayed to this step, holds only earlier
+                  value spikes: Brian2's event-driven STDP timing)
     three_factor  e = d_elig e + sum_n k_n^T v_n ; dS = m[t] * e    (m: modulator per head)
     delta         dS = beta * sum_n k_n^T (v_n - k_n (lambda S[t-1])) / max(1, |k_n|)
                   (Widrow-Hoff, step normalised by the number of active keys; the read
@@ -39,6 +42,7 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError, ShapeError
+from .plasticity import Traces, eligibility_step, stdp_step
 from .variants import VARIANTS as _TABLE
 
 VARIANTS = tuple(_TABLE)  # the variant table: spikeformer/variants.py
@@ -127,22 +131,37 @@ def _per_head(x: Tensor) -> Tensor:
     return x.view(1, -1, 1, 1)
 
 
+def _broadcast_outer(a: Tensor, b: Tensor) -> Tensor:
+    """sum_n a_n^T b_n by explicit broadcasting: [B, N, H, d] x [B, N, H, d] -> [B, H, d, d]."""
+    return (a.unsqueeze(-1) * b.unsqueeze(-2)).sum(1)
+
+
+def _einsum_outer(a: Tensor, b: Tensor) -> Tensor:
+    """sum_n a_n^T b_n with einsum: [B, N, H, d] x [B, N, H, d] -> [B, H, d, d]."""
+    return torch.einsum("bnhi,bnhj->bhij", a, b)
+
+
+def _stdp(k: Tensor, v: Tensor, traces: Traces, p: dict, outer) -> tuple[Tensor, Traces]:
+    """The stdp variant's dS: the shared STDP step with keys as pre and values as post spikes,
+    per-head amplitudes ``[1, H, 1, 1]`` and trace decays ``[1, 1, H, 1]``."""
+    trace_decay = lambda name: p[name].view(1, 1, -1, 1)  # noqa: E731 - [H] against traces [B, N, H, d]
+    return stdp_step(k, v, traces, _per_head(p["a_plus"]), _per_head(p["a_minus"]),
+                     trace_decay("pre_decay"), trace_decay("post_decay"), outer)
+
+
 def _naive_step(q, k, v, m, state: AttentionState, decay, scale, variant, p):
     """Reference step: explicit outer products by broadcasting; q, k, v are [B, N, H, d]."""
     lam = _per_head(decay)
     memory = state.memory
-    outer = (k.unsqueeze(-1) * v.unsqueeze(-2)).sum(1)  # sum_n k_n^T v_n: [B, H, d, d]
+    outer = _broadcast_outer(k, v)  # sum_n k_n^T v_n: [B, H, d, d]
     pre, post, elig = state.pre_trace, state.post_trace, state.eligibility
     if variant == "hebbian":
         memory = lam * memory + outer
     elif variant == "stdp":
-        pre = p["pre_decay"].view(1, 1, -1, 1) * pre + k
-        potentiation = (pre.unsqueeze(-1) * v.unsqueeze(-2)).sum(1)
-        depression = (k.unsqueeze(-1) * post.unsqueeze(-2)).sum(1)
-        memory = lam * memory + _per_head(p["a_plus"]) * potentiation - _per_head(p["a_minus"]) * depression
-        post = p["post_decay"].view(1, 1, -1, 1) * post + v
+        update, (pre, post) = _stdp(k, v, Traces(pre, post), p, _broadcast_outer)
+        memory = lam * memory + update
     elif variant == "three_factor":
-        elig = _per_head(p["eligibility_decay"]) * elig + outer
+        elig = eligibility_step(elig, outer, _per_head(p["eligibility_decay"]))
         memory = lam * memory + m.view(*m.shape, 1, 1) * elig
     else:  # delta
         decayed = lam * memory
@@ -161,13 +180,10 @@ def _recurrent_step(q, k, v, m, state: AttentionState, decay, scale, variant, p)
     if variant == "hebbian":
         memory = lam * memory + torch.einsum("bnhi,bnhj->bhij", k, v)
     elif variant == "stdp":
-        pre = p["pre_decay"].view(1, 1, -1, 1) * pre + k
-        potentiation = torch.einsum("bnhi,bnhj->bhij", pre, v)
-        depression = torch.einsum("bnhi,bnhj->bhij", k, post)
-        memory = lam * memory + _per_head(p["a_plus"]) * potentiation - _per_head(p["a_minus"]) * depression
-        post = p["post_decay"].view(1, 1, -1, 1) * post + v
+        update, (pre, post) = _stdp(k, v, Traces(pre, post), p, _einsum_outer)
+        memory = lam * memory + update
     elif variant == "three_factor":
-        elig = _per_head(p["eligibility_decay"]) * elig + torch.einsum("bnhi,bnhj->bhij", k, v)
+        elig = eligibility_step(elig, _einsum_outer(k, v), _per_head(p["eligibility_decay"]))
         memory = lam * memory + m[..., None, None] * elig
     else:  # delta
         decayed = lam * memory

@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model from a TOML config into a run directory")
     p.add_argument("--config", required=True, help="TOML config, e.g. demos/digits.toml")
     p.add_argument("--out", required=True, help="run directory to create (or continue with --resume)")
-    p.add_argument("--rule", default=None, help="learning rule (bptt; local rules come with rules/)")
+    p.add_argument("--rule", default=None, help="learning rule: bptt (default), stdp, three_factor, eprop, "
+                   "perturbation or readout_only (docs/rules.md)")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)

@@ -34,7 +34,9 @@ CHOICES: dict[str, tuple] = {
     "surrogate": ("fast_sigmoid", "atan", "sigmoid", "triangular"),
     "schedule": ("cosine", "constant"),
     "device": ("auto", "cpu", "cuda"),
-    "rule": ("bptt",),
+    # bptt: surrogate gradients; the rest are rules/'s local rules (readout_only: the control)
+    "rule": ("bptt", "stdp", "three_factor", "eprop", "perturbation", "readout_only"),
+    "feedback": ("random", "symmetric"),
     "recall_layout": ("pairs", "interleaved"),
 }
 
@@ -104,7 +106,15 @@ class Config:
     eligibility_decay: float = PARAMETERS["eligibility_decay"].default  # three_factor eligibility decay
     delta_rate: float = PARAMETERS["delta_rate"].default  # delta learning rate beta (initial, learnable, in (0, 1))
     # --- training ---
-    rule: str = "bptt"  # learning rule; local rules arrive with rules/
+    rule: str = "bptt"  # learning rule: bptt | stdp | three_factor | eprop | perturbation | readout_only (docs/rules.md)
+    # --- local rules (rules/, docs/rules.md); time constants in steps ---
+    feedback: str = "random"  # eprop/three_factor learning signal: random (fixed random weights) | symmetric
+    rule_tau_pre: float = 2.0  # stdp/three_factor pre-trace time constant
+    rule_tau_post: float = 2.0  # stdp/three_factor post-trace time constant
+    rule_tau_eligibility: float = 20.0  # three_factor eligibility time constant
+    rule_a_plus: float = 1.0  # stdp/three_factor potentiation amplitude of the weight rule
+    rule_a_minus: float = 1.0  # stdp/three_factor depression amplitude of the weight rule
+    perturbation_sigma: float = 0.05  # perturbation: noise std added to each layer's current
     epochs: int = 30
     batch_size: int = 64
     lr: float = 3e-3
@@ -159,6 +169,15 @@ class Config:
             raise ConfigError("config key 'a_plus' must be > 0 (potentiation is the Hebbian term)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"config key 'label_smoothing' must lie in [0, 1), got {self.label_smoothing}")
+        for key in ("rule_tau_pre", "rule_tau_post", "rule_tau_eligibility", "perturbation_sigma"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"config key {key!r} must be > 0, got {getattr(self, key)}")
+        for key in ("rule_a_plus", "rule_a_minus"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
+        if self.rule != "bptt" and (self.model != "spikeformer" or self.qat):
+            raise ConfigError(f"rule {self.rule!r} trains spiking models in float: it needs model = \"spikeformer\" "
+                              "and qat = false; use rule = \"bptt\" for the ANN or qat")
         if not math.isfinite(self.lr):
             raise ConfigError(f"config key 'lr' must be finite, got {self.lr}")
         for key in ("threshold", "lr", "slope"):

@@ -42,8 +42,35 @@ def spike_function(name: str = "fast_sigmoid", slope: float = 25.0) -> Callable[
     if name not in SURROGATES:
         raise ConfigError(f"unknown surrogate {name!r}; choose one of {sorted(SURROGATES)}")
     surrogate = SURROGATES[name](slope)
-    # snnTorch returns float32 spikes whatever the input; keep the input dtype (float64, bf16)
-    return lambda x: surrogate(x).to(x.dtype)
+
+    def spike(x: Tensor) -> Tensor:
+        if x.dtype == torch.float64:  # keep float64 gradients exact (references, rules/eprop tests)
+            return _Float64Spike.apply(x, surrogate)
+        # snnTorch returns float32 spikes whatever the input; keep the input dtype (bf16)
+        return surrogate(x).to(x.dtype)
+
+    return spike
+
+
+class _Float64Spike(torch.autograd.Function):
+    """H(x) in float64 whose backward multiplies the float64 gradient by snnTorch's surrogate
+    derivative. snnTorch's spikes are float32, so autograd would round the incoming gradient to
+    float32 before the surrogate's backward; here the derivative is taken with a unit gradient
+    (exact in float32) and applied in float64."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, surrogate: Callable[[Tensor], Tensor]) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.surrogate = surrogate
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Optional[Tensor], None]:
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            (derivative,) = torch.autograd.grad(ctx.surrogate(leaf).sum(), leaf)
+        return grad * derivative, None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Surrogate-gradient training (BPTT) with AdamW, warm-up + cosine schedule, exact resume.
+"""Training with AdamW, warm-up + cosine schedule, exact resume: surrogate gradients (BPTT), or a
+local rule of rules/ whose weight changes take the gradients' place (docs/rules.md).
 
 Determinism: the initial weights come from ``seed``; each epoch's shuffling (and Poisson
 encoding) draws from a generator seeded by ``(seed, epoch)``, and the learning rate is a pure
@@ -28,6 +29,18 @@ from .model import Probe, build_model
 
 
 CALIBRATION_SAMPLES = 4096  # training samples used to recompute BatchNorm statistics each epoch
+RULES_GROUP = "spikeformer.rules"  # entry point of the local rules (rules/: spikeformer never imports it)
+
+
+def local_learner(cfg: Config, model: nn.Module) -> Any:
+    """The local rule's per-batch step (``rules.driver.LocalLearner``), found through the
+    ``spikeformer.rules`` entry point: ``step(x, y, generator) -> (loss, logits)`` sets ``.grad``."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=RULES_GROUP):
+        return ep.load()(cfg, model)
+    raise ConfigError(f"rule {cfg.rule!r} needs the rules package, which is not installed; reinstall the "
+                      "project (make setup, or pip install -e .)")
 
 
 def resolve_device(name: str) -> str:
@@ -169,6 +182,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
     elif cfg.init_from:
         init_weights(model, cfg)
 
+    learner = local_learner(cfg, model) if cfg.rule != "bptt" else None
     steps_per_epoch = math.ceil(len(split.x_train) / cfg.batch_size)
     use_amp = cfg.amp and device == "cuda"
     bar = None
@@ -188,9 +202,12 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
             xb, yb = xb.to(device), yb.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, epoch * steps_per_epoch + i, steps_per_epoch)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                logits, _ = model(xb, generator=gen)
-            loss = cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+            if learner is None:
+                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+                    logits, _ = model(xb, generator=gen)
+                loss = cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+            else:  # a local rule: its weight changes arrive in .grad, no backward pass
+                loss, logits = learner.step(xb, yb, gen)
             if not torch.isfinite(loss):
                 if bar is not None:
                     bar.close()
@@ -199,8 +216,9 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
                     f"loss became {loss.item()} at epoch {epoch} step {i}; training stopped, last good checkpoint: "
                     f"{kept} in {out}; lower lr or raise grad_clip"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if learner is None:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()

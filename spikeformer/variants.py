@@ -47,7 +47,7 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("hebbian", "dS = sum_n k_n^T v_n"),
-    Variant("stdp", "x_n = d_pre x_n + k_n;  dS = A+ sum_n x_n^T v_n - A- sum_n k_n^T y_n;  y_n = d_post y_n + v_n",
+    Variant("stdp", "x_n = d_pre x_n + k_n;  y_n = d_post y_n;  dS = A+ sum_n x_n^T v_n - A- sum_n k_n^T y_n;  y_n = y_n + v_n",
             (Parameter("a_plus", "amplitude", 1.0, "stdp potentiation amplitude A+ (initial, learnable)"),
              Parameter("a_minus", "amplitude", 0.5, "stdp depression amplitude A- (initial, learnable)"),
              Parameter("pre_decay", "decay", 0.5, "stdp pre-trace decay d_pre"),

@@ -17,6 +17,12 @@ import torch
 
 REQUIRE_BACKENDS = os.environ.get("SPIKEFORMER_REQUIRE_BACKENDS") == "1"
 
+# One torch thread per test process (and for the CLI subprocesses the tests start): the tests'
+# tensors are small, and on 2 cores a second thread per op costs more than it gains (a local-rule
+# training test took 72 s with torch's default threads beside another job, 6 s with one).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):

@@ -229,12 +229,12 @@ def test_hand_checked_stdp(impl):
     # step 1: x = k1 = [1, 0]; pot = x^T v1 = [[0, 1], [0, 0]]; dep = k1^T y0 = 0
     #         S1 = [[0, 1], [0, 0]]; y = v1 = [0, 1]; o1 = q1 S1 = [0, 1]
     # step 2: x = .5 [1, 0] + [1, 1] = [1.5, 1]; pot = x^T v2 = [[1.5, 0], [1, 0]]
-    #         dep = k2^T y = [[0, 1], [0, 1]]
-    #         S2 = .5 S1 + pot - .5 dep = [[0, .5], [0, 0]] + [[1.5, 0], [1, 0]] - [[0, .5], [0, .5]]
-    #            = [[1.5, 0], [1, -.5]]; y = .5 [0, 1] + [1, 0] = [1, .5]; o2 = q2 S2 = [1.5, 0]
+    #         y = .5 [0, 1] = [0, .5] (decayed to this step); dep = k2^T y = [[0, .5], [0, .5]]
+    #         S2 = .5 S1 + pot - .5 dep = [[0, .5], [0, 0]] + [[1.5, 0], [1, 0]] - [[0, .25], [0, .25]]
+    #            = [[1.5, .25], [1, -.25]]; y = [0, .5] + [1, 0] = [1, .5]; o2 = q2 S2 = [1.5, .25]
     o, memory, state = tiny_run("stdp", impl, a_plus=1.0, a_minus=0.5, pre_decay=0.5, post_decay=0.5)
-    assert o == [[0.0, 1.0], [1.5, 0.0]]
-    assert memory == [[1.5, 0.0], [1.0, -0.5]]
+    assert o == [[0.0, 1.0], [1.5, 0.25]]
+    assert memory == [[1.5, 0.25], [1.0, -0.25]]
     assert state.pre_trace.view(-1).tolist() == [1.5, 1.0]
     assert state.post_trace.view(-1).tolist() == [1.0, 0.5]
 

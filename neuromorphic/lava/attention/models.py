@@ -217,13 +217,13 @@ class PySpikingAttentionModelFloat(AbstractPySpikingAttentionModel):
         self.pre_trace[k] += 1.0  # the pre trace includes this step's key
         vn, vh, vj = np.nonzero(v)  # potentiation: columns of spiking values
         pot = scatter_sum(column_cells(vh, vj, d), self.pre_trace[vn, vh, :])
-        kn, kh, ki = np.nonzero(k)  # depression: rows of spiking keys, earlier value trace
+        self.post_trace *= self.p["post_decay"][None, :, None]  # decayed to this step before use
+        kn, kh, ki = np.nonzero(k)  # depression: rows of spiking keys, earlier value spikes' trace
         dep = scatter_sum(row_cells(kh, ki, d), self.post_trace[kn, kh, :])
         self.memory *= self.lam
         self._add(*pot, self.p["a_plus"])
         self._add(dep[0], -dep[1], self.p["a_minus"])
-        self.post_trace *= self.p["post_decay"][None, :, None]
-        self.post_trace[v] += 1.0
+        self.post_trace[v] += 1.0  # this step's values, after the depression read the trace
         return (vn.size + kn.size) * d  # a trace column per value spike, a trace row per key spike
 
     def update_three_factor(self, k, v, m) -> None:
@@ -315,13 +315,13 @@ class PySpikingAttentionModelFixed(AbstractPySpikingAttentionModel):
         self._saturate(self.pre_trace, np.flatnonzero(k), self.trace_limit)  # decays never grow a trace
         vn, vh, vj = np.nonzero(v)
         pot_cells, pot = scatter_sum(column_cells(vh, vj, d), self.pre_trace[vn, vh, :])
+        self.post_trace[:] = decay12(self.post_trace, f["post_decay"][None, :, None])  # decayed before use
         kn, kh, ki = np.nonzero(k)
         dep_cells, dep = scatter_sum(row_cells(kh, ki, d), self.post_trace[kn, kh, :])
         self._decay_memory()
         self._add(pot_cells, pot, f["a_plus"])
         self._add(dep_cells, -dep, f["a_minus"])  # mul12 is odd: -mul12(x, r) == mul12(-x, r)
         self._saturate(self.memory, np.union1d(pot_cells, dep_cells))
-        self.post_trace[:] = decay12(self.post_trace, f["post_decay"][None, :, None])
         self.post_trace[v] += self.one
         self._saturate(self.post_trace, np.flatnonzero(v), self.trace_limit)
         return (vn.size + kn.size) * d

@@ -1,0 +1,318 @@
+"""The driver: applies a local rule to a ``Spikeformer``'s synapse layers, one batch at a time.
+
+Which Dense feeds which neurons is read from the model's own ``lower(b, ...)`` methods (the
+topology written once, in spikeformer/model.py): ``LayerMap`` is a builder that records it
+instead of building IR. One forward pass per batch (three for perturbation: clean, +noise,
+-noise) is recorded through hooks that the model already offers: a forward pre-hook on each
+``Dense`` keeps the input it delivers (after its Loihi delay), and ``Probe(keep_traces=True)``
+keeps each LIF population's spikes and membranes. There is no second forward implementation.
+
+Per layer the driver hands the rule (docs/rules.md):
+
+    pre   the spikes (or, for the stem, the encoded input) the layer delivers  [T, B, N, I]
+    post  its target neurons' spikes (stdp, three_factor), pseudo-derivative (eprop), or the
+          node noise added to its current (perturbation)                          [T, B, N, J]
+    modulator  the output error through fixed random feedback weights (or, for the layer that
+          feeds the readout's neurons, the readout's own weights: ``feedback = "symmetric"``),
+          or the loss difference of the two perturbed passes
+
+The target of a layer with its own LIF (q/k/v, gate, MLP fc1) is that LIF. A layer that writes
+the residual stream (stem, attention output, MLP fc2) has no neurons of its own; its target is
+the next LIF that reads the stream. The norm after a Dense scales its current by a gain per
+neuron, which the driver folds into the post side (at the norm's running statistics).
+
+The readout learns by its exact local gradient under every rule (the delta rule: error x the
+mean over the readout window of its input, which is what logits are made of). Hidden weights
+receive ``-dw`` as their gradient, so AdamW (the same optimizer, schedule, clipping, checkpoint
+and resume as BPTT) scales each synapse's step; nothing else of the model learns (positions,
+norms, attention decays and plasticity stay at their initial values). ``readout_only`` leaves
+every hidden weight at its initialisation: the control.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn.functional import cross_entropy, one_hot
+
+from spikeformer.config import Config
+from spikeformer.model import Dense, Drive, FeatureNorm, Probe, SpikingNeurons, Spikeformer
+from spikeformer.neurons import delay_one_step
+
+from . import eprop, perturbation, stdp, three_factor
+from .base import LOCAL_RULES, RuleError, check_rule
+
+
+@dataclass
+class Layer:
+    """One synapse layer a rule can reach."""
+
+    name: str  # e.g. "block0.attn.q_proj"
+    dense: Dense
+    source: str  # population of its pre spikes ("input": the encoded input)
+    target: Optional[str] = None  # LIF population of its post side
+    target_norm: Optional[FeatureNorm] = None  # a stream reader's norm (residual writers)
+    writes_stream: bool = False
+    bias: None = None  # the IR builder protocol's term bias (folded norms): not recorded here
+
+
+@dataclass
+class LayerMap:
+    """Records a model's topology through its ``lower`` methods (the IR builder protocol)."""
+
+    layers: list[Layer] = field(default_factory=list)
+    neurons: dict[str, SpikingNeurons] = field(default_factory=dict)
+    readout_layer: Optional[Layer] = None
+    unreachable: list[str] = field(default_factory=list)  # convolutions (shared weights)
+    _pending: list[Layer] = field(default_factory=list)  # stream writers waiting for their reader
+
+    def affine(self, norm: Any, features: int) -> tuple[None, None]:
+        return None, None
+
+    def dense(self, dense: Dense, name: str, source: str, tokens: int, position: Any = None) -> Layer:
+        layer = Layer(name, dense, source)
+        self.layers.append(layer)
+        return layer
+
+    def conv(self, conv: nn.Conv1d, name: str, source: str, tokens: int, norm: Any = None, position: Any = None) -> None:
+        self.unreachable.append(name)
+        return None
+
+    def input(self, tokens: int, features: int, graded: bool) -> str:
+        return "input"
+
+    def lif(self, neurons: SpikingNeurons, name: str, tokens: int, features: int, bias: Any) -> str:
+        self.neurons[name] = neurons
+        return name
+
+    def connect(self, term: Optional[Layer], target: str, gain: Any = None) -> None:
+        if term is not None:
+            term.target = target
+
+    def attention(self, *args: Any, **kwargs: Any) -> None:
+        pass  # the attention state learns by its own event-driven plasticity
+
+    def readout(self, dense: Dense, source: str) -> str:
+        self.readout_layer = Layer("readout", dense, source)
+        return "readout"
+
+    def write(self, term: Optional[Layer]) -> None:
+        if term is not None:
+            term.writes_stream = True
+            self._pending.append(term)
+
+    def read(self, norm: FeatureNorm, neurons: SpikingNeurons, name: str, tokens: int, features: int) -> str:
+        self.neurons[name] = neurons
+        for term in self._pending:  # the first reader after a writer is its target
+            term.target, term.target_norm = name, norm
+        self._pending = []
+        return name
+
+
+def layer_map(model: Spikeformer) -> LayerMap:
+    """The synapse layers of ``model`` and the neurons each one drives."""
+    found = LayerMap()
+    model.lower(found)
+    return found
+
+
+class Recorder:
+    """Hooks that keep what each layer delivers and, when asked, add node noise to its current."""
+
+    def __init__(self, layers: list[Layer]) -> None:
+        self.layers = layers
+        self.delivered: dict[str, Tensor] = {}
+        self.noise: dict[str, Tensor] = {}  # layer name -> noise added to its current [T, B, N, J]
+        self.noise_sign = 0.0
+
+    def __enter__(self) -> "Recorder":
+        self.handles = []
+        for layer in self.layers:
+            self.handles.append(layer.dense.register_forward_pre_hook(self._pre_hook(layer.name)))
+            self.handles.append(layer.dense.register_forward_hook(self._noise_hook(layer.name)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _pre_hook(self, name: str):
+        def hook(module: Dense, args: tuple) -> None:
+            x = args[0]
+            state = args[1] if len(args) > 1 else None
+            self.delivered[name] = delay_one_step(x, state)[0] if module.delay else x  # what the synapses see
+        return hook
+
+    def _noise_hook(self, name: str):
+        def hook(module: Dense, args: tuple, output: tuple) -> Optional[tuple]:
+            if not self.noise_sign or name not in self.noise:
+                return None
+            drive, carry = output
+            return Drive(drive.total + self.noise_sign * self.noise[name], drive.bias), carry
+        return hook
+
+
+class LocalLearner:
+    """One training step of a local rule: ``step(x, y, generator) -> (loss, logits)`` leaves the
+    gradient estimate of every weight it trains in ``.grad`` (the optimizer applies it)."""
+
+    def __init__(self, cfg: Config, model: Spikeformer) -> None:
+        check_rule(cfg.rule)
+        if cfg.rule not in LOCAL_RULES:
+            raise RuleError(f"rule {cfg.rule!r} is not a local rule; train it with spikeformer.train")
+        if not isinstance(model, Spikeformer):
+            raise RuleError(f"local rules train Spikeformer models, not {type(model).__name__}")
+        self.cfg, self.model, self.rule = cfg, model, cfg.rule
+        found = layer_map(model)
+        if found.unreachable and cfg.rule != "readout_only":
+            raise RuleError(f"rule {cfg.rule!r} cannot reach {', '.join(found.unreachable)}: a convolution shares "
+                            "its weights over tokens, which the local rules do not; use stem = \"linear\"")
+        self.layers = [] if cfg.rule == "readout_only" else found.layers
+        self.neurons = found.neurons
+        self.readout = found.readout_layer
+        self.classes = model.classes
+        # fixed random feedback weights, one matrix per layer, drawn from the seed (nothing to save)
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + 17)
+        self.feedback: dict[str, Tensor] = {}
+        for layer in self.layers:
+            width = layer.dense.linear.out_features
+            tokens = model.tokens if cfg.mode == "global" else 1
+            if cfg.stem == "conv1d":
+                tokens = model.stem.out_tokens
+            shape = (self.classes, width) if cfg.rule == "three_factor" else (self.classes, tokens * width)
+            self.feedback[layer.name] = torch.randn(shape, generator=gen) / self.classes ** 0.5
+        device = next(model.parameters()).device
+        self.feedback = {k: v.to(device) for k, v in self.feedback.items()}
+        self.eprop = eprop.EpropParameters(lr=1.0, alpha=cfg.alpha, beta=cfg.beta, feedback=cfg.feedback)
+        self.stdp = stdp.STDPParameters(lr=1.0, a_plus=cfg.rule_a_plus, a_minus=cfg.rule_a_minus,
+                                        tau_pre=cfg.rule_tau_pre, tau_post=cfg.rule_tau_post)
+        self.three_factor = three_factor.ThreeFactorParameters(
+            lr=1.0, a_plus=cfg.rule_a_plus, a_minus=cfg.rule_a_minus, tau_pre=cfg.rule_tau_pre,
+            tau_post=cfg.rule_tau_post, tau_eligibility=cfg.rule_tau_eligibility)
+        self.perturbation = perturbation.PerturbationParameters(lr=1.0, sigma=cfg.perturbation_sigma)
+
+    # --- one batch -------------------------------------------------------------------------------
+
+    def _forward(self, recorder: Recorder, x_t: Tensor) -> tuple[Tensor, Probe]:
+        probe = Probe(keep_traces=True)
+        y, _ = self.model.forward_steps(x_t, probe=probe)
+        return y, probe
+
+    @torch.no_grad()
+    def step(self, x: Tensor, labels: Tensor, generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+        """One batch ``x [B, N, F]``, ``labels [B]``: returns the loss (mean cross-entropy) and the
+        logits of the clean pass; sets ``.grad`` of each trained weight (and the readout bias)."""
+        model, window = self.model, self.model.window
+        x_t = model.encode_input(x, generator)  # [T, B, N, F]
+        batch = x.shape[0]
+        with Recorder(self.layers + [self.readout]) as recorder:
+            y, probe = self._forward(recorder, x_t)
+            logits = y[-window:].mean(0)  # [B, C]
+            loss = cross_entropy(logits, labels, label_smoothing=self.cfg.label_smoothing)
+            error = torch.softmax(logits, -1) - self._targets(labels)  # dLoss/dlogits per sample [B, C]
+            self._readout_gradient(recorder.delivered["readout"][-window:].mean(0), error / batch)
+            if self.rule == "perturbation":
+                losses = self._perturbed_losses(recorder, x_t, labels, generator)
+        for layer in self.layers:
+            pre = recorder.delivered[layer.name]
+            if self.rule == "eprop":
+                dw = self._eprop(layer, pre, probe, error)
+            elif self.rule == "three_factor":
+                dw = self._three_factor(layer, pre, probe, error)
+            elif self.rule == "perturbation":
+                dw = self._node_perturbation(layer, pre, recorder.noise[layer.name], losses)
+            else:
+                dw = self._stdp(layer, pre, probe)
+            layer.dense.linear.weight.grad = -dw / batch
+        return loss, logits
+
+    def _targets(self, labels: Tensor) -> Tensor:
+        eps = self.cfg.label_smoothing
+        return one_hot(labels, self.classes).float() * (1 - eps) + eps / self.classes
+
+    def _readout_gradient(self, features: Tensor, error: Tensor) -> None:
+        """The delta rule: logits = W mean(features) + b, so dLoss/dW = error^T mean(features)."""
+        linear = self.readout.dense.linear
+        linear.weight.grad = error.transpose(0, 1) @ features  # [C, B] @ [B, N*D]
+        if linear.bias is not None:
+            linear.bias.grad = error.sum(0)
+
+    def _gain(self, layer: Layer) -> Tensor:
+        """Per-neuron gain of the norms between the layer's weights and its target's membrane."""
+        gain = layer.dense.norm.affine()[0] if layer.dense.norm is not None else 1.0
+        if layer.target_norm is not None:
+            gain = gain * layer.target_norm.affine()[0]
+        return gain
+
+    def _signal(self, layer: Layer, error: Tensor, post_shape: torch.Size) -> Tensor:
+        """The learning signal dLoss/ds of the layer's target neurons ``[B, N, J]`` (the same at every step)."""
+        t, b, n, j = post_shape
+        if self.cfg.feedback == "symmetric" and layer.target == "final":
+            readout = self.readout.dense.linear.weight  # [C, N*D]: the true dLoss/ds of the final neurons
+            return (error @ readout).view(b, n, j) / self.model.window
+        return (error @ self.feedback[layer.name]).view(b, n, j) / t
+
+    def _eprop(self, layer: Layer, pre: Tensor, probe: Probe, error: Tensor) -> Tensor:
+        neurons = self.neurons[layer.target].lif
+        membrane = torch.stack(probe.membranes[layer.target])  # [T, B, N, J]
+        psi = eprop.pseudo_derivative(membrane, neurons.threshold, neurons.spike_fn) * self._gain(layer)
+        signal = self._signal(layer, error, membrane.shape)
+        traces, total = None, 0.0
+        for t in range(pre.shape[0]):
+            dw, traces = eprop.update(pre[t], psi[t], traces, self.eprop, signal)
+            total = total + dw
+        return total
+
+    def _three_factor(self, layer: Layer, pre: Tensor, probe: Probe, error: Tensor) -> Tensor:
+        post = probe.spikes[layer.target]  # [T, B, N, J]
+        modulator = -(error @ self.feedback[layer.name])  # [B, J]: minus the error sent back
+        traces, steps = None, pre.shape[0]
+        for t in range(steps):
+            dw, traces = three_factor.update(pre[t], post[t], traces, self.three_factor,
+                                             modulator if t == steps - 1 else None)
+        return dw * self._gain(layer).reshape(-1, 1)
+
+    def _perturbed_losses(self, recorder: Recorder, x_t: Tensor, labels: Tensor,
+                          generator: Optional[torch.Generator]) -> Tensor:
+        """``L+ - L-`` per sample ``[B]`` of two passes with antithetic node noise on every layer
+        (drawn from the epoch's generator, so a resumed run draws the same noise)."""
+        delivered = dict(recorder.delivered)  # the clean pass's inputs
+        for layer in self.layers:
+            j = layer.dense.linear.out_features
+            shape = (*delivered[layer.name].shape[:-1], j)
+            noise = torch.randn(shape, generator=generator)  # on the generator's device (CPU)
+            recorder.noise[layer.name] = self.perturbation.sigma * noise.to(x_t.device)
+        window = self.model.window
+        losses = []
+        for sign in (1.0, -1.0):
+            recorder.noise_sign = sign
+            y, _ = self.model.forward_steps(x_t)
+            losses.append(cross_entropy(y[-window:].mean(0), labels, reduction="none",
+                                        label_smoothing=self.cfg.label_smoothing))
+        recorder.noise_sign = 0.0
+        recorder.delivered = delivered
+        return losses[0] - losses[1]
+
+    def _node_perturbation(self, layer: Layer, pre: Tensor, noise: Tensor, losses: Tensor) -> Tensor:
+        elig = None
+        steps = pre.shape[0]
+        for t in range(steps):
+            dw, elig = perturbation.update(pre[t], noise[t], elig, self.perturbation,
+                                           losses if t == steps - 1 else None)
+        return dw
+
+    def _stdp(self, layer: Layer, pre: Tensor, probe: Probe) -> Tensor:
+        post = probe.spikes[layer.target]
+        traces, total = None, 0.0
+        for t in range(pre.shape[0]):
+            dw, traces = stdp.update(pre[t], post[t], traces, self.stdp)
+            total = total + dw
+        return total
+
+
+def make_step(cfg: Config, model: nn.Module) -> LocalLearner:
+    """Entry point ``spikeformer.rules`` (spikeformer.train finds the local rules through it)."""
+    return LocalLearner(cfg, model)
