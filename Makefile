@@ -24,11 +24,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(PY) demos/run_demo.py --run $(RUN)
 
+# two pytest workers (pytest-xdist): one per core of the 2-core machines this is measured on
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -56,6 +56,11 @@ class Layer:
     target: Optional[str] = None  # LIF population of its post side
     target_norm: Optional[FeatureNorm] = None  # a stream reader's norm (residual writers)
     writes_stream: bool = False
+    # whose error the layer learns from (eprop, three_factor): its own LIF, or for a stream writer
+    # the last reader of the stream, the neurons the readout reads (the residual path is direct)
+    signal_target: Optional[str] = None
+    signal_norm: Optional[FeatureNorm] = None
+    writer: Optional["Layer"] = None  # a layer with its own LIF: the Dense its sublayer writes the stream with
     bias: None = None  # the IR builder protocol's term bias (folded norms): not recorded here
 
 
@@ -103,6 +108,9 @@ class LayerMap:
         if term is not None:
             term.writes_stream = True
             self._pending.append(term)
+            for layer in self.layers:  # the sublayer's own layers (q/k/v, gate; fc1) reach the stream through it
+                if layer.writer is None and not layer.writes_stream:
+                    layer.writer = term
 
     def read(self, norm: FeatureNorm, neurons: SpikingNeurons, name: str, tokens: int, features: int) -> str:
         self.neurons[name] = neurons
@@ -116,6 +124,10 @@ def layer_map(model: Spikeformer) -> LayerMap:
     """The synapse layers of ``model`` and the neurons each one drives."""
     found = LayerMap()
     model.lower(found)
+    last = found.readout_layer.source  # "final": the stream's last reader
+    for layer in found.layers:
+        layer.signal_target = last if layer.writes_stream else layer.target
+        layer.signal_norm = model.norm if layer.writes_stream else None
     return found
 
 
@@ -240,34 +252,46 @@ class LocalLearner:
         if linear.bias is not None:
             linear.bias.grad = error.sum(0)
 
-    def _gain(self, layer: Layer) -> Tensor:
-        """Per-neuron gain of the norms between the layer's weights and its target's membrane."""
+    @staticmethod
+    def _gain(layer: Layer) -> Tensor:
+        """Per-neuron gain of the norms between the layer's weights and its signal target's membrane."""
         gain = layer.dense.norm.affine()[0] if layer.dense.norm is not None else 1.0
-        if layer.target_norm is not None:
-            gain = gain * layer.target_norm.affine()[0]
+        if layer.signal_norm is not None:
+            gain = gain * layer.signal_norm.affine()[0]
         return gain
 
     def _signal(self, layer: Layer, error: Tensor, post_shape: torch.Size) -> Tensor:
-        """The learning signal dLoss/ds of the layer's target neurons ``[B, N, J]`` (the same at every step)."""
+        """The learning signal dLoss/ds of the layer's signal target ``[B, N, J]``, the same at
+        every step of ``_window``."""
         t, b, n, j = post_shape
-        if self.cfg.feedback == "symmetric" and layer.target == "final":
+        if self.cfg.feedback == "symmetric" and layer.signal_target == self.readout.source:
             readout = self.readout.dense.linear.weight  # [C, N*D]: the true dLoss/ds of the final neurons
             return (error @ readout).view(b, n, j) / self.model.window
-        return (error @ self.feedback[layer.name]).view(b, n, j) / t
+        return (error @ self.feedback[layer.name]).view(b, n, j) / self.model.window
+
+    def _window(self, layer: Layer, steps: int) -> range:
+        """The steps at which the spikes of the layer's signal target reach the readout window:
+        the window (the last ``window`` steps the readout receives) moved back by the readout's
+        delay and, for a layer with its own LIF, by its sublayer's output Dense."""
+        back = int(self.readout.dense.delay)
+        if layer.writer is not None and layer.signal_target != self.readout.source:
+            back += int(layer.writer.dense.delay)
+        return range(max(0, steps - self.model.window - back), steps - back)
 
     def _eprop(self, layer: Layer, pre: Tensor, probe: Probe, error: Tensor) -> Tensor:
-        neurons = self.neurons[layer.target].lif
-        membrane = torch.stack(probe.membranes[layer.target])  # [T, B, N, J]
+        neurons = self.neurons[layer.signal_target].lif
+        membrane = torch.stack(probe.membranes[layer.signal_target])  # [T, B, N, J]
         psi = eprop.pseudo_derivative(membrane, neurons.threshold, neurons.spike_fn) * self._gain(layer)
         signal = self._signal(layer, error, membrane.shape)
+        window = self._window(layer, pre.shape[0])
         traces, total = None, 0.0
         for t in range(pre.shape[0]):
-            dw, traces = eprop.update(pre[t], psi[t], traces, self.eprop, signal)
+            dw, traces = eprop.update(pre[t], psi[t], traces, self.eprop, signal if t in window else None)
             total = total + dw
         return total
 
     def _three_factor(self, layer: Layer, pre: Tensor, probe: Probe, error: Tensor) -> Tensor:
-        post = probe.spikes[layer.target]  # [T, B, N, J]
+        post = probe.spikes[layer.signal_target]  # [T, B, N, J]
         modulator = -(error @ self.feedback[layer.name])  # [B, J]: minus the error sent back
         traces, steps = None, pre.shape[0]
         for t in range(steps):
@@ -305,12 +329,14 @@ class LocalLearner:
         return dw
 
     def _stdp(self, layer: Layer, pre: Tensor, probe: Probe) -> Tensor:
-        post = probe.spikes[layer.target]
+        """Unsupervised: STDP of the layer's pre spikes and its target's spikes, only the winners
+        of each sample and token learning, with the row norms of the weight kept."""
+        post = stdp.winner_take_all(probe.spikes[layer.target], self.cfg.rule_winners)
         traces, total = None, 0.0
         for t in range(pre.shape[0]):
             dw, traces = stdp.update(pre[t], post[t], traces, self.stdp)
             total = total + dw
-        return total
+        return stdp.keep_row_norms(total, layer.dense.linear.weight)
 
 
 def make_step(cfg: Config, model: nn.Module) -> LocalLearner:

@@ -6,8 +6,16 @@ with d = exp(-1/tau) per step (spikeformer.plasticity.stdp_step, shared with the
 Multiplicative (soft bounds, van Rossum et al. 2000): A+ becomes A+ (w_max - w) and A- becomes
 A- (w - w_min), so weights stay in [w_min, w_max] without clipping. The homeostasis that
 unsupervised feature learning needs (adaptive thresholds, winner-take-all, weight
-normalisation; Diehl & Cook 2015) acts on the neurons and weights around this update and is
-applied by the driver.
+normalisation; Diehl & Cook 2015) acts around this update; its pure parts are here:
+
+    winner_take_all   only the k most active post neurons of a sample (and token) learn from it:
+                      lateral inhibition of plasticity, so neurons specialise on different inputs
+    keep_row_norms    removes from dw each post neuron's component along its own weight vector,
+                      so the norm of every neuron's incoming weights stays (to first order):
+                      weight normalisation without a separate rescaling step
+
+The adaptive threshold is the model's BatchNorm before each LIF: recalibrated every epoch, its
+shift moves each neuron's effective threshold so that no neuron stays silent or saturates.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from spikeformer.plasticity import Traces, stdp_step
@@ -41,6 +50,27 @@ class STDPParameters:
         check_non_negative("stdp", a_plus=self.a_plus, a_minus=self.a_minus)
         if not self.w_min < self.w_max:
             raise RuleError(f"stdp: w_min must be below w_max, got {self.w_min} and {self.w_max}")
+
+
+def winner_take_all(post: Tensor, k: int) -> Tensor:
+    """Keep the spikes of the ``k`` post neurons that fired most over the sample: ``post
+    [T, ..., J]`` -> the same with every other neuron's spikes zeroed (silent neurons never
+    win; ``k = 0`` keeps all). Ties go to the lower index (``torch.topk`` on counts plus a tiny
+    index-ordered offset)."""
+    j = post.shape[-1]
+    if k <= 0 or k >= j:
+        return post
+    counts = post.sum(0)  # [..., J]
+    order = torch.arange(j, 0, -1, dtype=counts.dtype, device=counts.device) / (2 * j)  # < 0.5: breaks ties only
+    top = torch.topk(counts + order, k, dim=-1).indices
+    mask = torch.zeros_like(counts).scatter_(-1, top, 1.0) * (counts > 0)
+    return post * mask
+
+
+def keep_row_norms(dw: Tensor, weight: Tensor) -> Tensor:
+    """``dw [J, I]`` minus each row's projection on the weight row: ``dw_j - (dw_j . w_j / |w_j|^2) w_j``."""
+    along = (dw * weight).sum(1, keepdim=True) / (weight * weight).sum(1, keepdim=True).clamp(min=1e-12)
+    return dw - along * weight
 
 
 def initial_traces(pre: Tensor, post: Tensor) -> Traces:

@@ -48,6 +48,7 @@ LIMITS: dict[str, int] = {
     "depth": 256, "mlp_ratio": 64, "conv_channels": 16384, "time_steps": 16384, "steps_per_token": 1024,
     "epochs": 1_000_000, "batch_size": 1_048_576, "warmup_epochs": 1_000_000, "num_threads": 1024,
     "seed": 2 ** 32 - 1, "data_seed": 2 ** 32 - 1, "qat_vth": 2 ** 17 - 1,  # qat_vth: every model divides by it
+    "rule_winners": 65536,
 }
 FLOAT_LIMITS: dict[str, float] = {"lr": 10.0, "weight_decay": 100.0}  # AdamW's step overflows float32 past these
 FLOAT32_MAX = 3.4028234663852886e38  # every float key must be a finite float32 (the model's dtype)
@@ -115,6 +116,7 @@ class Config:
     rule_a_plus: float = 1.0  # stdp/three_factor potentiation amplitude of the weight rule
     rule_a_minus: float = 1.0  # stdp/three_factor depression amplitude of the weight rule
     perturbation_sigma: float = 0.05  # perturbation: noise std added to each layer's current
+    rule_winners: int = 8  # stdp: post neurons per token that learn from each sample (winner-take-all); 0 = all
     epochs: int = 30
     batch_size: int = 64
     lr: float = 3e-3
@@ -172,7 +174,7 @@ class Config:
         for key in ("rule_tau_pre", "rule_tau_post", "rule_tau_eligibility", "perturbation_sigma"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"config key {key!r} must be > 0, got {getattr(self, key)}")
-        for key in ("rule_a_plus", "rule_a_minus"):
+        for key in ("rule_a_plus", "rule_a_minus", "rule_winners"):
             if not getattr(self, key) >= 0:
                 raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
         if self.rule != "bptt" and (self.model != "spikeformer" or self.qat):

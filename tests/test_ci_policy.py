@@ -22,10 +22,11 @@ def test_plain_skip_is_still_a_skip():
 
 def run_inner(pytester, monkeypatch, require: str):
     monkeypatch.setenv("SPIKEFORMER_REQUIRE_BACKENDS", require)
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # the inner runs need no installed plugins
     pytester.makeconftest(CONFTEST)
     pytester.makeini("[pytest]\nmarkers =\n    backend: needs a backend\n")
     pytester.makepyfile(test_inner=INNER)
-    return pytester.runpytest_subprocess("-q")
+    return pytester.runpytest_inprocess("-q")  # a fresh import of the conftest copy each run
 
 
 def test_skipped_backend_test_fails_when_backends_are_required(pytester, monkeypatch):
@@ -50,9 +51,10 @@ def test_never_collected():
 
 def run_module_skip(pytester, monkeypatch, require: str):
     monkeypatch.setenv("SPIKEFORMER_REQUIRE_BACKENDS", require)
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_backend_module=MODULE_SKIP, test_plain="def test_plain():\n    pass\n")
-    return pytester.runpytest_subprocess("-q")
+    return pytester.runpytest_inprocess("-q")  # a fresh import of the conftest copy each run
 
 
 def test_module_level_skip_fails_when_backends_are_required(pytester, monkeypatch):

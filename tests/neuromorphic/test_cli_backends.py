@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli_runner import assert_one_line_error as _one_line_error
+from cli_runner import run_cli as _cli
 from neuromorphic.ir import load_graph
 from spikeformer.cli import main
-
-ROOT = Path(__file__).resolve().parents[2]
 SPEC_KEYS = {"backend", "samples", "spike_agreement", "class_agreement", "accuracy_backend", "accuracy_torch",
              "latency_steps", "steps_per_second", "saturation_events"}
 
@@ -28,19 +25,6 @@ def _train_tiny(folder: Path, config: str) -> Path:
 def loihi_run(tmp_path_factory):
     return _train_tiny(tmp_path_factory.mktemp("backends"),
                        'epochs = 2\ndelays = "loihi"\ndim = 16\nheads = 2\nhead_dim = 8\ndepth = 1\ntime_steps = 2\n')
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "spikeformer", *args], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=600)
-
-
-def _one_line_error(result, *needles):
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_export_ir_float_and_fixed(loihi_run, tmp_path):
@@ -78,7 +62,8 @@ def test_validate_brian2_bio_reports_drift(loihi_run):
 
 def test_validate_rejects_a_run_without_loihi_delays(tmp_path):
     run = _train_tiny(tmp_path, 'epochs = 1\ndim = 16\nheads = 2\nhead_dim = 8\ndepth = 1\n')
-    _one_line_error(_cli("validate", str(run), "--backend", "lava-float"), "delays")
+    # as a user runs it (python -m spikeformer, the plugin commands found by entry point); the rest in-process
+    _one_line_error(_cli("validate", str(run), "--backend", "lava-float", subprocess_run=True), "delays")
     _one_line_error(_cli("export", str(run), "--to", "ir", "--out", str(tmp_path / "x")), "delays")
 
 

@@ -116,3 +116,19 @@ def test_a_local_rule_resumes_exactly(tmp_path):
         assert torch.equal(full[key], resumed[key]), key
     metrics = json.loads((tmp_path / "stopped" / "metrics.json").read_text())
     assert metrics["rule"] == "perturbation" and metrics["epochs"] == 2
+
+
+def test_bad_rule_input_is_one_line_on_the_command_line(tmp_path):
+    from cli_runner import assert_one_line_error, run_cli
+
+    config = tmp_path / "cfg.toml"
+    config.write_text('task = "digits"\nepochs = 1\ndim = 16\nheads = 2\nhead_dim = 4\ndepth = 1\nnum_threads = 1\n')
+    out = str(tmp_path / "run")
+    assert_one_line_error(run_cli("train", "--config", str(config), "--out", out, "--rule", "hebb"),
+                          "'rule'", "eprop")
+    assert_one_line_error(run_cli("train", "--config", str(config), "--out", out, "--rule", "stdp",
+                                  "--set", "rule_tau_post=-2.0"), "rule_tau_post", "> 0")
+    assert_one_line_error(run_cli("train", "--config", str(config), "--out", out, "--rule", "eprop",
+                                  "--set", 'stem="conv1d"', "--set", 'task="mnist1d"', "--quiet"),
+                          "cannot reach stem.conv1")
+    assert not (tmp_path / "run" / "checkpoint.json").exists()

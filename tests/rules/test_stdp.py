@@ -123,3 +123,22 @@ def test_stdp_equals_brian2_event_driven_stdp_on_random_spike_trains():
     ours = torch.tensor(w0) + run(pre.tolist(), post.tolist(), params)
     assert np.abs(brian - w0).max() > 1e-3  # the spike trains did change the weights
     np.testing.assert_allclose(ours.numpy(), brian, rtol=0, atol=1e-9)
+
+
+def test_winner_take_all_keeps_the_most_active_neurons_of_each_sample():
+    post = torch.tensor([[[1.0, 1.0, 0.0, 1.0]], [[0.0, 1.0, 0.0, 1.0]], [[0.0, 1.0, 0.0, 0.0]]])  # [T=3, B=1, J=4]
+    kept = stdp.winner_take_all(post, 2)  # counts 1, 3, 0, 2 -> neurons 1 and 3 learn
+    assert kept[:, 0].tolist() == [[0.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0]]
+    tie = stdp.winner_take_all(torch.tensor([[[1.0, 1.0, 1.0]]]), 1)  # a tie goes to the lower index
+    assert tie.tolist() == [[[1.0, 0.0, 0.0]]]
+    silent = stdp.winner_take_all(torch.tensor([[[0.0, 1.0, 0.0]]]), 2)  # a silent neuron never wins
+    assert silent.tolist() == [[[0.0, 1.0, 0.0]]]
+    assert stdp.winner_take_all(post, 0) is post
+
+
+def test_keep_row_norms_removes_the_component_along_each_weight_row():
+    weight = torch.tensor([[3.0, 4.0], [1.0, 0.0]], dtype=torch.float64)
+    dw = torch.tensor([[3.0, 4.0], [2.0, 5.0]], dtype=torch.float64)
+    kept = stdp.keep_row_norms(dw, weight)
+    assert kept.tolist() == [[0.0, 0.0], [0.0, 5.0]]  # row 0 was all along w, row 1 keeps its orthogonal part
+    assert (kept * weight).sum(1).abs().max() < 1e-12

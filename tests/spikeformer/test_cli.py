@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from cli_runner import assert_one_line_error, run_cli
 from spikeformer.cli import main
-
-ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--set", "dim=16", "--set", "heads=2", "--set", "head_dim=8", "--set", "depth=1",
         "--set", "batch_size=256", "--set", "num_threads=1", "--quiet"]
 
@@ -46,25 +42,12 @@ def test_train_eval_report_smoke(trained_run, capsys):
     assert "test accuracy" in capsys.readouterr().out
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "spikeformer", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 def test_unknown_config_key_is_one_line(tmp_path):
     cfg = write_config(tmp_path, 'task = "digits"\nepoch = 3\n')
-    assert_one_line_error(run_cli("train", "--config", str(cfg), "--out", str(tmp_path / "r")),
+    # as a user runs it: python -m spikeformer in its own process (the other tests run main() here)
+    assert_one_line_error(run_cli("train", "--config", str(cfg), "--out", str(tmp_path / "r"), subprocess_run=True),
                           "'epoch'", "epochs")
+    assert_one_line_error(run_cli("train", "--config", str(cfg), "--out", str(tmp_path / "r")), "'epoch'", "epochs")
 
 
 def test_missing_config_and_bad_override(tmp_path):
