@@ -189,11 +189,9 @@ class LocalLearner:
         # fixed random feedback weights, one matrix per layer, drawn from the seed (nothing to save)
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + 17)
         self.feedback: dict[str, Tensor] = {}
+        tokens = model.tokens if cfg.mode == "global" else 1  # of the residual stream (linear stem)
         for layer in self.layers:
             width = layer.dense.linear.out_features
-            tokens = model.tokens if cfg.mode == "global" else 1
-            if cfg.stem == "conv1d":
-                tokens = model.stem.out_tokens
             shape = (self.classes, width) if cfg.rule == "three_factor" else (self.classes, tokens * width)
             self.feedback[layer.name] = torch.randn(shape, generator=gen) / self.classes ** 0.5
         device = next(model.parameters()).device
@@ -208,11 +206,6 @@ class LocalLearner:
 
     # --- one batch -------------------------------------------------------------------------------
 
-    def _forward(self, recorder: Recorder, x_t: Tensor) -> tuple[Tensor, Probe]:
-        probe = Probe(keep_traces=True)
-        y, _ = self.model.forward_steps(x_t, probe=probe)
-        return y, probe
-
     @torch.no_grad()
     def step(self, x: Tensor, labels: Tensor, generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
         """One batch ``x [B, N, F]``, ``labels [B]``: returns the loss (mean cross-entropy) and the
@@ -221,7 +214,8 @@ class LocalLearner:
         x_t = model.encode_input(x, generator)  # [T, B, N, F]
         batch = x.shape[0]
         with Recorder(self.layers + [self.readout]) as recorder:
-            y, probe = self._forward(recorder, x_t)
+            probe = Probe(keep_traces=True)  # every population's spikes and membranes
+            y, _ = model.forward_steps(x_t, probe=probe)
             logits = y[-window:].mean(0)  # [B, C]
             loss = cross_entropy(logits, labels, label_smoothing=self.cfg.label_smoothing)
             error = torch.softmax(logits, -1) - self._targets(labels)  # dLoss/dlogits per sample [B, C]

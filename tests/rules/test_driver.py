@@ -132,3 +132,14 @@ def test_bad_rule_input_is_one_line_on_the_command_line(tmp_path):
                                   "--set", 'stem="conv1d"', "--set", 'task="mnist1d"', "--quiet"),
                           "cannot reach stem.conv1")
     assert not (tmp_path / "run" / "checkpoint.json").exists()
+
+
+@pytest.mark.backend
+def test_a_rule_trained_run_runs_on_brian2_like_any_other(tmp_path):
+    from spikeformer.cli import main
+
+    cfg = Config(**{**TINY, "rule": "eprop"})
+    train(cfg, tmp_path / "run", progress=False, log=lambda s: None)
+    assert main(["validate", str(tmp_path / "run"), "--backend", "brian2", "--samples", "4", "--quiet"]) == 0
+    record = json.loads((tmp_path / "run" / "validate-brian2.json").read_text())
+    assert record["spike_agreement"] == 1.0 and record["class_agreement"] == 1.0
