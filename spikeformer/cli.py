@@ -58,6 +58,22 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write RUN/report.html with figures")
     p.add_argument("run")
 
+    p = sub.add_parser("study", help="train every rule over seeds and training-set sizes -> STUDY/study.json")
+    p.add_argument("--config", required=True, help="TOML config, e.g. demos/digits-eprop.toml")
+    p.add_argument("--rules", default="bptt,eprop,three_factor,perturbation,stdp,readout_only",
+                   help="rules separated by commas (default: all)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per cell (default 5; --quick: 2)")
+    p.add_argument("--train-sizes", default=None, metavar="A,B,...",
+                   help="training-set sizes, 'all' for the whole set (default 100,300,1000,all; --quick: 100,300)")
+    p.add_argument("--out", required=True, help="study folder (rerun the same command to continue it)")
+    p.add_argument("--quick", action="store_true", help="a tiny model, 2 seeds x 2 sizes: a smoke run")
+    p.add_argument("--workers", type=int, default=2, help="cells trained at once, one process each (default 2)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (TOML value syntax), repeatable")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     for name, (text, add_arguments, _) in _plugins().items():
         add_arguments(sub.add_parser(name, help=text))
     for name, text in NOT_YET.items():
@@ -124,6 +140,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .study import QUICK_SEEDS, QUICK_SIZES, parse_rules, parse_sizes, quick_config, study
+
+    args.rule, args.seed = None, None  # set per cell
+    cfg = load_config(args.config, _overrides(args))
+    if args.quick:
+        cfg = quick_config(cfg)
+    seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if args.quick else 5)
+    sizes = parse_sizes(args.train_sizes) if args.train_sizes else (QUICK_SIZES if args.quick else (100, 300, 1000, 0))
+    study(cfg, parse_rules(args.rules), seeds, sizes, args.out, workers=args.workers, progress=not args.quiet)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -137,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command in NOT_YET:
             raise SpikeformerError(f"'spikeformer {args.command}' is not available yet: {NOT_YET[args.command]}")
-        handlers = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report}
+        handlers = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "study": cmd_study}
         handlers.update({name: handler for name, (_, _, handler) in _plugins().items()})
         return handlers[args.command](args)
     except SpikeformerError as exc:

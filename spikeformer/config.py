@@ -48,7 +48,7 @@ LIMITS: dict[str, int] = {
     "depth": 256, "mlp_ratio": 64, "conv_channels": 16384, "time_steps": 16384, "steps_per_token": 1024,
     "epochs": 1_000_000, "batch_size": 1_048_576, "warmup_epochs": 1_000_000, "num_threads": 1024,
     "seed": 2 ** 32 - 1, "data_seed": 2 ** 32 - 1, "qat_vth": 2 ** 17 - 1,  # qat_vth: every model divides by it
-    "rule_winners": 65536,
+    "rule_winners": 65536, "train_size": 100_000_000,
 }
 FLOAT_LIMITS: dict[str, float] = {"lr": 10.0, "weight_decay": 100.0}  # AdamW's step overflows float32 past these
 FLOAT32_MAX = 3.4028234663852886e38  # every float key must be a finite float32 (the model's dtype)
@@ -118,6 +118,7 @@ class Config:
     perturbation_sigma: float = 0.05  # perturbation: noise std added to each layer's current
     rule_winners: int = 8  # stdp: post neurons per token that learn from each sample (winner-take-all); 0 = all
     epochs: int = 30
+    train_size: int = 0  # train on a random subset of this many training samples (drawn from the seed); 0 = all
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.01
@@ -174,7 +175,7 @@ class Config:
         for key in ("rule_tau_pre", "rule_tau_post", "rule_tau_eligibility", "perturbation_sigma"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"config key {key!r} must be > 0, got {getattr(self, key)}")
-        for key in ("rule_a_plus", "rule_a_minus", "rule_winners"):
+        for key in ("rule_a_plus", "rule_a_minus", "rule_winners", "train_size"):
             if not getattr(self, key) >= 0:
                 raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
         if self.rule != "bptt" and (self.model != "spikeformer" or self.qat):

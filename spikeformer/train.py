@@ -10,6 +10,7 @@ with ``TrainingDiverged`` and leaves the last good checkpoint in place.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -104,6 +105,24 @@ def recalibrate_norms(model: nn.Module, x: torch.Tensor, device: str, batch_size
     model.train(was_training)
 
 
+def subset(split: Split, cfg: Config) -> Split:
+    """The split with ``cfg.train_size`` training samples drawn at random (seeded by ``cfg.seed``;
+    0 = all); the test split is untouched."""
+    if not cfg.train_size:
+        return split
+    if cfg.train_size > len(split.x_train):
+        raise ConfigError(f"train_size {cfg.train_size} exceeds the {len(split.x_train)} training samples of "
+                          f"task {cfg.task!r}; use 0 (all) or a smaller size")
+    keep = torch.randperm(len(split.x_train), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.train_size]
+    return dataclasses.replace(split, x_train=split.x_train[keep], y_train=split.y_train[keep])
+
+
+def synapse_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every synapse weight (``*.linear.weight``, conv weights), keyed by parameter name."""
+    return {name: p.detach().clone() for name, p in model.named_parameters()
+            if name.endswith("linear.weight") or name.endswith("conv1.weight") or name.endswith("conv2.weight")}
+
+
 def make_model(cfg: Config, split: Split) -> nn.Module:
     return build_model(cfg, split.tokens, split.features, split.num_classes)
 
@@ -159,8 +178,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
     device = resolve_device(cfg.device)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    split = load_task(cfg)
-    history: list[dict[str, float]] = []
+    split = subset(load_task(cfg), cfg)
+    history: list[dict[str, Any]] = []
     start_epoch, train_seconds = 0, 0.0
 
     torch.manual_seed(cfg.seed)
@@ -191,6 +210,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
         bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {cfg.task}/{cfg.model}", unit="epoch")
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
+        before = synapse_weights(model)
         model.train()
         gen = epoch_generator(cfg.seed, epoch)
         order = torch.randperm(len(split.x_train), generator=gen)
@@ -235,7 +255,10 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
         row = {"epoch": epoch, "train_loss": loss_sum / len(split.x_train),
                "train_accuracy": correct / len(split.x_train),
                "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-               "lr": optimizer.param_groups[0]["lr"], "seconds": train_seconds}
+               "lr": optimizer.param_groups[0]["lr"], "seconds": train_seconds,
+               # how far each layer's weights moved this epoch (Frobenius norm of the change)
+               "update_norms": {name: float((p.detach() - before[name]).norm())
+                                for name, p in model.named_parameters() if name in before}}
         history.append(row)
         save_checkpoint(out, model, optimizer, {"config": cfg.to_dict(), "epoch": epoch, "history": history,
                                                 "train_seconds": train_seconds, "device": device})
