@@ -10,8 +10,8 @@ was started with: a rerun with other settings is refused in one line.
 ``STUDY/study.json`` (SPEC §4): the settings and, per rule and size, the final test accuracy
 of every seed, its mean, standard deviation and 95 % interval (Student t over seeds), the
 learning curves, wall time, and the per-layer update norms (how far each layer's weights
-moved, per epoch). ``STUDY/report.html`` plots accuracy against training samples with the
-interval as a band, and the learning curves of each rule.
+moved, per epoch). ``STUDY/study.md`` is the same as a Markdown table; ``STUDY/report.html``
+plots accuracy against training samples with the interval as a band, and the learning curves.
 """
 
 from __future__ import annotations
@@ -196,11 +196,27 @@ def study(cfg: Config, rules: tuple[str, ...], seeds: int, sizes: tuple[int, ...
     record = {**settings, "cells": summarise(cells, results, rules, sizes,
                                              {s: s or available for s in sizes})}
     atomic_write_json(folder / "study.json", record)
+    atomic_write_bytes(folder / "study.md", markdown_table(record).encode())
     write_study_report(record, folder / "report.html")
     best = max(record["cells"], key=lambda c: (c["train_samples"], c["mean"]))
     log(f"study {cfg.task}: {len(cells)} cells; at {best['train_size']} samples the best rule is {best['rule']} "
         f"({best['mean']:.4f} mean over {seeds} seeds) -> {folder / 'study.json'}")
     return record
+
+
+def markdown_table(record: dict[str, Any]) -> str:
+    """study.json as a Markdown table: one row per rule, one column per training-set size, each
+    cell ``mean ± std [95 % interval]`` over seeds (written to ``STUDY/study.md``)."""
+    sizes = record["train_sizes"]
+    rows = ["| rule | " + " | ".join(f"n = {s}" for s in sizes) + " | train s (all cells) |",
+            "|---|" + "---|" * len(sizes) + "---|"]
+    for rule in record["rules"]:
+        cells = {c["train_size"]: c for c in record["cells"] if c["rule"] == rule}
+        text = [f"{c['mean']:.3f} ± {c['std']:.3f} [{c['ci95_low']:.3f}, {c['ci95_high']:.3f}]" if c else "-"
+                for c in (cells.get(s) for s in sizes)]
+        seconds = sum(c["seconds"] for c in cells.values())
+        rows.append(f"| {rule} | " + " | ".join(text) + f" | {seconds:.0f} |")
+    return "\n".join(rows) + "\n"
 
 
 def _png(fig: Any) -> str:

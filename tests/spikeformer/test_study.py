@@ -36,6 +36,10 @@ def test_quick_study_writes_every_rule_size_and_seed(tmp_path):
     norms = readout_only["update_norms"][0][0]
     assert norms["readout.linear.weight"] > 0 and norms["stem.embed.linear.weight"] == 0  # the control
     assert (out / "report.html").stat().st_size > 1000
+    table = (out / "study.md").read_text().splitlines()
+    assert table[0] == "| rule | n = 100 | n = 300 | train s (all cells) |" and len(table) == 2 + 6
+    bptt = next(c for c in record["cells"] if c["rule"] == "bptt" and c["train_size"] == 100)
+    assert table[2].startswith(f"| bptt | {bptt['mean']:.3f} ± {bptt['std']:.3f} [")
     assert len(list((out / "cells").iterdir())) == 24
 
     # interrupted: one cell lost its metrics; the rerun trains that cell only
