@@ -32,7 +32,7 @@ every hidden weight at its initialisation: the control.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -272,25 +272,31 @@ class LocalLearner:
             back += int(layer.writer.dense.delay)
         return range(max(0, steps - self.model.window - back), steps - back)
 
+    @staticmethod
+    def _over_steps(update: Any, pre: Tensor, post: Tensor, params: Any,
+                    modulator_at: Callable[[int], Optional[Tensor]] = lambda t: None) -> Tensor:
+        """Feed a rule ``pre [T, ...]`` and ``post [T, ...]`` step by step (its traces carried over,
+        ``modulator_at(t)`` as the modulator); returns the summed ``dw [J, I]``."""
+        traces, total = None, 0.0
+        for t in range(pre.shape[0]):
+            dw, traces = update(pre[t], post[t], traces, params, modulator_at(t))
+            total = total + dw
+        return total
+
     def _eprop(self, layer: Layer, pre: Tensor, probe: Probe, error: Tensor) -> Tensor:
         neurons = self.neurons[layer.signal_target].lif
         membrane = torch.stack(probe.membranes[layer.signal_target])  # [T, B, N, J]
         psi = eprop.pseudo_derivative(membrane, neurons.threshold, neurons.spike_fn) * self._gain(layer)
         signal = self._signal(layer, error, membrane.shape)
         window = self._window(layer, pre.shape[0])
-        traces, total = None, 0.0
-        for t in range(pre.shape[0]):
-            dw, traces = eprop.update(pre[t], psi[t], traces, self.eprop, signal if t in window else None)
-            total = total + dw
-        return total
+        return self._over_steps(eprop.update, pre, psi, self.eprop, lambda t: signal if t in window else None)
 
     def _three_factor(self, layer: Layer, pre: Tensor, probe: Probe, error: Tensor) -> Tensor:
         post = probe.spikes[layer.signal_target]  # [T, B, N, J]
         modulator = -(error @ self.feedback[layer.name])  # [B, J]: minus the error sent back
-        traces, steps = None, pre.shape[0]
-        for t in range(steps):
-            dw, traces = three_factor.update(pre[t], post[t], traces, self.three_factor,
-                                             modulator if t == steps - 1 else None)
+        last = pre.shape[0] - 1  # the error is known once the sample is over
+        dw = self._over_steps(three_factor.update, pre, post, self.three_factor,
+                              lambda t: modulator if t == last else None)
         return dw * self._gain(layer).reshape(-1, 1)
 
     def _perturbed_losses(self, recorder: Recorder, x_t: Tensor, labels: Tensor,
@@ -315,22 +321,15 @@ class LocalLearner:
         return losses[0] - losses[1]
 
     def _node_perturbation(self, layer: Layer, pre: Tensor, noise: Tensor, losses: Tensor) -> Tensor:
-        elig = None
-        steps = pre.shape[0]
-        for t in range(steps):
-            dw, elig = perturbation.update(pre[t], noise[t], elig, self.perturbation,
-                                           losses if t == steps - 1 else None)
-        return dw
+        last = pre.shape[0] - 1  # L+ - L- is known once the sample is over
+        return self._over_steps(perturbation.update, pre, noise, self.perturbation,
+                                lambda t: losses if t == last else None)
 
     def _stdp(self, layer: Layer, pre: Tensor, probe: Probe) -> Tensor:
         """Unsupervised: STDP of the layer's pre spikes and its target's spikes, only the winners
         of each sample and token learning, with the row norms of the weight kept."""
         post = stdp.winner_take_all(probe.spikes[layer.target], self.cfg.rule_winners)
-        traces, total = None, 0.0
-        for t in range(pre.shape[0]):
-            dw, traces = stdp.update(pre[t], post[t], traces, self.stdp)
-            total = total + dw
-        return stdp.keep_row_norms(total, layer.dense.linear.weight)
+        return stdp.keep_row_norms(self._over_steps(stdp.update, pre, post, self.stdp), layer.dense.linear.weight)
 
 
 def make_step(cfg: Config, model: nn.Module) -> LocalLearner:

@@ -80,14 +80,12 @@ def plan(rules: tuple[str, ...], seeds: int, sizes: tuple[int, ...]) -> list[Cel
 
 
 def run_cell(config: dict[str, Any], cell: Cell, folder: str) -> dict[str, Any]:
-    """Train one cell (in a worker process) and return its metrics; a finished cell is read back."""
+    """Train one unfinished cell (in a worker process; a half-trained one resumes) and return its metrics."""
     import torch
 
     from .train import train
 
     out = Path(folder) / "cells" / cell.name
-    if (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text())
     torch.set_num_threads(1)
     cfg = config_from_dict({**config, "rule": cell.rule, "seed": cell.seed, "train_size": cell.train_size,
                             "num_threads": 1}, source=f"study cell {cell.name}")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.nn.functional import cross_entropy
 
+from interrupt import train_until
 from rules.base import RuleError
 from rules.driver import LocalLearner, layer_map
 from spikeformer.checkpoint import load_checkpoint
@@ -91,24 +92,7 @@ def test_a_local_rule_resumes_exactly(tmp_path):
     cfg = Config(**{**TINY, "rule": "perturbation", "epochs": 2})
     train(cfg, tmp_path / "full", progress=False, log=lambda s: None)
     once = Config(**{**TINY, "rule": "perturbation", "epochs": 2})
-    import spikeformer.train as train_mod
-
-    original = train_mod.save_checkpoint
-
-    class Stop(Exception):
-        pass
-
-    def save_then_stop(run, model, optimizer, meta):
-        original(run, model, optimizer, meta)
-        if meta["epoch"] == 0:
-            raise Stop
-
-    train_mod.save_checkpoint = save_then_stop
-    try:
-        with pytest.raises(Stop):
-            train(once, tmp_path / "stopped", progress=False, log=lambda s: None)
-    finally:
-        train_mod.save_checkpoint = original
+    assert train_until(once, tmp_path / "stopped", stop_after=0) == 0
     train(once, tmp_path / "stopped", resume=True, progress=False, log=lambda s: None)
     _, full, _ = load_checkpoint(tmp_path / "full")
     _, resumed, _ = load_checkpoint(tmp_path / "stopped")

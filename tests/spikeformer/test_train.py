@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from interrupt import train_until
 from spikeformer.checkpoint import load_checkpoint
 from spikeformer.config import Config
 from spikeformer.errors import ConfigError, TrainingDiverged
@@ -27,7 +28,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     quiet(cfg, tmp_path / "full")
     # the same config, interrupted right after the checkpoint of epoch 1, then resumed
     stopped = tmp_path / "stopped"
-    interrupted = _train_until(cfg, stopped, stop_after=1)
+    interrupted = train_until(cfg, stopped, stop_after=1)
     assert interrupted == 1
     quiet(cfg, stopped, resume=True)
     _, full_w, full_o = load_checkpoint(tmp_path / "full")
@@ -39,30 +40,6 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     full_m = json.loads((tmp_path / "full" / "metrics.json").read_text())
     res_m = json.loads((stopped / "metrics.json").read_text())
     assert full_m["test_accuracy"] == res_m["test_accuracy"]
-
-
-def _train_until(cfg, out, stop_after):
-    """Run ``train`` and interrupt it right after the checkpoint of epoch ``stop_after``."""
-    import spikeformer.train as train_mod
-
-    original = train_mod.save_checkpoint
-
-    class Stop(Exception):
-        pass
-
-    def save_then_stop(run, model, optimizer, meta):
-        original(run, model, optimizer, meta)
-        if meta["epoch"] == stop_after:
-            raise Stop
-
-    train_mod.save_checkpoint = save_then_stop
-    try:
-        quiet(cfg, out)
-    except Stop:
-        return stop_after
-    finally:
-        train_mod.save_checkpoint = original
-    return -1
 
 
 def test_metrics_json_has_every_spec_key(tmp_path):
