@@ -4,7 +4,7 @@ Which Dense feeds which neurons is read from the model's own ``lower(b, ...)`` m
 topology written once, in spikeformer/model.py): ``LayerMap`` is a builder that records it
 instead of building IR. One forward pass per batch (three for perturbation: clean, +noise,
 -noise) is recorded through hooks that the model already offers: a forward pre-hook on each
-``Dense`` keeps the input it delivers (after its Loihi delay), and ``Probe(keep_traces=True)``
+``Dense`` (or ``Conv1d``) keeps the input it delivers (after its Loihi delay), and ``Probe(keep_traces=True)``
 keeps each LIF population's spikes and membranes. There is no second forward implementation.
 
 Per layer the driver hands the rule (docs/rules.md):
@@ -32,6 +32,7 @@ every hidden weight at its initialisation: the control.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, Callable, Optional
 
 import torch
@@ -48,11 +49,14 @@ from .base import LOCAL_RULES, RuleError, check_rule
 
 @dataclass
 class Layer:
-    """One synapse layer a rule can reach."""
+    """One synapse layer a rule can reach: a ``Dense``, or a ``Conv1d`` whose weights are shared
+    over tokens (a rule then sums over every window, as over tokens for a Dense)."""
 
     name: str  # e.g. "block0.attn.q_proj"
-    dense: Dense
+    module: nn.Module  # Dense or nn.Conv1d: what the hooks watch
     source: str  # population of its pre spikes ("input": the encoded input)
+    norm: Optional[FeatureNorm] = None  # the norm after its current, folded into the post side
+    delay: bool = False  # a one-step delay before its synapses (Loihi timing)
     target: Optional[str] = None  # LIF population of its post side
     target_norm: Optional[FeatureNorm] = None  # a stream reader's norm (residual writers)
     writes_stream: bool = False
@@ -60,8 +64,33 @@ class Layer:
     # the last reader of the stream, the neurons the readout reads (the residual path is direct)
     signal_target: Optional[str] = None
     signal_norm: Optional[FeatureNorm] = None
-    writer: Optional["Layer"] = None  # a layer with its own LIF: the Dense its sublayer writes the stream with
+    writer: Optional["Layer"] = None  # a layer with its own LIF: the layer its sublayer writes the stream with
     bias: None = None  # the IR builder protocol's term bias (folded norms): not recorded here
+
+    @property
+    def weight(self) -> Tensor:
+        """``[J, I]`` (Dense) or ``[C_out, C_in, k]`` (Conv1d)."""
+        return self.module.linear.weight if isinstance(self.module, Dense) else self.module.weight
+
+    @property
+    def width(self) -> int:
+        """J: post neurons per token."""
+        return self.weight.shape[0]
+
+    def set_gradient(self, grad: Tensor) -> None:
+        """``grad [J, I]`` (for a convolution I = C_in k, in its weight's order) into ``.grad``."""
+        self.weight.grad = grad.reshape(self.weight.shape)
+
+    def pre_activity(self, delivered: Tensor, steps: int) -> Tensor:
+        """What the hook saw -> the pre activity ``[T, B, N, I]``. A convolution's input
+        ``[T*B, C_in, N]`` becomes its windows: ``I = C_in k`` per output token, zero padded."""
+        if isinstance(self.module, Dense):
+            return delivered
+        conv = self.module
+        k, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        windows = nn.functional.pad(delivered, (pad, pad)).unfold(2, k, stride)  # [T*B, C_in, N', k]
+        tb, c_in, n_out, _ = windows.shape
+        return windows.permute(0, 2, 1, 3).reshape(steps, tb // steps, n_out, c_in * k)
 
 
 @dataclass
@@ -71,37 +100,42 @@ class LayerMap:
     layers: list[Layer] = field(default_factory=list)
     neurons: dict[str, SpikingNeurons] = field(default_factory=dict)
     readout_layer: Optional[Layer] = None
-    unreachable: list[str] = field(default_factory=list)  # convolutions (shared weights)
+    tokens: dict[str, int] = field(default_factory=dict)  # tokens of each LIF population
     _pending: list[Layer] = field(default_factory=list)  # stream writers waiting for their reader
 
-    def affine(self, norm: Any, features: int) -> tuple[None, None]:
-        return None, None
+    def affine(self, norm: FeatureNorm, features: int) -> tuple[FeatureNorm, None]:
+        return norm, None  # the "gain" handed to connect: the norm itself, read at step time
 
     def dense(self, dense: Dense, name: str, source: str, tokens: int, position: Any = None) -> Layer:
-        layer = Layer(name, dense, source)
+        layer = Layer(name, dense, source, norm=dense.norm, delay=dense.delay)
         self.layers.append(layer)
         return layer
 
-    def conv(self, conv: nn.Conv1d, name: str, source: str, tokens: int, norm: Any = None, position: Any = None) -> None:
-        self.unreachable.append(name)
-        return None
+    def conv(self, conv: nn.Conv1d, name: str, source: str, tokens: int, norm: Optional[FeatureNorm] = None,
+             position: Any = None) -> Layer:
+        # the stem delays the input before the convolution: the hook sees it delivered already
+        layer = Layer(name, conv, source, norm=norm)
+        self.layers.append(layer)
+        return layer
 
     def input(self, tokens: int, features: int, graded: bool) -> str:
         return "input"
 
     def lif(self, neurons: SpikingNeurons, name: str, tokens: int, features: int, bias: Any) -> str:
-        self.neurons[name] = neurons
+        self.neurons[name], self.tokens[name] = neurons, tokens
         return name
 
     def connect(self, term: Optional[Layer], target: str, gain: Any = None) -> None:
         if term is not None:
             term.target = target
+            if isinstance(gain, FeatureNorm):  # a norm between the synapses and the LIF (conv1d stem)
+                term.norm = gain
 
     def attention(self, *args: Any, **kwargs: Any) -> None:
         pass  # the attention state learns by its own event-driven plasticity
 
     def readout(self, dense: Dense, source: str) -> str:
-        self.readout_layer = Layer("readout", dense, source)
+        self.readout_layer = Layer("readout", dense, source, delay=dense.delay)
         return "readout"
 
     def write(self, term: Optional[Layer]) -> None:
@@ -113,7 +147,7 @@ class LayerMap:
                     layer.writer = term
 
     def read(self, norm: FeatureNorm, neurons: SpikingNeurons, name: str, tokens: int, features: int) -> str:
-        self.neurons[name] = neurons
+        self.neurons[name], self.tokens[name] = neurons, tokens
         for term in self._pending:  # the first reader after a writer is its target
             term.target, term.target_norm = name, norm
         self._pending = []
@@ -128,7 +162,20 @@ def layer_map(model: Spikeformer) -> LayerMap:
     for layer in found.layers:
         layer.signal_target = last if layer.writes_stream else layer.target
         layer.signal_norm = model.norm if layer.writes_stream else None
+        if isinstance(layer.module, nn.Conv1d):  # the conv1d stem delays the input of each convolution
+            layer.delay = model.cfg.delays == "loihi"
     return found
+
+
+def select_layers(layers: list[Layer], patterns: list[str], rule: str) -> list[Layer]:
+    """The layers whose names match one of the glob ``patterns`` (config ``rule_layers``); a
+    pattern that matches none of them is a RuleError naming the layers a rule can reach."""
+    for pattern in patterns:
+        if not any(fnmatchcase(layer.name, pattern) for layer in layers):
+            raise RuleError(f"rule {rule!r} cannot reach {pattern!r} (rule_layers): the layers a rule reaches are "
+                            f"{', '.join(layer.name for layer in layers)}; positions, norms and the attention "
+                            "state are not synapse layers")
+    return [layer for layer in layers if any(fnmatchcase(layer.name, p) for p in patterns)]
 
 
 class Recorder:
@@ -143,8 +190,8 @@ class Recorder:
     def __enter__(self) -> "Recorder":
         self.handles = []
         for layer in self.layers:
-            self.handles.append(layer.dense.register_forward_pre_hook(self._pre_hook(layer.name)))
-            self.handles.append(layer.dense.register_forward_hook(self._noise_hook(layer.name)))
+            self.handles.append(layer.module.register_forward_pre_hook(self._pre_hook(layer.name)))
+            self.handles.append(layer.module.register_forward_hook(self._noise_hook(layer.name)))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -152,18 +199,23 @@ class Recorder:
             handle.remove()
 
     def _pre_hook(self, name: str):
-        def hook(module: Dense, args: tuple) -> None:
+        def hook(module: nn.Module, args: tuple) -> None:
             x = args[0]
-            state = args[1] if len(args) > 1 else None
-            self.delivered[name] = delay_one_step(x, state)[0] if module.delay else x  # what the synapses see
+            if isinstance(module, Dense) and module.delay:  # what the synapses see
+                x = delay_one_step(x, args[1] if len(args) > 1 else None)[0]
+            self.delivered[name] = x
         return hook
 
     def _noise_hook(self, name: str):
-        def hook(module: Dense, args: tuple, output: tuple) -> Optional[tuple]:
+        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
             if not self.noise_sign or name not in self.noise:
                 return None
+            noise = self.noise_sign * self.noise[name]  # [T, B, N, J]
+            if isinstance(module, nn.Conv1d):  # output [T*B, J, N]
+                t, b, n, j = noise.shape
+                return output + noise.reshape(t * b, n, j).transpose(1, 2)
             drive, carry = output
-            return Drive(drive.total + self.noise_sign * self.noise[name], drive.bias), carry
+            return Drive(drive.total + noise, drive.bias), carry
         return hook
 
 
@@ -179,19 +231,16 @@ class LocalLearner:
             raise RuleError(f"local rules train Spikeformer models, not {type(model).__name__}")
         self.cfg, self.model, self.rule = cfg, model, cfg.rule
         found = layer_map(model)
-        if found.unreachable and cfg.rule != "readout_only":
-            raise RuleError(f"rule {cfg.rule!r} cannot reach {', '.join(found.unreachable)}: a convolution shares "
-                            "its weights over tokens, which the local rules do not; use stem = \"linear\"")
-        self.layers = [] if cfg.rule == "readout_only" else found.layers
+        chosen = select_layers(found.layers, [p.strip() for p in cfg.rule_layers.split(",")], cfg.rule)
+        self.layers = [] if cfg.rule == "readout_only" else chosen
         self.neurons = found.neurons
         self.readout = found.readout_layer
         self.classes = model.classes
         # fixed random feedback weights, one matrix per layer, drawn from the seed (nothing to save)
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + 17)
         self.feedback: dict[str, Tensor] = {}
-        tokens = model.tokens if cfg.mode == "global" else 1  # of the residual stream (linear stem)
         for layer in self.layers:
-            width = layer.dense.linear.out_features
+            width, tokens = layer.width, found.tokens[layer.signal_target]
             shape = (self.classes, width) if cfg.rule == "three_factor" else (self.classes, tokens * width)
             self.feedback[layer.name] = torch.randn(shape, generator=gen) / self.classes ** 0.5
         device = next(model.parameters()).device
@@ -222,8 +271,9 @@ class LocalLearner:
             self._readout_gradient(recorder.delivered["readout"][-window:].mean(0), error / batch)
             if self.rule == "perturbation":
                 losses = self._perturbed_losses(recorder, x_t, labels, generator)
+        steps = x_t.shape[0]
         for layer in self.layers:
-            pre = recorder.delivered[layer.name]
+            pre = layer.pre_activity(recorder.delivered[layer.name], steps)
             if self.rule == "eprop":
                 dw = self._eprop(layer, pre, probe, error)
             elif self.rule == "three_factor":
@@ -232,7 +282,7 @@ class LocalLearner:
                 dw = self._node_perturbation(layer, pre, recorder.noise[layer.name], losses)
             else:
                 dw = self._stdp(layer, pre, probe)
-            layer.dense.linear.weight.grad = -dw / batch
+            layer.set_gradient(-dw / batch)
         return loss, logits
 
     def _targets(self, labels: Tensor) -> Tensor:
@@ -241,7 +291,7 @@ class LocalLearner:
 
     def _readout_gradient(self, features: Tensor, error: Tensor) -> None:
         """The delta rule: logits = W mean(features) + b, so dLoss/dW = error^T mean(features)."""
-        linear = self.readout.dense.linear
+        linear = self.readout.module.linear
         linear.weight.grad = error.transpose(0, 1) @ features  # [C, B] @ [B, N*D]
         if linear.bias is not None:
             linear.bias.grad = error.sum(0)
@@ -249,7 +299,7 @@ class LocalLearner:
     @staticmethod
     def _gain(layer: Layer) -> Tensor:
         """Per-neuron gain of the norms between the layer's weights and its signal target's membrane."""
-        gain = layer.dense.norm.affine()[0] if layer.dense.norm is not None else 1.0
+        gain = layer.norm.affine()[0] if layer.norm is not None else 1.0
         if layer.signal_norm is not None:
             gain = gain * layer.signal_norm.affine()[0]
         return gain
@@ -259,7 +309,7 @@ class LocalLearner:
         every step of ``_window``."""
         t, b, n, j = post_shape
         if self.cfg.feedback == "symmetric" and layer.signal_target == self.readout.source:
-            readout = self.readout.dense.linear.weight  # [C, N*D]: the true dLoss/ds of the final neurons
+            readout = self.readout.weight  # [C, N*D]: the true dLoss/ds of the final neurons
             return (error @ readout).view(b, n, j) / self.model.window
         return (error @ self.feedback[layer.name]).view(b, n, j) / self.model.window
 
@@ -267,9 +317,9 @@ class LocalLearner:
         """The steps at which the spikes of the layer's signal target reach the readout window:
         the window (the last ``window`` steps the readout receives) moved back by the readout's
         delay and, for a layer with its own LIF, by its sublayer's output Dense."""
-        back = int(self.readout.dense.delay)
+        back = int(self.readout.delay)
         if layer.writer is not None and layer.signal_target != self.readout.source:
-            back += int(layer.writer.dense.delay)
+            back += int(layer.writer.delay)
         return range(max(0, steps - self.model.window - back), steps - back)
 
     @staticmethod
@@ -305,8 +355,8 @@ class LocalLearner:
         (drawn from the epoch's generator, so a resumed run draws the same noise)."""
         delivered = dict(recorder.delivered)  # the clean pass's inputs
         for layer in self.layers:
-            j = layer.dense.linear.out_features
-            shape = (*delivered[layer.name].shape[:-1], j)
+            j = layer.width
+            shape = (*layer.pre_activity(delivered[layer.name], x_t.shape[0]).shape[:-1], j)  # [T, B, N, J]
             noise = torch.randn(shape, generator=generator)  # on the generator's device (CPU)
             recorder.noise[layer.name] = self.perturbation.sigma * noise.to(x_t.device)
         window = self.model.window
@@ -329,7 +379,8 @@ class LocalLearner:
         """Unsupervised: STDP of the layer's pre spikes and its target's spikes, only the winners
         of each sample and token learning, with the row norms of the weight kept."""
         post = stdp.winner_take_all(probe.spikes[layer.target], self.cfg.rule_winners)
-        return stdp.keep_row_norms(self._over_steps(stdp.update, pre, post, self.stdp), layer.dense.linear.weight)
+        dw = self._over_steps(stdp.update, pre, post, self.stdp)
+        return stdp.keep_row_norms(dw, layer.weight.reshape(dw.shape))
 
 
 def make_step(cfg: Config, model: nn.Module) -> LocalLearner:

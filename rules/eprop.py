@@ -26,6 +26,8 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from spikeformer.neurons import surrogate_derivative
+
 from .base import RuleError, check_positive, weight_outer
 
 FEEDBACK = ("random", "symmetric")
@@ -60,10 +62,7 @@ def pseudo_derivative(membrane: Tensor, threshold: Tensor | float,
                       spike_fn: Callable[[Tensor], Tensor]) -> Tensor:
     """``psi = dH/dv`` at ``membrane - threshold``, the surrogate derivative the model's spike
     function uses in its backward pass (snnTorch's), evaluated without building a graph."""
-    with torch.enable_grad():
-        x = (membrane - threshold).detach().requires_grad_(True)
-        (psi,) = torch.autograd.grad(spike_fn(x).sum(), x)
-    return psi
+    return surrogate_derivative(membrane - threshold, spike_fn)
 
 
 def update(pre: Tensor, post: Tensor, traces: Optional[EpropTraces], params: EpropParameters,

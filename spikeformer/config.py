@@ -117,6 +117,8 @@ class Config:
     rule_a_minus: float = 1.0  # stdp/three_factor depression amplitude of the weight rule
     perturbation_sigma: float = 0.05  # perturbation: noise std added to each layer's current
     rule_winners: int = 8  # stdp: post neurons per token that learn from each sample (winner-take-all); 0 = all
+    rule_lr: float = 0.0  # local rules: peak learning rate of the weights the rule trains (0 = lr); the readout keeps lr
+    rule_layers: str = "*"  # local rules: the layers they train, comma-separated globs ("stem.*,block0.mlp.*"); the rest stay at init
     epochs: int = 30
     train_size: int = 0  # train on a random subset of this many training samples (drawn from the seed); 0 = all
     batch_size: int = 64
@@ -175,9 +177,12 @@ class Config:
         for key in ("rule_tau_pre", "rule_tau_post", "rule_tau_eligibility", "perturbation_sigma"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"config key {key!r} must be > 0, got {getattr(self, key)}")
-        for key in ("rule_a_plus", "rule_a_minus", "rule_winners", "train_size"):
+        for key in ("rule_a_plus", "rule_a_minus", "rule_winners", "train_size", "rule_lr"):
             if not getattr(self, key) >= 0:
                 raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
+        if not self.rule_layers.strip() or not all(p.strip() for p in self.rule_layers.split(",")):
+            raise ConfigError(f"config key 'rule_layers' must be comma-separated layer names or globs, e.g. \"stem.*\", "
+                              f"got {short_repr(self.rule_layers)}")
         if self.rule != "bptt" and (self.model != "spikeformer" or self.qat):
             raise ConfigError(f"rule {self.rule!r} trains spiking models in float: it needs model = \"spikeformer\" "
                               "and qat = false; use rule = \"bptt\" for the ANN or qat")

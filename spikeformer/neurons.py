@@ -52,6 +52,16 @@ def spike_function(name: str = "fast_sigmoid", slope: float = 25.0) -> Callable[
     return spike
 
 
+def surrogate_derivative(x: Tensor, spike_fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """``dH/dx`` of a spike function (an snnTorch surrogate) at ``x = v - theta``, taken with a unit
+    gradient, without building a graph: the derivative its backward pass applies (e-prop's
+    pseudo-derivative)."""
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        (derivative,) = torch.autograd.grad(spike_fn(leaf).sum(), leaf)
+    return derivative
+
+
 class _Float64Spike(torch.autograd.Function):
     """H(x) in float64 whose backward multiplies the float64 gradient by snnTorch's surrogate
     derivative. snnTorch's spikes are float32, so autograd would round the incoming gradient to
@@ -67,10 +77,7 @@ class _Float64Spike(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Optional[Tensor], None]:
         (x,) = ctx.saved_tensors
-        with torch.enable_grad():
-            leaf = x.detach().requires_grad_(True)
-            (derivative,) = torch.autograd.grad(ctx.surrogate(leaf).sum(), leaf)
-        return grad * derivative, None
+        return grad * surrogate_derivative(x, ctx.surrogate), None
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,16 @@ def local_learner(cfg: Config, model: nn.Module) -> Any:
                       "project (make setup, or pip install -e .)")
 
 
+def parameter_groups(cfg: Config, model: nn.Module, learner: Any) -> list[dict[str, Any]]:
+    """AdamW's groups: one, or with ``rule_lr`` set, the weights the local rule trains (at
+    ``rule_lr / lr`` of the schedule) apart from the rest (the readout, at the schedule's lr)."""
+    if learner is None or cfg.rule_lr <= 0 or not learner.layers:
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    ruled = {id(layer.weight) for layer in learner.layers}
+    return [{"params": [p for p in model.parameters() if id(p) in ruled], "lr_scale": cfg.rule_lr / cfg.lr},
+            {"params": [p for p in model.parameters() if id(p) not in ruled], "lr_scale": 1.0}]
+
+
 def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -184,7 +194,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
 
     torch.manual_seed(cfg.seed)
     model = make_model(cfg, split).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    learner = local_learner(cfg, model) if cfg.rule != "bptt" else None
+    optimizer = torch.optim.AdamW(parameter_groups(cfg, model, learner), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if resume:
         meta, weights, optim = load_checkpoint(out)
         saved = config_from_dict(meta["config"], source=str(out / "checkpoint.json"))
@@ -201,7 +212,6 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
     elif cfg.init_from:
         init_weights(model, cfg)
 
-    learner = local_learner(cfg, model) if cfg.rule != "bptt" else None
     steps_per_epoch = math.ceil(len(split.x_train) / cfg.batch_size)
     use_amp = cfg.amp and device == "cuda"
     bar = None
@@ -221,7 +231,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
             xb = augment(xb, cfg, gen)
             xb, yb = xb.to(device), yb.to(device)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, epoch * steps_per_epoch + i, steps_per_epoch)
+                group["lr"] = learning_rate(cfg, epoch * steps_per_epoch + i, steps_per_epoch) * group["lr_scale"]
             if learner is None:
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
                     logits, _ = model(xb, generator=gen)

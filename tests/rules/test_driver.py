@@ -40,8 +40,8 @@ def test_layer_map_follows_the_models_own_topology():
         "block0.mlp.fc1": ("block0.mid", "block0.mlp.hidden", False),
         "block0.mlp.fc2": ("block0.mlp.hidden", "final", True),
     }
-    assert found.readout_layer.source == "final" and found.readout_layer.dense is model.readout
-    assert found.layers[1].dense is model.blocks[0].attn.proj["q"]
+    assert found.readout_layer.source == "final" and found.readout_layer.module is model.readout
+    assert found.layers[1].module is model.blocks[0].attn.proj["q"]
 
 
 @pytest.mark.parametrize("rule", ["eprop", "three_factor", "perturbation", "stdp", "readout_only"])
@@ -63,10 +63,38 @@ def test_every_rule_gives_the_readout_its_exact_gradient(rule):
     assert torch.isfinite(loss)
 
 
-def test_a_convolution_stem_is_refused_in_one_line():
-    cfg, model = tiny_model(rule="eprop", stem="conv1d")
-    with pytest.raises(RuleError, match=r"cannot reach stem.conv1, stem.conv2: a convolution"):
+def test_a_convolution_is_reached_window_by_window():
+    """The conv1d stem's layers: their windows (``Layer.pre_activity``) times the weight are the
+    convolution's output, so a rule's dw [C_out, C_in k] is the conv weight's own update."""
+    cfg, model = tiny_model(rule="eprop", task="mnist1d", stem="conv1d", conv_channels=3)
+    found = layer_map(model)
+    conv1, conv2 = found.layers[:2]
+    assert (conv1.name, conv1.source, conv1.target, conv1.writer) == ("stem.conv1", "input", "stem.conv1", conv2)
+    assert (conv2.target, conv2.signal_target, conv2.writes_stream) == ("block0.in", "final", True)
+    assert conv1.norm is model.stem.norm1 and conv2.norm is model.stem.norm2 and conv1.delay and conv2.delay
+    for layer in (conv1, conv2):
+        t, b, n = 2, 5, 7
+        x = torch.rand(t * b, layer.module.in_channels, n)
+        windows = layer.pre_activity(x, t)  # [T, B, N', C_in k]
+        out = layer.module(x)  # [T*B, C_out, N']
+        via_windows = windows @ layer.weight.reshape(layer.width, -1).T  # [T, B, N', C_out]
+        torch.testing.assert_close(via_windows.reshape(t * b, -1, layer.width).transpose(1, 2), out)
+    LocalLearner(cfg, model).step(torch.rand(8, 4, 16), torch.arange(8) % 10, torch.Generator().manual_seed(0))
+    assert model.stem.conv1.weight.grad.shape == model.stem.conv1.weight.shape
+    assert model.stem.conv2.weight.grad.abs().sum() > 0
+
+
+def test_rule_layers_chooses_the_layers_that_learn():
+    cfg, model = tiny_model(rule="eprop", rule_layers="stem.*, block0.mlp.fc?")
+    LocalLearner(cfg, model).step(torch.rand(8, 4, 16), torch.arange(8) % 10, torch.Generator().manual_seed(0))
+    learned = {name for name, p in model.named_parameters() if p.grad is not None}
+    assert learned == {"stem.embed.linear.weight", "blocks.0.mlp.fc1.linear.weight", "blocks.0.mlp.fc2.linear.weight",
+                       "readout.linear.weight", "readout.linear.bias"}
+    cfg, model = tiny_model(rule="eprop", rule_layers="stem.embed,stem.position")
+    with pytest.raises(RuleError, match=r"cannot reach 'stem.position' \(rule_layers\).*stem.embed, block0"):
         LocalLearner(cfg, model)
+    with pytest.raises(ConfigError, match="rule_layers"):
+        tiny_model(rule="eprop", rule_layers="stem.*,")
 
 
 def test_rules_need_a_float_spiking_model():
@@ -88,10 +116,23 @@ def test_readout_only_trains_the_readout_alone(tmp_path):
             assert torch.equal(weights[name], value) != name.startswith("readout"), name
 
 
+def test_rule_lr_steps_the_rule_trained_weights_apart_from_the_readout(tmp_path):
+    cfg = Config(**{**TINY, "rule": "eprop", "rule_lr": 1e-5, "lr": 1e-3, "weight_decay": 0.0, "grad_clip": 0.0})
+    torch.manual_seed(cfg.seed)
+    initial = build_model(cfg, 4, 16, 10).state_dict()
+    train(cfg, tmp_path / "run", progress=False, log=lambda s: None)  # one epoch: 11 steps of warm-up
+    _, weights, _ = load_checkpoint(tmp_path / "run")
+    moved = {name: float((weights[name] - initial[name]).abs().max()) for name in initial if name.endswith("weight")
+             and "norm" not in name}
+    # Adam moves a weight by at most about its lr per step: the readout by lr, the rest by rule_lr
+    assert 1e-4 < moved["readout.linear.weight"] < 11 * 1e-3
+    assert all(0 < v < 11 * 1e-5 * 1.01 for name, v in moved.items() if name != "readout.linear.weight"), moved
+
+
 def test_a_local_rule_resumes_exactly(tmp_path):
-    cfg = Config(**{**TINY, "rule": "perturbation", "epochs": 2})
+    cfg = Config(**{**TINY, "rule": "perturbation", "epochs": 2, "rule_lr": 1e-3})
     train(cfg, tmp_path / "full", progress=False, log=lambda s: None)
-    once = Config(**{**TINY, "rule": "perturbation", "epochs": 2})
+    once = Config(**{**TINY, "rule": "perturbation", "epochs": 2, "rule_lr": 1e-3})
     assert train_until(once, tmp_path / "stopped", stop_after=0) == 0
     train(once, tmp_path / "stopped", resume=True, progress=False, log=lambda s: None)
     _, full, _ = load_checkpoint(tmp_path / "full")
@@ -113,8 +154,8 @@ def test_bad_rule_input_is_one_line_on_the_command_line(tmp_path):
     assert_one_line_error(run_cli("train", "--config", str(config), "--out", out, "--rule", "stdp",
                                   "--set", "rule_tau_post=-2.0"), "rule_tau_post", "> 0")
     assert_one_line_error(run_cli("train", "--config", str(config), "--out", out, "--rule", "eprop",
-                                  "--set", 'stem="conv1d"', "--set", 'task="mnist1d"', "--quiet"),
-                          "cannot reach stem.conv1")
+                                  "--set", 'rule_layers="block0.attn.decay"', "--quiet"),
+                          "cannot reach 'block0.attn.decay'")
     assert not (tmp_path / "run" / "checkpoint.json").exists()
 
 
