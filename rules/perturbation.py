@@ -27,7 +27,7 @@ from torch import Tensor
 
 from spikeformer.plasticity import eligibility_step
 
-from .base import check_positive, modulate, sample_outer
+from .base import RuleError, check_positive, modulate, sample_outer, weight_outer
 
 
 @dataclass(frozen=True)
@@ -72,3 +72,15 @@ def update(pre: Tensor, post: Tensor, traces: Optional[Tensor], params: Perturba
     if modulator is None:
         return elig.new_zeros(elig.shape[1:]), elig
     return -params.lr / (2 * params.sigma ** 2) * modulate(elig, modulator, "perturbation"), elig
+
+
+def update_at_end(pre: Tensor, noise: Tensor, modulator: Tensor, params: PerturbationParameters) -> Tensor:
+    """Node perturbation over the whole sample at once: ``pre [T, B, ..., I]``, the node noise
+    ``noise [T, B, ..., J]`` and ``L+ - L-`` per sample ``modulator [B]`` -> ``dw [J, I]``, equal to
+    stepping ``update`` through it (tested), without the per-sample ``[B, J, I]`` eligibility."""
+    b = pre.shape[1]
+    if modulator.shape != (b,):
+        raise RuleError(f"perturbation: modulator must be the loss difference per sample [B] = [{b}], "
+                        f"got {tuple(modulator.shape)}")
+    m = modulator.reshape(1, b, *[1] * (noise.dim() - 2)).to(noise.dtype)
+    return -params.lr / (2 * params.sigma ** 2) * weight_outer(pre, noise * m)

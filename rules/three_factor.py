@@ -14,11 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
+import torch
 from torch import Tensor
 
 from spikeformer.plasticity import Traces, eligibility_step, stdp_step
 
-from .base import check_non_negative, check_positive, decay, modulate, sample_outer
+from .base import RuleError, check_non_negative, check_positive, decay, modulate, sample_outer, weight_outer
 
 
 @dataclass(frozen=True)
@@ -64,3 +65,31 @@ def update(pre: Tensor, post: Tensor, traces: Optional[ThreeFactorTraces], param
     else:
         dw = params.lr * modulate(elig, modulator, "three_factor")
     return dw, ThreeFactorTraces(spikes, elig)
+
+
+def _no_outer(pre: Tensor, post: Tensor) -> float:
+    return 0.0
+
+
+def update_at_end(pre: Tensor, post: Tensor, modulator: Tensor, params: ThreeFactorParameters) -> Tensor:
+    """The whole sample at once, when the modulator arrives only at its last step (an output
+    error): ``pre [T, B, ..., I]``, ``post [T, B, ..., J]``, ``modulator [B]`` or ``[B, J]`` ->
+    ``dw [J, I]``, equal to stepping ``update`` through it (tested). The eligibility at the last
+    step is ``sum_t d_e^(T-1-t) c[t]``; weighting each step's post side by ``d_e^(T-1-t) m``
+    instead contracts the batch inside two matmuls and never forms the per-sample ``[B, J, I]``."""
+    steps, b, j = pre.shape[0], pre.shape[1], post.shape[-1]
+    if modulator.shape not in ((b,), (b, j)):
+        raise RuleError(f"three_factor: modulator must be [B] = [{b}] or [B, J] = [{b}, {j}], "
+                        f"got {tuple(modulator.shape)}")
+    m = modulator.reshape(b, *[1] * (post.dim() - 3), -1).to(post.dtype)  # [B, 1.., J or 1]
+    d_pre, d_post, d_e = decay(params.tau_pre), decay(params.tau_post), decay(params.tau_eligibility)
+    traces, xs, ys = initial_traces(pre[0], post[0]).spikes, [], []
+    for t in range(steps):  # the traces stdp_step reads at each step (its dw left out: 0 amplitudes)
+        ys.append(d_post * traces.post)
+        _, traces = stdp_step(pre[t], post[t], traces, 0.0, 0.0, d_pre, d_post, _no_outer)
+        xs.append(traces.pre)
+    weights = torch.tensor([d_e ** (steps - 1 - t) for t in range(steps)], dtype=post.dtype, device=post.device)
+    weights = weights.reshape(steps, *[1] * (post.dim() - 1))
+    potentiation = weight_outer(torch.stack(xs), post * weights * m)
+    depression = weight_outer(pre, torch.stack(ys) * weights * m)
+    return params.lr * (params.a_plus * potentiation - params.a_minus * depression)

@@ -71,3 +71,19 @@ def test_node_perturbation_is_unbiased_on_a_quadratic_in_the_node_currents():
 def test_bad_sigma():
     with pytest.raises(RuleError, match="sigma must be a finite number > 0"):
         perturbation.PerturbationParameters(sigma=-0.1)
+
+
+def test_update_at_end_equals_stepping_through_the_sample():
+    gen = torch.Generator().manual_seed(5)
+    t, b, n, i, j = 5, 4, 3, 6, 2
+    pre = (torch.rand(t, b, n, i, generator=gen) < 0.5).double()
+    noise = torch.randn(t, b, n, j, generator=gen, dtype=torch.float64)
+    losses = torch.randn(b, generator=gen, dtype=torch.float64)
+    params = perturbation.PerturbationParameters(lr=0.3, sigma=0.2)
+    traces, total = None, 0.0
+    for step in range(t):
+        dw, traces = perturbation.update(pre[step], noise[step], traces, params, losses if step == t - 1 else None)
+        total = total + dw
+    torch.testing.assert_close(perturbation.update_at_end(pre, noise, losses, params), total, rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuleError, match=r"loss difference per sample \[B\]"):
+        perturbation.update_at_end(pre, noise, torch.zeros(b, j, dtype=torch.float64), params)

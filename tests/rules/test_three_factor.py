@@ -50,3 +50,22 @@ def test_a_modulator_of_the_wrong_shape_is_a_one_line_error():
 def test_negative_time_constant_is_refused():
     with pytest.raises(RuleError, match="tau_eligibility must be a finite number > 0"):
         three_factor.ThreeFactorParameters(tau_eligibility=-1.0)
+
+
+@pytest.mark.parametrize("per_neuron", [False, True])
+def test_update_at_end_equals_stepping_through_the_sample(per_neuron):
+    """The contracted form (no [B, J, I] eligibility) equals the step-by-step rule with the
+    modulator at the last step, in float64."""
+    gen = torch.Generator().manual_seed(3)
+    t, b, n, i, j = 6, 5, 3, 4, 7
+    pre = (torch.rand(t, b, n, i, generator=gen) < 0.4).double()
+    post = (torch.rand(t, b, n, j, generator=gen) < 0.3).double()
+    modulator = torch.randn((b, j) if per_neuron else (b,), generator=gen, dtype=torch.float64)
+    params = three_factor.ThreeFactorParameters(lr=0.1, a_plus=1.0, a_minus=0.7, tau_pre=2.0, tau_post=3.0, tau_eligibility=4.0)
+    traces, total = None, 0.0
+    for step in range(t):
+        dw, traces = three_factor.update(pre[step], post[step], traces, params, modulator if step == t - 1 else None)
+        total = total + dw
+    torch.testing.assert_close(three_factor.update_at_end(pre, post, modulator, params), total, rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuleError, match=r"modulator must be \[B\]"):
+        three_factor.update_at_end(pre, post, torch.zeros(b, j + 1, dtype=torch.float64), params)
