@@ -4,6 +4,7 @@ outer product and the modulator contraction."""
 from __future__ import annotations
 
 import math
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -69,3 +70,14 @@ def modulate(eligibility: Tensor, modulator: Tensor, rule: str) -> Tensor:
     if modulator.shape == (b, j):
         return torch.einsum("bj,bji->ji", modulator.to(eligibility.dtype), eligibility)
     raise ShapeError(f"{rule}: modulator must be [B] = [{b}] or [B, J] = [{b}, {j}], got {tuple(modulator.shape)}")
+
+
+def over_steps(update: Callable[..., Any], pre: Tensor, post: Tensor, params: Any,
+               modulator_at: Callable[[int], Optional[Tensor]] = lambda t: None) -> Tensor:
+    """Feed a rule's ``update`` the steps of ``pre [T, ...]`` and ``post [T, ...]`` (its traces
+    carried over, ``modulator_at(t)`` as the modulator); returns the summed ``dw [J, I]``."""
+    traces, total = None, 0.0
+    for t in range(pre.shape[0]):
+        dw, traces = update(pre[t], post[t], traces, params, modulator_at(t))
+        total = total + dw
+    return total

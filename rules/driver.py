@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +44,7 @@ from spikeformer.model import Dense, Drive, FeatureNorm, Probe, SpikingNeurons, 
 from spikeformer.neurons import delay_one_step
 
 from . import eprop, perturbation, stdp, three_factor
-from .base import LOCAL_RULES, RuleError, check_rule
+from .base import LOCAL_RULES, RuleError, check_rule, over_steps
 
 
 @dataclass
@@ -322,24 +322,13 @@ class LocalLearner:
             back += int(layer.writer.delay)
         return range(max(0, steps - self.model.window - back), steps - back)
 
-    @staticmethod
-    def _over_steps(update: Any, pre: Tensor, post: Tensor, params: Any,
-                    modulator_at: Callable[[int], Optional[Tensor]] = lambda t: None) -> Tensor:
-        """Feed a rule ``pre [T, ...]`` and ``post [T, ...]`` step by step (its traces carried over,
-        ``modulator_at(t)`` as the modulator); returns the summed ``dw [J, I]``."""
-        traces, total = None, 0.0
-        for t in range(pre.shape[0]):
-            dw, traces = update(pre[t], post[t], traces, params, modulator_at(t))
-            total = total + dw
-        return total
-
     def _eprop(self, layer: Layer, pre: Tensor, probe: Probe, error: Tensor) -> Tensor:
         neurons = self.neurons[layer.signal_target].lif
         membrane = torch.stack(probe.membranes[layer.signal_target])  # [T, B, N, J]
         psi = eprop.pseudo_derivative(membrane, neurons.threshold, neurons.spike_fn) * self._gain(layer)
         signal = self._signal(layer, error, membrane.shape)
         window = self._window(layer, pre.shape[0])
-        return self._over_steps(eprop.update, pre, psi, self.eprop, lambda t: signal if t in window else None)
+        return over_steps(eprop.update, pre, psi, self.eprop, lambda t: signal if t in window else None)
 
     def _three_factor(self, layer: Layer, pre: Tensor, probe: Probe, error: Tensor) -> Tensor:
         post = probe.spikes[layer.signal_target]  # [T, B, N, J]
@@ -378,7 +367,7 @@ class LocalLearner:
         """Unsupervised: STDP of the layer's pre spikes and its target's spikes, only the winners
         of each sample and token learning, with the row norms of the weight kept."""
         post = stdp.winner_take_all(probe.spikes[layer.target], self.cfg.rule_winners)
-        dw = self._over_steps(stdp.update, pre, post, self.stdp)
+        dw = over_steps(stdp.update, pre, post, self.stdp)
         return stdp.keep_row_norms(dw, layer.weight.reshape(dw.shape))
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rules import perturbation
-from rules.base import RuleError
+from rules.base import RuleError, over_steps
 
 SAMPLES = 20_000
 
@@ -80,10 +80,7 @@ def test_update_at_end_equals_stepping_through_the_sample():
     noise = torch.randn(t, b, n, j, generator=gen, dtype=torch.float64)
     losses = torch.randn(b, generator=gen, dtype=torch.float64)
     params = perturbation.PerturbationParameters(lr=0.3, sigma=0.2)
-    traces, total = None, 0.0
-    for step in range(t):
-        dw, traces = perturbation.update(pre[step], noise[step], traces, params, losses if step == t - 1 else None)
-        total = total + dw
+    total = over_steps(perturbation.update, pre, noise, params, lambda step: losses if step == t - 1 else None)
     torch.testing.assert_close(perturbation.update_at_end(pre, noise, losses, params), total, rtol=1e-12, atol=1e-12)
     with pytest.raises(RuleError, match=r"loss difference per sample \[B\]"):
         perturbation.update_at_end(pre, noise, torch.zeros(b, j, dtype=torch.float64), params)

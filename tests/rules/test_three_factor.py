@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rules import three_factor
-from rules.base import RuleError
+from rules.base import RuleError, over_steps
 from spikeformer.errors import ShapeError
 
 D = math.exp(-1 / 2.0)
@@ -62,10 +62,7 @@ def test_update_at_end_equals_stepping_through_the_sample(per_neuron):
     post = (torch.rand(t, b, n, j, generator=gen) < 0.3).double()
     modulator = torch.randn((b, j) if per_neuron else (b,), generator=gen, dtype=torch.float64)
     params = three_factor.ThreeFactorParameters(lr=0.1, a_plus=1.0, a_minus=0.7, tau_pre=2.0, tau_post=3.0, tau_eligibility=4.0)
-    traces, total = None, 0.0
-    for step in range(t):
-        dw, traces = three_factor.update(pre[step], post[step], traces, params, modulator if step == t - 1 else None)
-        total = total + dw
+    total = over_steps(three_factor.update, pre, post, params, lambda step: modulator if step == t - 1 else None)
     torch.testing.assert_close(three_factor.update_at_end(pre, post, modulator, params), total, rtol=1e-12, atol=1e-12)
     with pytest.raises(RuleError, match=r"modulator must be \[B\]"):
         three_factor.update_at_end(pre, post, torch.zeros(b, j + 1, dtype=torch.float64), params)
