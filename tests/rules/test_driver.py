@@ -13,7 +13,7 @@ from rules.base import RuleError
 from rules.driver import LocalLearner, layer_map
 from spikeformer.checkpoint import load_checkpoint
 from spikeformer.config import Config
-from spikeformer.errors import ConfigError
+from spikeformer.errors import ConfigError, TrainingDiverged
 from spikeformer.model import build_model
 from spikeformer.train import train
 
@@ -168,3 +168,22 @@ def test_a_rule_trained_run_runs_on_brian2_like_any_other(tmp_path):
     assert main(["validate", str(tmp_path / "run"), "--backend", "brian2", "--samples", "4", "--quiet"]) == 0
     record = json.loads((tmp_path / "run" / "validate-brian2.json").read_text())
     assert record["spike_agreement"] == 1.0 and record["class_agreement"] == 1.0
+
+
+def test_a_diverging_local_rule_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import rules.driver as driver
+
+    cfg = Config(**{**TINY, "rule": "eprop", "epochs": 3})
+    steps_per_epoch = -(-1347 // cfg.batch_size)
+    real, calls = driver.cross_entropy, {"n": 0}
+
+    def poisoned(logits, target, **kw):
+        calls["n"] += 1
+        loss = real(logits, target, **kw)
+        return loss * float("nan") if calls["n"] > steps_per_epoch + 1 else loss  # epoch 1, step 1
+
+    monkeypatch.setattr(driver, "cross_entropy", poisoned)
+    with pytest.raises(TrainingDiverged, match="epoch 1 step 1.*last good checkpoint: epoch 0"):
+        train(cfg, tmp_path / "run", progress=False, log=lambda s: None)
+    meta, _, _ = load_checkpoint(tmp_path / "run")
+    assert meta["epoch"] == 0 and not (tmp_path / "run" / "metrics.json").exists()
