@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from neuromorphic.brian2_learning import stdp_synapses
 from rules import stdp
 from rules.base import RuleError
 
@@ -99,20 +100,7 @@ def test_stdp_equals_brian2_event_driven_stdp_on_random_spike_trains():
     t_post, i_post = times(post)
     source = b2.SpikeGeneratorGroup(n_pre, i_pre, t_pre * dt, dt=dt)
     target = b2.SpikeGeneratorGroup(n_post, i_post, t_post * dt, dt=dt)
-    # textbook trace STDP (Brian2 examples/synapses/STDP.py): traces decay exactly between events,
-    # the pre pathway (order -1) runs before the post pathway (order 1) within a step
-    synapses = b2.Synapses(source, target, model="""
-        w : 1
-        dApre/dt = -Apre / tau_pre : 1 (event-driven)
-        dApost/dt = -Apost / tau_post : 1 (event-driven)
-        """, on_pre="""
-        Apre += 1
-        w = w - lr * a_minus * Apost
-        """, on_post="""
-        Apost += 1
-        w = w + lr * a_plus * Apre
-        """, namespace=dict(tau_pre=params.tau_pre * dt, tau_post=params.tau_post * dt, lr=params.lr,
-                            a_plus=params.a_plus, a_minus=params.a_minus), dt=dt)
+    synapses = stdp_synapses(source, target, params, dt)  # neuromorphic/brian2_learning.py
     synapses.connect()
     synapses.w = w0[synapses.j[:], synapses.i[:]]
     net.add(source, target, synapses)
