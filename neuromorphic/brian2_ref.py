@@ -97,6 +97,7 @@ def run_brian2(graph: Graph, x_steps: np.ndarray, mode: str = "exact", codegen: 
     Each of the B samples starts from zero state. Raises ``LoweringError`` (one line) for what
     the chosen mode cannot run.
     """
+    graph.require_frozen("Brian2")
     if mode not in MODES:
         raise LoweringError(f"Brian2 mode {mode!r} is unknown; choose one of {list(MODES)}")
     if codegen not in CODEGEN_TARGETS:

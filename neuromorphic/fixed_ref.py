@@ -168,6 +168,7 @@ def attention_step_fixed(att: Attention, q: np.ndarray, k: np.ndarray, v: np.nda
 
 def run_fixed(graph: Graph, x_steps: np.ndarray, keep: Optional[set[str]] = None) -> Trace:
     """Simulate a fixed-point graph on integer input steps ``[T, B, N, F]`` (see quantize.encode_fixed)."""
+    graph.require_frozen("fixed_ref")
     if graph.precision != "fixed":
         raise IRError("run_fixed needs a fixed-point graph; make one with neuromorphic.quantize.quantize")
     return run_graph(graph, np.asarray(x_steps, np.int64), FixedOps(), keep)

@@ -105,6 +105,13 @@ class Connection:
     weight_exp: Optional[int] = None
     num_weight_bits: Optional[int] = None
     num_message_bits: int = 0  # 0: binary spikes in; > 0: graded input of that many bits
+    # plasticity (docs/backends.md, "On-chip learning"): the local rule the synapses learn by
+    # online, its parameters (rules.stdp.STDPParameters / rules.three_factor.ThreeFactorParameters
+    # fields) and its trace state: "pre" [source size], "post" [target size], and for
+    # three_factor "eligibility" shaped like the weight. None: the weights are fixed.
+    rule: Optional[str] = None
+    rule_params: Optional[dict] = None
+    traces: Optional[dict] = None
 
     def full_weight(self, tokens: int) -> np.ndarray:
         """``[N_out*F_out, N_in*F_in]`` over token-major flattened grids: a tokenwise ``[F_out, F_in]``
@@ -185,6 +192,14 @@ class Graph:
             order.extend(ready)
             pending = [n for n in pending if n not in ready]
         return order
+
+    def require_frozen(self, backend: str) -> "Graph":
+        """IRError (one line) if a connection carries a learning rule: ``backend`` runs fixed
+        weights; online learning on the backends is issue 11's next step."""
+        plastic = [c.name for c in self.connections if c.rule is not None]
+        _need(not plastic, f"{backend} runs fixed weights, but connection {plastic[0] if plastic else ''!r} learns by "
+                           f"a rule; running plasticity on {backend} is not built yet")
+        return self
 
     def validate(self) -> "Graph":
         """Check names, kinds, shapes and dtypes; raise IRError with one line on the first problem."""
@@ -300,6 +315,40 @@ def _validate_connection(c: Connection, pops: dict[str, Population], fixed: bool
     if fixed:
         _need(isinstance(c.weight_exp, int), f"fixed-point connection {c.name!r} lacks an integer weight_exp")
         _int_in(c.weight_exp, -MAX_EXP, MAX_EXP, f"connection {c.name!r} weight_exp")
+    if c.rule is not None or c.rule_params is not None or c.traces is not None:
+        _validate_plasticity(c, src, dst, fixed)
+
+
+def _validate_plasticity(c: Connection, src: Population, dst: Population, fixed: bool) -> None:
+    """A plastic connection: a known rule, parameters its rule accepts, traces of the right shapes."""
+    from rules.base import RuleError
+    from rules.stdp import STDPParameters
+    from rules.three_factor import ThreeFactorParameters
+
+    kinds = {"stdp": STDPParameters, "three_factor": ThreeFactorParameters}
+    where = f"connection {c.name!r}"
+    _need(isinstance(c.rule, str) and c.rule in kinds,
+          f"{where} has learning rule {short_repr(c.rule)}; a connection learns by one of {', '.join(kinds)}")
+    _need(not fixed, f"{where} learns by {c.rule}, but fixed-point learning is not built yet; export in float")
+    _need(isinstance(c.rule_params, dict) and all(isinstance(k, str) for k in c.rule_params),
+          f"{where} rule_params must be a table of {c.rule} parameters, got {short_repr(c.rule_params)}")
+    allowed = {f.name for f in fields(kinds[c.rule])}
+    unknown = sorted(set(c.rule_params) - allowed)
+    _need(not unknown, f"{where} has unknown {c.rule} parameters {unknown}; known: {sorted(allowed)}")
+    try:
+        kinds[c.rule](**c.rule_params)
+    except RuleError as exc:
+        raise IRError(f"{where}: {exc}") from None
+    _need(isinstance(c.traces, dict), f"{where} learns by {c.rule} but has no traces table")
+    shapes = {"pre": (src.size,), "post": (dst.size,)}
+    if c.rule == "three_factor":
+        shapes["eligibility"] = c.weight.shape
+    _need(set(c.traces) == set(shapes), f"{where} traces must be {sorted(shapes)}, got {short_repr(sorted(map(str, c.traces)))}")
+    for key, shape in shapes.items():
+        value = c.traces[key]
+        _need(isinstance(value, np.ndarray) and value.shape == shape and np.issubdtype(value.dtype, np.floating)
+              and bool(np.isfinite(value).all()),
+              f"{where} trace {key!r} must be a finite float array of shape {shape}")
 
 
 def _validate_attention(a: Attention, pops: dict[str, Population], fixed: bool) -> None:

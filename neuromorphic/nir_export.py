@@ -64,6 +64,7 @@ def graph_to_nir(graph: Graph, dt: float = DEFAULT_DT):
     ``Delay`` per (source, delay) named ``<source>.delay[<d>]``. Raises ``LoweringError`` for
     attention nodes, fixed-point graphs and populations without an incoming connection.
     """
+    graph.require_frozen("NIR export")
     nir = _nir()
     graph.validate()
     if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):

@@ -131,6 +131,7 @@ def run_graph(graph: Graph, x_steps: np.ndarray, ops: Optional[Ops] = None,
     """Simulate ``graph`` on encoded input ``x_steps [T, B, N, F]`` (one sample per batch row,
     every state starting at zero). ``keep``: population names whose spikes to return (all
     when None)."""
+    graph.require_frozen("numpy reference")
     ops = ops or FloatOps()
     inp = graph.input
     if x_steps.ndim != 4 or x_steps.shape[2:] != (inp.tokens, inp.features):

@@ -201,6 +201,7 @@ def run_lava(graph: Graph, x_steps: np.ndarray, progress: bool = True,
     For fixed point ``x_steps`` must already be the integer messages (``quantize.encode_fixed``).
     ``chunk``: samples per ``run`` call (the progress bar's step).
     """
+    graph.require_frozen("Lava")
     require_lava()
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg

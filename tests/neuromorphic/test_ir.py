@@ -111,3 +111,66 @@ def test_fixed_graph_needs_integer_weights(graph):
     fixed.connections[0].weight = fixed.connections[0].weight.astype(np.float64)
     with pytest.raises(IRError, match="must be integer"):
         fixed.validate()
+
+
+def _make_plastic(graph, rule="three_factor"):
+    """Give the graph's first tokenwise connection a learning rule and some trace state."""
+    conn = next(c for c in graph.connections if c.kind == "tokenwise")
+    src, dst = graph.population(conn.source), graph.population(conn.target)
+    rng = np.random.default_rng(0)
+    conn.rule = rule
+    conn.rule_params = {"lr": 0.01, "a_plus": 1.0, "a_minus": 0.5, "tau_pre": 2.0, "tau_post": 3.0}
+    conn.traces = {"pre": rng.random(src.size), "post": rng.random(dst.size)}
+    if rule == "three_factor":
+        conn.rule_params["tau_eligibility"] = 8.0
+        conn.traces["eligibility"] = rng.normal(size=conn.weight.shape)
+    return conn
+
+
+@pytest.mark.parametrize("rule", ["stdp", "three_factor"])
+def test_a_plastic_connection_round_trips(graph, tmp_path, rule):
+    conn = _make_plastic(graph, rule)
+    loaded = load_graph(save_graph(graph, tmp_path / rule))
+    _same(graph, loaded)
+    again = next(c for c in loaded.connections if c.name == conn.name)
+    assert again.rule == rule and again.rule_params == conn.rule_params
+    assert set(again.traces) == set(conn.traces)
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda c: setattr(c, "rule", "eprop"), r"learning rule 'eprop'; a connection learns by one of stdp, three_factor"),
+    (lambda c: c.rule_params.update(tau_pre=-1.0), r"tau_pre must be a finite number > 0"),
+    (lambda c: c.rule_params.update(gain=2.0), r"unknown three_factor parameters \['gain'\]"),
+    (lambda c: c.traces.pop("eligibility"), r"traces must be \['eligibility', 'post', 'pre'\]"),
+    (lambda c: c.traces.update(pre=np.full(c.traces["pre"].shape, np.nan)), r"trace 'pre' must be a finite float array"),
+])
+def test_a_malformed_rule_in_an_ir_file_is_refused_in_one_line(graph, tmp_path, damage, match):
+    conn = _make_plastic(graph)
+    path = save_graph(graph, tmp_path / "ir")
+    record = json.loads((path / GRAPH_FILE).read_text())
+    damage(conn)  # the same damage, written into the file's record
+    entry = next(c for c in record["connections"] if c["name"] == conn.name)
+    entry["rule"], entry["rule_params"] = conn.rule, conn.rule_params
+    if set(conn.traces) != set(entry["traces"]):
+        entry["traces"] = {k: v for k, v in entry["traces"].items() if k in conn.traces}
+    (path / GRAPH_FILE).write_text(json.dumps(record))
+    if np.isnan(conn.traces["pre"]).any():  # an array's damage goes through the validator
+        with pytest.raises(IRError, match=match) as exc:
+            graph.validate()
+    else:
+        with pytest.raises(IRError, match=match) as exc:
+            load_graph(path)
+    _one_line(exc)
+
+
+def test_backends_refuse_a_plastic_graph_in_one_line(graph):
+    from neuromorphic.fixed_ref import run_fixed
+    from neuromorphic.nir_export import graph_to_nir
+    from neuromorphic.simulate import run_graph
+
+    conn = _make_plastic(graph, "stdp")
+    x = np.zeros((2, 1, graph.input.tokens, graph.input.features))
+    for run in (lambda: run_graph(graph, x), lambda: run_fixed(graph, x), lambda: graph_to_nir(graph)):
+        with pytest.raises(IRError, match=f"connection {conn.name!r} learns by a rule") as exc:
+            run()
+        _one_line(exc)
