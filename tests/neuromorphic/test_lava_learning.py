@@ -148,3 +148,32 @@ def test_lava_float_three_factor_follows_rules_three_factor_after_every_step():
     lava = run_learning_dense(pre, post, w0, learning_rule("three_factor", params), y_inputs)
     assert np.abs(ours[-1] - w0).max() > 0.01
     np.testing.assert_allclose(lava, ours, rtol=0, atol=1e-12)
+
+
+def test_brian2_three_factor_synapses_follow_rules_three_factor():
+    import brian2 as b2
+
+    from neuromorphic.brian2_learning import three_factor_synapses
+
+    b2.prefs.codegen.target = "numpy"
+    rng = np.random.default_rng(2)
+    steps, n_pre, n_post = 40, 5, 4
+    pre = (rng.random((steps, n_pre)) < 0.3).astype(float)
+    post = (rng.random((steps, n_post)) < 0.3).astype(float)
+    modulator = np.where(rng.random((steps, n_post)) < 0.2, rng.normal(size=(steps, n_post)), 0.0)
+    w0 = rng.uniform(-0.5, 0.5, (n_post, n_pre))
+    params = three_factor.ThreeFactorParameters(lr=0.2, a_plus=1.0, a_minus=0.6, tau_pre=2.0, tau_post=3.0,
+                                                tau_eligibility=5.0)
+    ours = torch_weights(three_factor.update, pre, post, w0, params, modulator)[-1]
+
+    dt = 1 * b2.ms
+    source = b2.SpikeGeneratorGroup(n_pre, np.nonzero(pre)[1], np.nonzero(pre)[0] * dt, dt=dt)
+    target = b2.SpikeGeneratorGroup(n_post, np.nonzero(post)[1], np.nonzero(post)[0] * dt, dt=dt)
+    synapses = three_factor_synapses(source, target, params, dt, modulator)
+    synapses.connect()
+    synapses.w = w0[synapses.j[:], synapses.i[:]]
+    b2.Network(source, target, synapses).run(steps * dt)
+    brian = np.zeros_like(w0)
+    brian[synapses.j[:], synapses.i[:]] = synapses.w[:]
+    assert np.abs(ours - w0).max() > 0.01
+    np.testing.assert_allclose(brian, ours, rtol=0, atol=1e-9)
