@@ -16,7 +16,7 @@ recorded (the perfect integrator's increment). Logits = mean of the readout over
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
@@ -127,11 +127,15 @@ def attention_step_float(att: Attention, q: np.ndarray, k: np.ndarray, v: np.nda
 
 
 def run_graph(graph: Graph, x_steps: np.ndarray, ops: Optional[Ops] = None,
-              keep: Optional[set[str]] = None) -> Trace:
+              keep: Optional[set[str]] = None,
+              after_step: Optional[Callable[[int, dict[str, np.ndarray]], None]] = None) -> Trace:
     """Simulate ``graph`` on encoded input ``x_steps [T, B, N, F]`` (one sample per batch row,
     every state starting at zero). ``keep``: population names whose spikes to return (all
-    when None)."""
-    graph.require_frozen("numpy reference")
+    when None). ``after_step(t, outputs)``, if given, runs at the end of every step with each
+    population's output of step t; it may change connection weights (online learning,
+    ``learn_online``), which the next step then uses."""
+    if after_step is None:
+        graph.require_frozen("numpy reference")
     ops = ops or FloatOps()
     inp = graph.input
     if x_steps.ndim != 4 or x_steps.shape[2:] != (inp.tokens, inp.features):
@@ -173,7 +177,83 @@ def run_graph(graph: Graph, x_steps: np.ndarray, ops: Optional[Ops] = None,
                     now[name] = ops.zeros((batch, pop.tokens, pop.features))
             if name in spikes:
                 spikes[name][t] = now[name] != 0
+        if after_step is not None:
+            after_step(t, now)
         for name in pops:
             history[name] = [now[name]] + history[name][:-1]
     saturation = int(getattr(ops, "saturation_events", 0))
     return Trace(spikes, np.stack(readout, 0), int(graph.meta["window"]), saturation)
+
+
+def learn_online(graph: Graph, samples: np.ndarray,
+                 modulator: Optional[Callable[[int, int, Connection], np.ndarray]] = None) -> list[Trace]:
+    """Run ``samples [S, T, N, F]`` one after another through a float ``graph`` whose plastic
+    connections learn online (docs/backends.md, "On-chip learning"): neuron and attention states
+    start at zero for every sample, weights and rule traces carry over. At the end of step t a
+    plastic connection pairs its source's spikes of step t with its target's spikes of step t
+    (as Lava's LearningDense pairs its input with the back-propagated spikes of the same step;
+    the current the spikes cause arrives ``delay`` steps later) and adds the rule's dw to its
+    weight. ``modulator(sample, t, connection)`` gives a three_factor connection its modulator
+    per target feature ``[F_out]`` (zeros when None). Updates ``graph`` in place (weights and
+    ``traces``); returns each sample's Trace."""
+    import torch
+
+    from rules import stdp, three_factor
+    from rules.base import RuleError
+
+    plastic = [c for c in graph.connections if c.rule is not None]
+    if graph.precision != "float":
+        raise IRError("online learning runs on float graphs; fixed-point learning is not built yet")
+    for conn in plastic:
+        if conn.kind != "tokenwise":
+            raise RuleError(f"connection {conn.name!r} is {conn.kind}; online learning reaches tokenwise connections")
+    kinds = {"stdp": (stdp.update, stdp.STDPParameters), "three_factor": (three_factor.update,
+                                                                          three_factor.ThreeFactorParameters)}
+    params = {c.name: kinds[c.rule][1](**c.rule_params) for c in plastic}
+    rule_traces = {c.name: _rule_traces(c) for c in plastic}
+    traces = []
+    for index, sample in enumerate(np.asarray(samples)):
+        def after_step(t: int, now: dict[str, np.ndarray]) -> None:
+            for conn in plastic:
+                pre, post = now[conn.source][0], now[conn.target][0].astype(np.float64)  # [N, F]: batch of one
+                m = None
+                if conn.rule == "three_factor":
+                    m = np.zeros(post.shape[-1]) if modulator is None else modulator(index, t, conn)
+                    m = np.broadcast_to(np.asarray(m, np.float64), (post.shape[-1],))[None]  # [1, F_out]
+                dw, rule_traces[conn.name] = kinds[conn.rule][0](
+                    torch.from_numpy(pre[None].astype(np.float64)), torch.from_numpy(post[None]),
+                    rule_traces[conn.name], params[conn.name], None if m is None else torch.from_numpy(m.copy()))
+                conn.weight = conn.weight + dw.numpy()
+        traces.append(run_graph(graph, sample[:, None], after_step=after_step))
+    for conn in plastic:
+        conn.traces = _ir_traces(conn, rule_traces[conn.name])
+    return traces
+
+
+def _rule_traces(conn: Connection) -> Any:
+    """The IR's ``traces`` of a plastic connection as the rule's trace state (a batch of one), or
+    None (the rule starts from zero traces)."""
+    import torch
+
+    from rules.three_factor import ThreeFactorTraces
+    from spikeformer.plasticity import Traces
+
+    if not conn.traces:
+        return None
+    f_in, f_out = conn.weight.shape[1], conn.weight.shape[0]
+    as_grid = lambda v, f: torch.from_numpy(np.asarray(v, np.float64).reshape(1, -1, f))  # noqa: E731  [1, N, F]
+    spikes = Traces(as_grid(conn.traces["pre"], f_in), as_grid(conn.traces["post"], f_out))
+    if conn.rule == "three_factor":
+        return ThreeFactorTraces(spikes, torch.from_numpy(np.asarray(conn.traces["eligibility"], np.float64)[None]))
+    return spikes
+
+
+def _ir_traces(conn: Connection, state: Any) -> Optional[dict[str, np.ndarray]]:
+    """The rule's trace state after learning, as the IR's ``traces`` table."""
+    if state is None:
+        return conn.traces
+    spikes = state.spikes if conn.rule == "three_factor" else state
+    out = {"pre": spikes.pre.numpy().reshape(-1), "post": spikes.post.numpy().reshape(-1)}
+    if conn.rule == "three_factor":
+        out["eligibility"] = state.eligibility.numpy()[0]
+    return out
