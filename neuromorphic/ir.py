@@ -330,6 +330,11 @@ def _validate_plasticity(c: Connection, src: Population, dst: Population, fixed:
     _need(isinstance(c.rule, str) and c.rule in kinds,
           f"{where} has learning rule {short_repr(c.rule)}; a connection learns by one of {', '.join(kinds)}")
     _need(not fixed, f"{where} learns by {c.rule}, but fixed-point learning is not built yet; export in float")
+    # a local rule changes each synapse by its own pre and post activity; a weight shared over
+    # tokens would need the sum over every token's synapses (non-local), which no chip does
+    _need(c.kind == "full" or src.tokens == 1,
+          f"{where} learns by {c.rule} but shares its weight over {src.tokens} tokens; a plastic connection must be "
+          "full (one weight per synapse) or join one-token populations")
     _need(isinstance(c.rule_params, dict) and all(isinstance(k, str) for k in c.rule_params),
           f"{where} rule_params must be a table of {c.rule} parameters, got {short_repr(c.rule_params)}")
     allowed = {f.name for f in fields(kinds[c.rule])}

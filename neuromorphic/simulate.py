@@ -186,7 +186,8 @@ def run_graph(graph: Graph, x_steps: np.ndarray, ops: Optional[Ops] = None,
 
 
 def learn_online(graph: Graph, samples: np.ndarray,
-                 modulator: Optional[Callable[[int, int, Connection], np.ndarray]] = None) -> list[Trace]:
+                 modulator: Optional[Callable[[int, int, Connection], np.ndarray]] = None,
+                 guard_steps: int = 0) -> list[Trace]:
     """Run ``samples [S, T, N, F]`` one after another through a float ``graph`` whose plastic
     connections learn online (docs/backends.md, "On-chip learning"): neuron and attention states
     start at zero for every sample, weights and rule traces carry over. At the end of step t a
@@ -194,19 +195,17 @@ def learn_online(graph: Graph, samples: np.ndarray,
     (as Lava's LearningDense pairs its input with the back-propagated spikes of the same step;
     the current the spikes cause arrives ``delay`` steps later) and adds the rule's dw to its
     weight. ``modulator(sample, t, connection)`` gives a three_factor connection its modulator
-    per target feature ``[F_out]`` (zeros when None). Updates ``graph`` in place (weights and
+    per target neuron ``[target size]`` (zeros when None). Plastic connections have one weight
+    per synapse (IR validation: full, or one token). ``guard_steps`` silent steps follow each
+    sample, in which the traces only decay (the Lava network's guard steps between samples). Updates ``graph`` in place (weights and
     ``traces``); returns each sample's Trace."""
     import torch
 
     from rules import stdp, three_factor
-    from rules.base import RuleError
 
     plastic = [c for c in graph.connections if c.rule is not None]
     if graph.precision != "float":
         raise IRError("online learning runs on float graphs; fixed-point learning is not built yet")
-    for conn in plastic:
-        if conn.kind != "tokenwise":
-            raise RuleError(f"connection {conn.name!r} is {conn.kind}; online learning reaches tokenwise connections")
     kinds = {"stdp": (stdp.update, stdp.STDPParameters), "three_factor": (three_factor.update,
                                                                           three_factor.ThreeFactorParameters)}
     params = {c.name: kinds[c.rule][1](**c.rule_params) for c in plastic}
@@ -215,16 +214,22 @@ def learn_online(graph: Graph, samples: np.ndarray,
     for index, sample in enumerate(np.asarray(samples)):
         def after_step(t: int, now: dict[str, np.ndarray]) -> None:
             for conn in plastic:
-                pre, post = now[conn.source][0], now[conn.target][0].astype(np.float64)  # [N, F]: batch of one
+                # one weight per synapse (full, or one token): the flattened grids [1, N F], batch of one
+                pre, post = now[conn.source].reshape(1, -1), now[conn.target].reshape(1, -1).astype(np.float64)
                 m = None
                 if conn.rule == "three_factor":
                     m = np.zeros(post.shape[-1]) if modulator is None else modulator(index, t, conn)
-                    m = np.broadcast_to(np.asarray(m, np.float64), (post.shape[-1],))[None]  # [1, F_out]
+                    m = np.broadcast_to(np.asarray(m, np.float64), (post.shape[-1],))[None]  # [1, J]
                 dw, rule_traces[conn.name] = kinds[conn.rule][0](
-                    torch.from_numpy(pre[None].astype(np.float64)), torch.from_numpy(post[None]),
+                    torch.from_numpy(pre.astype(np.float64)), torch.from_numpy(post),
                     rule_traces[conn.name], params[conn.name], None if m is None else torch.from_numpy(m.copy()))
                 conn.weight = conn.weight + dw.numpy()
         traces.append(run_graph(graph, sample[:, None], after_step=after_step))
+        for _ in range(guard_steps):  # no spikes: dw = 0, the traces decay
+            for conn in plastic:
+                pre = torch.zeros(1, graph.population(conn.source).size, dtype=torch.float64)
+                post = torch.zeros(1, graph.population(conn.target).size, dtype=torch.float64)
+                _, rule_traces[conn.name] = kinds[conn.rule][0](pre, post, rule_traces[conn.name], params[conn.name])
     for conn in plastic:
         conn.traces = _ir_traces(conn, rule_traces[conn.name])
     return traces
@@ -240,9 +245,8 @@ def _rule_traces(conn: Connection) -> Any:
 
     if not conn.traces:
         return None
-    f_in, f_out = conn.weight.shape[1], conn.weight.shape[0]
-    as_grid = lambda v, f: torch.from_numpy(np.asarray(v, np.float64).reshape(1, -1, f))  # noqa: E731  [1, N, F]
-    spikes = Traces(as_grid(conn.traces["pre"], f_in), as_grid(conn.traces["post"], f_out))
+    flat = lambda v: torch.from_numpy(np.asarray(v, np.float64).reshape(1, -1))  # noqa: E731  [1, size]
+    spikes = Traces(flat(conn.traces["pre"]), flat(conn.traces["post"]))
     if conn.rule == "three_factor":
         return ThreeFactorTraces(spikes, torch.from_numpy(np.asarray(conn.traces["eligibility"], np.float64)[None]))
     return spikes

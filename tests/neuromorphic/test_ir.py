@@ -114,8 +114,8 @@ def test_fixed_graph_needs_integer_weights(graph):
 
 
 def _make_plastic(graph, rule="three_factor"):
-    """Give the graph's first tokenwise connection a learning rule and some trace state."""
-    conn = next(c for c in graph.connections if c.kind == "tokenwise")
+    """Give the graph's first full connection (one weight per synapse) a learning rule and some trace state."""
+    conn = next(c for c in graph.connections if c.kind == "full")
     src, dst = graph.population(conn.source), graph.population(conn.target)
     rng = np.random.default_rng(0)
     conn.rule = rule

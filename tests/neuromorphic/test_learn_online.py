@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuromorphic.ir import Connection, Graph, Population
+from neuromorphic.ir import Connection, Graph, IRError, Population
 from neuromorphic.simulate import learn_online, run_graph
 from rules import stdp, three_factor
 from rules.base import over_steps
@@ -23,7 +23,8 @@ def plastic_graph(rule: str, seed: int = 0) -> Graph:
     params = {"lr": 0.1, "a_plus": 1.0, "a_minus": 0.8, "tau_pre": 2.0, "tau_post": 3.0}
     if rule == "three_factor":
         params["tau_eligibility"] = 4.0
-    plastic = Connection("input->hidden", "input", "hidden", "tokenwise", rng.uniform(0.2, 1.2, (F_OUT, F_IN)),
+    # full: one weight per synapse (a weight shared over tokens cannot learn locally)
+    plastic = Connection("input->hidden", "input", "hidden", "full", rng.uniform(0.0, 0.8, (TOKENS * F_OUT, TOKENS * F_IN)),
                          rule=rule, rule_params=params)
     readout = Connection("hidden->readout", "hidden", "readout", "full", rng.normal(size=(2, TOKENS * F_OUT)))
     meta = {"mode": "global", "steps": STEPS, "window": STEPS, "latency": 0, "classes": 2}
@@ -39,8 +40,8 @@ def test_stdp_online_pairs_each_steps_spikes_and_carries_traces_over_samples():
     w0 = graph.connections[0].weight.copy()
     x = samples(3)
     traces = learn_online(graph, x)
-    post = np.concatenate([t.spikes["hidden"][:, 0] for t in traces]).astype(np.float64)  # [S*T, N, F_OUT]
-    pre = x.reshape(-1, TOKENS, F_IN)
+    post = np.concatenate([t.spikes["hidden"][:, 0] for t in traces]).reshape(-1, TOKENS * F_OUT).astype(np.float64)
+    pre = x.reshape(-1, TOKENS * F_IN)  # [S*T, N*F]: the flattened grids, samples back to back
     params = stdp.STDPParameters(**graph.connections[0].rule_params)
     # the same rule over the samples back to back: traces carry over, pre and post of the same step pair
     expected = w0 + over_steps(stdp.update, torch.from_numpy(pre[:, None]), torch.from_numpy(post[:, None]),
@@ -59,17 +60,43 @@ def test_three_factor_online_uses_the_modulator_it_is_given():
     w0 = graph.connections[0].weight.copy()
     x = samples(2, seed=3)
     rng = np.random.default_rng(4)
-    m = rng.normal(size=(2, STEPS, F_OUT))
+    m = rng.normal(size=(2, STEPS, TOKENS * F_OUT))
     traces = learn_online(graph, x, modulator=lambda sample, t, conn: m[sample, t])
-    post = np.concatenate([t.spikes["hidden"][:, 0] for t in traces]).astype(np.float64)
-    pre = x.reshape(-1, TOKENS, F_IN)
+    post = np.concatenate([t.spikes["hidden"][:, 0] for t in traces]).reshape(-1, TOKENS * F_OUT).astype(np.float64)
+    pre = x.reshape(-1, TOKENS * F_IN)
     params = three_factor.ThreeFactorParameters(**graph.connections[0].rule_params)
-    flat_m = torch.from_numpy(m.reshape(-1, F_OUT))
+    flat_m = torch.from_numpy(m.reshape(-1, TOKENS * F_OUT))
     expected = w0 + over_steps(three_factor.update, torch.from_numpy(pre[:, None]), torch.from_numpy(post[:, None]),
                                params, lambda t: flat_m[t][None]).numpy()
     assert np.abs(expected - w0).max() > 0.01
     np.testing.assert_allclose(graph.connections[0].weight, expected, rtol=0, atol=1e-12)
-    assert graph.connections[0].traces["eligibility"].shape == (F_OUT, F_IN)
+    assert graph.connections[0].traces["eligibility"].shape == (TOKENS * F_OUT, TOKENS * F_IN)
     with pytest.raises(Exception, match="fixed-point learning is not built yet"):
         graph.precision = "fixed"
         learn_online(graph, x)
+
+
+def test_a_weight_shared_over_tokens_cannot_be_plastic():
+    graph = plastic_graph("stdp")
+    conn = graph.connections[0]
+    conn.kind, conn.weight = "tokenwise", conn.weight[:F_OUT, :F_IN].copy()
+    with pytest.raises(IRError, match="shares its weight over 2 tokens; a plastic connection must be full"):
+        graph.validate()
+
+
+def test_guard_steps_between_samples_let_the_traces_decay():
+    graph = plastic_graph("stdp")
+    w0 = graph.connections[0].weight.copy()
+    x = samples(2, seed=5)
+    traces = learn_online(graph, x, guard_steps=2)
+    silent = np.zeros((2, TOKENS * F_IN))
+    pre = np.concatenate([x[0].reshape(STEPS, -1), silent, x[1].reshape(STEPS, -1)])
+    post = [t.spikes["hidden"][:, 0].reshape(STEPS, -1).astype(np.float64) for t in traces]
+    post = np.concatenate([post[0], np.zeros((2, TOKENS * F_OUT)), post[1]])
+    params = stdp.STDPParameters(**graph.connections[0].rule_params)
+    expected = w0 + over_steps(stdp.update, torch.from_numpy(pre[:, None]), torch.from_numpy(post[:, None]),
+                               params).numpy()
+    np.testing.assert_allclose(graph.connections[0].weight, expected, rtol=0, atol=1e-12)
+    back_to_back = plastic_graph("stdp")
+    learn_online(back_to_back, x)
+    assert not np.allclose(back_to_back.connections[0].weight, graph.connections[0].weight, rtol=0, atol=1e-9)
