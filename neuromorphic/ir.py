@@ -332,6 +332,7 @@ def _validate_plasticity(c: Connection, src: Population, dst: Population, fixed:
     _need(not fixed, f"{where} learns by {c.rule}, but fixed-point learning is not built yet; export in float")
     # a local rule changes each synapse by its own pre and post activity; a weight shared over
     # tokens would need the sum over every token's synapses (non-local), which no chip does
+    _need(c.delay == 1, f"{where} learns by {c.rule} with delay {c.delay}; a plastic connection delays one step")
     _need(c.kind == "full" or src.tokens == 1,
           f"{where} learns by {c.rule} but shares its weight over {src.tokens} tokens; a plastic connection must be "
           "full (one weight per synapse) or join one-token populations")

@@ -190,15 +190,20 @@ def learn_online(graph: Graph, samples: np.ndarray,
                  guard_steps: int = 0) -> list[Trace]:
     """Run ``samples [S, T, N, F]`` one after another through a float ``graph`` whose plastic
     connections learn online (docs/backends.md, "On-chip learning"): neuron and attention states
-    start at zero for every sample, weights and rule traces carry over. At the end of step t a
-    plastic connection pairs its source's spikes of step t with its target's spikes of step t
-    (as Lava's LearningDense pairs its input with the back-propagated spikes of the same step;
-    the current the spikes cause arrives ``delay`` steps later) and adds the rule's dw to its
-    weight. ``modulator(sample, t, connection)`` gives a three_factor connection its modulator
-    per target neuron ``[target size]`` (zeros when None). Plastic connections have one weight
-    per synapse (IR validation: full, or one token). ``guard_steps`` silent steps follow each
-    sample, in which the traces only decay (the Lava network's guard steps between samples). Updates ``graph`` in place (weights and
-    ``traces``); returns each sample's Trace."""
+    start at zero for every sample, weights and rule traces carry over.
+
+    At the end of step t a plastic connection pairs its source's spikes of step t with its
+    target's spikes of step t and computes the rule's dw. Spikes are transmitted with the weight
+    of the step they are sent in, before that step's dw (a delay-1 connection delivers them at
+    t + 1), so dw of step t first weighs the spikes of step t + 1. This is Lava's order: a
+    LearningDense integrates its input, then learns, and sends the current one step later.
+
+    ``modulator(sample, t, connection)`` gives a three_factor connection its modulator per
+    target neuron ``[target size]`` (zeros when None). ``guard_steps`` follow each sample as in
+    the Lava network: in the first the input is silent but the last step's spikes still arrive
+    (neurons may fire, and learn); in the rest every neuron is held silent and the traces only
+    decay. Updates ``graph`` in place (weights and ``traces``); returns each sample's Trace
+    (its own steps only)."""
     import torch
 
     from rules import stdp, three_factor
@@ -210,22 +215,31 @@ def learn_online(graph: Graph, samples: np.ndarray,
                                                                           three_factor.ThreeFactorParameters)}
     params = {c.name: kinds[c.rule][1](**c.rule_params) for c in plastic}
     rule_traces = {c.name: _rule_traces(c) for c in plastic}
+    pending = {c.name: 0.0 for c in plastic}  # dw of the last step, applied after its spikes were sent
     traces = []
     for index, sample in enumerate(np.asarray(samples)):
         def after_step(t: int, now: dict[str, np.ndarray]) -> None:
             for conn in plastic:
+                conn.weight = conn.weight + pending[conn.name]  # step t's spikes went out with the old weight
                 # one weight per synapse (full, or one token): the flattened grids [1, N F], batch of one
                 pre, post = now[conn.source].reshape(1, -1), now[conn.target].reshape(1, -1).astype(np.float64)
                 m = None
                 if conn.rule == "three_factor":
-                    m = np.zeros(post.shape[-1]) if modulator is None else modulator(index, t, conn)
+                    m = np.zeros(post.shape[-1]) if modulator is None or t >= steps else modulator(index, t, conn)
                     m = np.broadcast_to(np.asarray(m, np.float64), (post.shape[-1],))[None]  # [1, J]
                 dw, rule_traces[conn.name] = kinds[conn.rule][0](
                     torch.from_numpy(pre.astype(np.float64)), torch.from_numpy(post),
                     rule_traces[conn.name], params[conn.name], None if m is None else torch.from_numpy(m.copy()))
-                conn.weight = conn.weight + dw.numpy()
-        traces.append(run_graph(graph, sample[:, None], after_step=after_step))
-        for _ in range(guard_steps):  # no spikes: dw = 0, the traces decay
+                pending[conn.name] = dw.numpy()
+        steps = len(sample)
+        if guard_steps:  # the first guard step: no input, but the last step's spikes still arrive
+            sample = np.concatenate([sample, np.zeros_like(sample[:1])])
+        trace = run_graph(graph, sample[:, None], after_step=after_step)
+        traces.append(Trace({k: v[:steps] for k, v in trace.spikes.items()}, trace.readout[:steps], trace.window,
+                            trace.saturation_events))
+        for conn in plastic:  # the last step's spikes are not transmitted within this sample
+            conn.weight, pending[conn.name] = conn.weight + pending[conn.name], 0.0
+        for _ in range(guard_steps - 1):  # every LIF held silent: dw = 0, the traces decay
             for conn in plastic:
                 pre = torch.zeros(1, graph.population(conn.source).size, dtype=torch.float64)
                 post = torch.zeros(1, graph.population(conn.target).size, dtype=torch.float64)

@@ -105,6 +105,30 @@ def _check_guard(graph: Graph) -> None:
                 f"guard of -{GUARD_A_IN} that separates samples in Lava; quantise with a smaller vth")
 
 
+def _check_plastic(graph: Graph) -> None:
+    """What of on-chip learning Lava runs today: float STDP on connections from binary spikes into
+    LIF neurons. Anything else is refused in one line."""
+    for conn in graph.connections:
+        if conn.rule is None:
+            continue
+        where = f"connection {conn.name!r} learns by {conn.rule}"
+        if graph.precision == "fixed":
+            raise IRError(f"{where}: fixed-point learning on Lava is not built yet; run the float graph")
+        if conn.rule != "stdp":
+            raise IRError(f"{where}: on Lava its post trace and modulator must be fed to the LearningDense from "
+                          "outside (LearningLIF in lava-nc 0.10.0 sends neither); not built yet")
+        if graph.population(conn.source).kind == "input" and graph.input.graded:
+            raise IRError(f"{where} from graded input; Lava's learning engine pairs spikes: use binary input")
+        if graph.population(conn.target).kind != "lif":
+            raise IRError(f"{where} into a {graph.population(conn.target).kind}; its post spikes must come from LIF neurons")
+
+
+def _rule_parameters(conn) -> Any:
+    from rules.stdp import STDPParameters
+
+    return STDPParameters(**conn.rule_params)
+
+
 def build_network(graph: Graph, x_steps: np.ndarray, folder: Path) -> LavaNetwork:
     """Lava processes for ``graph`` fed with ``x_steps [T, B, N, F]`` (integers for fixed point);
     spike files go to ``folder``."""
@@ -169,7 +193,16 @@ def build_network(graph: Graph, x_steps: np.ndarray, folder: Path) -> LavaNetwor
             kwargs["num_message_bits"] = 24  # float graded input: any value > 0 selects the graded path
         if fixed:
             kwargs.update(weight_exp=int(conn.weight_exp), num_weight_bits=int(conn.num_weight_bits))
-        dense = Dense(weights=_weights(graph, conn), name=conn.name, **kwargs)
+        if conn.rule is not None:  # on-chip learning (float): the target's spikes come back as bAPs
+            from lava.proc.dense.process import LearningDense
+
+            from .learning import learning_rule
+
+            dense = LearningDense(weights=_weights(graph, conn), name=conn.name,
+                                  learning_rule=learning_rule(conn.rule, _rule_parameters(conn)), **kwargs)
+            lifs[conn.target].s_out.connect(dense.s_in_bap)
+        else:
+            dense = Dense(weights=_weights(graph, conn), name=conn.name, **kwargs)
         ports[conn.source].connect(dense.s_in)
         dense.a_out.connect(lifs[conn.target].a_in)
         denses.append(dense)
@@ -197,11 +230,13 @@ def build_network(graph: Graph, x_steps: np.ndarray, folder: Path) -> LavaNetwor
 def run_lava(graph: Graph, x_steps: np.ndarray, progress: bool = True,
              keep: Optional[set[str]] = None, chunk: int = 10) -> tuple[Trace, dict[str, Any]]:
     """Run ``graph`` (float or fixed) on ``x_steps [T, B, N, F]``; returns the ``Trace`` and timings.
+    The samples run one after another; a plastic connection (float STDP, docs/backends.md
+    "On-chip learning") learns throughout, and its learned weight is written back into ``graph``.
 
     For fixed point ``x_steps`` must already be the integer messages (``quantize.encode_fixed``).
     ``chunk``: samples per ``run`` call (the progress bar's step).
     """
-    graph.require_frozen("Lava")
+    _check_plastic(graph)
     require_lava()
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
@@ -237,6 +272,10 @@ def run_lava(graph: Graph, x_steps: np.ndarray, progress: bool = True,
             tick = time.perf_counter()
             v = np.asarray(net.monitor.get_data()[net.readout.name]["v"]).reshape(batch, net.period, -1)
             saturation = sum(int(np.asarray(p.saturation.get()).sum()) for p in net.attentions.values())
+            for dense in net.denses:  # learned weights back into the graph (full or one-token: as stored)
+                conn = next((c for c in graph.connections if c.name == dense.name and c.rule is not None), None)
+                if conn is not None:
+                    conn.weight = np.asarray(dense.weights.get(), dtype=np.float64)
             read_seconds = time.perf_counter() - tick
         finally:
             first.stop()

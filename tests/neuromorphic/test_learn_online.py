@@ -88,6 +88,7 @@ def test_guard_steps_between_samples_let_the_traces_decay():
     graph = plastic_graph("stdp")
     w0 = graph.connections[0].weight.copy()
     x = samples(2, seed=5)
+    x[:, -1] = 0.0  # nothing in flight at the end of a sample: the first guard step is silent too
     traces = learn_online(graph, x, guard_steps=2)
     silent = np.zeros((2, TOKENS * F_IN))
     pre = np.concatenate([x[0].reshape(STEPS, -1), silent, x[1].reshape(STEPS, -1)])
@@ -100,3 +101,34 @@ def test_guard_steps_between_samples_let_the_traces_decay():
     back_to_back = plastic_graph("stdp")
     learn_online(back_to_back, x)
     assert not np.allclose(back_to_back.connections[0].weight, graph.connections[0].weight, rtol=0, atol=1e-9)
+
+
+@pytest.mark.backend
+def test_lava_float_learns_online_as_the_reference_does():
+    """The plastic connection as a LearningDense whose bAPs are the target LIF's spikes: over 4
+    samples run back to back (with Lava's guard steps between them), the spikes and the learned
+    weights equal learn_online's."""
+    import copy
+
+    from neuromorphic.lava.run import GUARD_STEPS, run_lava
+
+    graph = plastic_graph("stdp")
+    reference = copy.deepcopy(graph)
+    x = samples(4, seed=7)
+    expected = learn_online(reference, x, guard_steps=GUARD_STEPS)
+    trace, _ = run_lava(graph, x.transpose(1, 0, 2, 3), progress=False)
+    ours = np.stack([t.spikes["hidden"][:, 0] for t in expected], 1)  # [T, S, N, F]
+    assert ours.sum() > 10
+    np.testing.assert_array_equal(trace.spikes["hidden"], ours)
+    assert np.abs(reference.connections[0].weight - plastic_graph("stdp").connections[0].weight).max() > 0.05
+    np.testing.assert_allclose(graph.connections[0].weight, reference.connections[0].weight, rtol=0, atol=1e-12)
+
+
+@pytest.mark.backend
+def test_lava_refuses_what_it_cannot_learn_yet_in_one_line():
+    from neuromorphic.lava.run import run_lava
+
+    graph = plastic_graph("three_factor")
+    with pytest.raises(IRError, match="fed to the LearningDense from outside") as exc:
+        run_lava(graph, samples(1).transpose(1, 0, 2, 3), progress=False)
+    assert "\n" not in str(exc.value)
