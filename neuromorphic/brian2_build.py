@@ -98,6 +98,7 @@ class Builder:
         self.spike_monitors: dict[str, Any] = {}
         self.neurons = 0
         self.synapses = 0
+        self.plastic: dict[str, Any] = {}  # connection name -> its learning Synapses
         self.extra: dict[str, list[str]] = {p: [] for p in self.pops}  # extra model lines (traces, links)
         self.attention_links: dict[str, list[str]] = {p: [] for p in self.pops}
         self.traces: dict[str, str] = {}
@@ -216,7 +217,43 @@ class Builder:
 
     # --- Dense connections ----------------------------------------------------------------------
 
+    def _plastic_dense(self, conn: Connection) -> None:
+        """A connection that learns by STDP (exact mode, docs/backends.md "On-chip learning"):
+        every synapse exists (a zero weight learns too); the pre pathway transmits, then learns;
+        the post pathway (the target's spikes) runs after it in the same slot."""
+        from rules.stdp import STDPParameters
+
+        from .brian2_learning import STDP_MODEL, STDP_ON_POST, STDP_ON_PRE, stdp_namespace
+
+        src, dst = self.pops[conn.source], self.pops[conn.target]
+        namespace = {"stimulus": self.stimulus, **stdp_namespace(STDPParameters(**conn.rule_params), self.step)}
+        syn = self.b2.Synapses(self.groups[conn.source], self.groups[conn.target], STDP_MODEL,
+                               on_pre=DENSE_ON_PRE[(self.mode, dst.kind)].format(w="w") + "\n" + STDP_ON_PRE,
+                               on_post=STDP_ON_POST, clock=self.fine, namespace=namespace,
+                               name=_brian_name(conn.name, self.names))
+        post, pre = np.nonzero(np.ones(conn.weight.shape, bool))  # [target size, source size]: full
+        syn.connect(i=pre, j=post)
+        syn.w = conn.weight[post, pre]
+        syn.delay = self._dense_delay(conn, src, dst)
+        syn.pre.when, syn.pre.order = "synapses", 0
+        syn.post.when, syn.post.order = "synapses", 1
+        self.synapses += len(pre)
+        self.objects.append(syn)
+        self.plastic[conn.name] = syn
+
+    def learned_weights(self) -> dict[str, np.ndarray]:
+        """Each plastic connection's weight after the run ``[target size, source size]``."""
+        out = {}
+        for name, syn in self.plastic.items():
+            conn = next(c for c in self.graph.connections if c.name == name)
+            weight = np.zeros(conn.weight.shape)
+            weight[syn.j[:], syn.i[:]] = syn.w[:]
+            out[name] = weight
+        return out
+
     def _dense(self, conn: Connection) -> None:
+        if conn.rule is not None:
+            return self._plastic_dense(conn)
         src, dst = self.pops[conn.source], self.pops[conn.target]
         # a graded event carries the input value of the step it left in, even when it arrives later
         weight = GRADED_WEIGHT if src.kind == "input" else "w"

@@ -65,17 +65,21 @@ elig = elig + a_plus * Apre
 THREE_FACTOR_EVERY_STEP = "w = w + lr * modulator(t, j) * elig"
 
 
+def stdp_namespace(params: STDPParameters, dt: Any) -> dict[str, Any]:
+    """The constants of ``STDP_MODEL`` and its pathways: time constants in steps of ``dt``."""
+    if params.multiplicative:
+        raise RuleError("stdp: the Brian2 synapses implement additive STDP; multiplicative is not built yet")
+    return dict(tau_pre=params.tau_pre * dt, tau_post=params.tau_post * dt, lr=params.lr,
+                a_plus=params.a_plus, a_minus=params.a_minus)
+
+
 def stdp_synapses(source: Any, target: Any, params: STDPParameters, dt: Any) -> Any:
     """``brian2.Synapses`` from ``source`` to ``target`` learning by additive ``rules.stdp``; time
     constants in steps of ``dt`` (a Brian2 quantity). Connect them and set ``w`` before running."""
     import brian2 as b2
 
-    if params.multiplicative:
-        raise RuleError("stdp: the Brian2 synapses implement additive STDP; multiplicative is not built yet")
-    namespace = dict(tau_pre=params.tau_pre * dt, tau_post=params.tau_post * dt, lr=params.lr,
-                     a_plus=params.a_plus, a_minus=params.a_minus)
     return b2.Synapses(source, target, model=STDP_MODEL, on_pre=STDP_ON_PRE, on_post=STDP_ON_POST,
-                       namespace=namespace, dt=dt)
+                       namespace=stdp_namespace(params, dt), dt=dt)
 
 
 def three_factor_synapses(source: Any, target: Any, params: ThreeFactorParameters, dt: Any,

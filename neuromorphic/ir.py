@@ -108,7 +108,7 @@ class Connection:
     # plasticity (docs/backends.md, "On-chip learning"): the local rule the synapses learn by
     # online, its parameters (rules.stdp.STDPParameters / rules.three_factor.ThreeFactorParameters
     # fields) and its trace state: "pre" [source size], "post" [target size], and for
-    # three_factor "eligibility" shaped like the weight. None: the weights are fixed.
+    # three_factor "eligibility" shaped like the weight (None: zero traces). No rule: fixed weights.
     rule: Optional[str] = None
     rule_params: Optional[dict] = None
     traces: Optional[dict] = None
@@ -345,7 +345,9 @@ def _validate_plasticity(c: Connection, src: Population, dst: Population, fixed:
         kinds[c.rule](**c.rule_params)
     except RuleError as exc:
         raise IRError(f"{where}: {exc}") from None
-    _need(isinstance(c.traces, dict), f"{where} learns by {c.rule} but has no traces table")
+    if c.traces is None:
+        return  # a rule that has not run yet: its traces start at zero
+    _need(isinstance(c.traces, dict), f"{where} traces must be a table of arrays, got {short_repr(c.traces)}")
     shapes = {"pre": (src.size,), "post": (dst.size,)}
     if c.rule == "three_factor":
         shapes["eligibility"] = c.weight.shape

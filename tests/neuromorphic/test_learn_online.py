@@ -132,3 +132,24 @@ def test_lava_refuses_what_it_cannot_learn_yet_in_one_line():
     with pytest.raises(IRError, match="fed to the LearningDense from outside") as exc:
         run_lava(graph, samples(1).transpose(1, 0, 2, 3), progress=False)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.backend
+def test_brian2_exact_learns_online_as_the_reference_does():
+    """The plastic connection as Brian2 Synapses whose pre pathway transmits, then learns, and
+    whose post pathway follows in the same slot: samples back to back (Brian2's exact network
+    has no guard steps between them), the same spikes and weights as learn_online's."""
+    import copy
+
+    from neuromorphic.brian2_ref import run_brian2
+
+    graph = plastic_graph("stdp")
+    reference = copy.deepcopy(graph)
+    x = samples(4, seed=8)
+    expected = learn_online(reference, x)
+    trace, _ = run_brian2(graph, x.transpose(1, 0, 2, 3))
+    ours = np.stack([t.spikes["hidden"][:, 0] for t in expected], 1)
+    assert ours.sum() > 10
+    np.testing.assert_array_equal(trace.spikes["hidden"], ours)
+    assert np.abs(reference.connections[0].weight - plastic_graph("stdp").connections[0].weight).max() > 0.05
+    np.testing.assert_allclose(graph.connections[0].weight, reference.connections[0].weight, rtol=0, atol=1e-12)
