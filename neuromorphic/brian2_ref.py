@@ -97,7 +97,9 @@ def run_brian2(graph: Graph, x_steps: np.ndarray, mode: str = "exact", codegen: 
     Each of the B samples starts from zero state. Raises ``LoweringError`` (one line) for what
     the chosen mode cannot run.
     """
-    _check_plastic(graph, mode)
+    if any(c.rule is not None for c in graph.connections) and mode != "exact":
+        raise LoweringError("a plastic connection learns in Brian2's exact mode only; pass --brian2-mode exact")
+    graph.require_spike_learning("Brian2", "the Brian2 network's three_factor synapses need a modulator source")
     if mode not in MODES:
         raise LoweringError(f"Brian2 mode {mode!r} is unknown; choose one of {list(MODES)}")
     if codegen not in CODEGEN_TARGETS:
@@ -187,25 +189,6 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # checks
-
-
-def _check_plastic(graph: Graph, mode: str) -> None:
-    """What of on-chip learning Brian2 runs today: float STDP from binary spikes into LIF
-    neurons, in the exact mode. Anything else is refused in one line."""
-    for conn in graph.connections:
-        if conn.rule is None:
-            continue
-        where = f"connection {conn.name!r} learns by {conn.rule}"
-        if mode != "exact":
-            raise LoweringError(f"{where}: Brian2 learns in the exact mode only; pass --brian2-mode exact")
-        if conn.rule != "stdp":
-            raise LoweringError(f"{where}: the Brian2 network learns by stdp only so far (the three_factor synapses "
-                                "need a modulator source in the network)")
-        if graph.population(conn.source).kind == "input" and graph.input.graded:
-            raise LoweringError(f"{where} from graded input; the learning pathways pair spikes: use binary input")
-        if graph.population(conn.target).kind != "lif":
-            raise LoweringError(f"{where} into a {graph.population(conn.target).kind}; its post spikes must come from "
-                                "LIF neurons")
 
 
 def _check_supported(graph: Graph, mode: str) -> None:

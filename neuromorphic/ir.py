@@ -201,6 +201,22 @@ class Graph:
                            f"a rule; running plasticity on {backend} is not built yet")
         return self
 
+    def require_spike_learning(self, backend: str, why_stdp_only: str) -> None:
+        """What a backend's on-chip learning runs today: float STDP from binary spikes into LIF
+        neurons; a plastic connection asking for anything else is an IRError (one line).
+        ``why_stdp_only`` says why the backend does not run three_factor yet."""
+        for conn in self.connections:
+            if conn.rule is None:
+                continue
+            where = f"connection {conn.name!r} learns by {conn.rule}"
+            _need(self.precision == "float", f"{where}: fixed-point learning on {backend} is not built yet; "
+                                             "run the float graph")
+            _need(conn.rule == "stdp", f"{where}: {why_stdp_only}; not built yet")
+            _need(not (self.population(conn.source).kind == "input" and self.input.graded),
+                  f"{where} from graded input; {backend}'s learning pairs spikes: use binary input")
+            kind = self.population(conn.target).kind
+            _need(kind == "lif", f"{where} into a {kind}; its post spikes must come from LIF neurons")
+
     def validate(self) -> "Graph":
         """Check names, kinds, shapes and dtypes; raise IRError with one line on the first problem."""
         _validate(self)

@@ -105,24 +105,6 @@ def _check_guard(graph: Graph) -> None:
                 f"guard of -{GUARD_A_IN} that separates samples in Lava; quantise with a smaller vth")
 
 
-def _check_plastic(graph: Graph) -> None:
-    """What of on-chip learning Lava runs today: float STDP on connections from binary spikes into
-    LIF neurons. Anything else is refused in one line."""
-    for conn in graph.connections:
-        if conn.rule is None:
-            continue
-        where = f"connection {conn.name!r} learns by {conn.rule}"
-        if graph.precision == "fixed":
-            raise IRError(f"{where}: fixed-point learning on Lava is not built yet; run the float graph")
-        if conn.rule != "stdp":
-            raise IRError(f"{where}: on Lava its post trace and modulator must be fed to the LearningDense from "
-                          "outside (LearningLIF in lava-nc 0.10.0 sends neither); not built yet")
-        if graph.population(conn.source).kind == "input" and graph.input.graded:
-            raise IRError(f"{where} from graded input; Lava's learning engine pairs spikes: use binary input")
-        if graph.population(conn.target).kind != "lif":
-            raise IRError(f"{where} into a {graph.population(conn.target).kind}; its post spikes must come from LIF neurons")
-
-
 def _rule_parameters(conn) -> Any:
     from rules.stdp import STDPParameters
 
@@ -236,7 +218,8 @@ def run_lava(graph: Graph, x_steps: np.ndarray, progress: bool = True,
     For fixed point ``x_steps`` must already be the integer messages (``quantize.encode_fixed``).
     ``chunk``: samples per ``run`` call (the progress bar's step).
     """
-    _check_plastic(graph)
+    graph.require_spike_learning("Lava", "on Lava its post trace and modulator must be fed to the LearningDense "
+                                         "from outside (LearningLIF in lava-nc 0.10.0 sends neither)")
     require_lava()
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
