@@ -1,4 +1,5 @@
-"""Stop a training run as a crash would: right after the checkpoint of a given epoch."""
+"""Stop a training run as a crash would: right after the checkpoint of a given epoch, or with a
+loss that turns NaN (a diverging run)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,15 @@ def train_until(cfg: Config, out: Path, stop_after: int) -> int:
     finally:
         train_mod.save_checkpoint = original
     return -1
+
+
+def poison_loss(monkeypatch, module, after_calls: int) -> None:
+    """Make ``module.cross_entropy`` return NaN from call ``after_calls + 1`` on (a diverging run)."""
+    real, calls = module.cross_entropy, {"n": 0}
+
+    def poisoned(logits, target, **kw):
+        calls["n"] += 1
+        loss = real(logits, target, **kw)
+        return loss * float("nan") if calls["n"] > after_calls else loss
+
+    monkeypatch.setattr(module, "cross_entropy", poisoned)

@@ -128,15 +128,24 @@ def test_lava_float_stdp_follows_rules_stdp_after_every_step():
     assert np.abs(run_learning_dense(pre, post, w0, Loihi2FLearningRule(**naive))[-1] - ours[-1]).max() > 1e-3
 
 
-def test_lava_float_three_factor_follows_rules_three_factor_after_every_step():
-    rng = np.random.default_rng(1)
-    steps, n_pre, n_post = 30, 4, 3
-    pre = (rng.random((steps, n_pre)) < 0.4).astype(float)
-    post = (rng.random((steps, n_post)) < 0.4).astype(float)
+THREE_FACTOR = three_factor.ThreeFactorParameters(lr=0.2, a_plus=1.0, a_minus=0.6, tau_pre=2.0, tau_post=3.0,
+                                                  tau_eligibility=5.0)
+
+
+def three_factor_trains(seed: int, steps: int, n_pre: int, n_post: int, rate: float):
+    """Random pre and post spikes ``[T, I]``, ``[T, J]``, a sparse per-neuron modulator ``[T, J]``
+    (zero at most steps) and initial weights ``[J, I]``."""
+    rng = np.random.default_rng(seed)
+    pre = (rng.random((steps, n_pre)) < rate).astype(float)
+    post = (rng.random((steps, n_post)) < rate).astype(float)
     modulator = np.where(rng.random((steps, n_post)) < 0.2, rng.normal(size=(steps, n_post)), 0.0)
-    w0 = rng.uniform(-0.5, 0.5, (n_post, n_pre))
-    params = three_factor.ThreeFactorParameters(lr=0.2, a_plus=1.0, a_minus=0.6, tau_pre=2.0, tau_post=3.0,
-                                                tau_eligibility=5.0)
+    return pre, post, modulator, rng.uniform(-0.5, 0.5, (n_post, n_pre))
+
+
+def test_lava_float_three_factor_follows_rules_three_factor_after_every_step():
+    steps, n_post = 30, 3
+    pre, post, modulator, w0 = three_factor_trains(1, steps, 4, n_post, 0.4)
+    params = THREE_FACTOR
     ours = torch_weights(three_factor.update, pre, post, w0, params, modulator)
     # the post trace before each step's spike, as rules.three_factor keeps it, for s_in_y1
     trace, before = np.zeros(n_post), []
@@ -156,14 +165,9 @@ def test_brian2_three_factor_synapses_follow_rules_three_factor():
     from neuromorphic.brian2_learning import three_factor_synapses
 
     b2.prefs.codegen.target = "numpy"
-    rng = np.random.default_rng(2)
     steps, n_pre, n_post = 40, 5, 4
-    pre = (rng.random((steps, n_pre)) < 0.3).astype(float)
-    post = (rng.random((steps, n_post)) < 0.3).astype(float)
-    modulator = np.where(rng.random((steps, n_post)) < 0.2, rng.normal(size=(steps, n_post)), 0.0)
-    w0 = rng.uniform(-0.5, 0.5, (n_post, n_pre))
-    params = three_factor.ThreeFactorParameters(lr=0.2, a_plus=1.0, a_minus=0.6, tau_pre=2.0, tau_post=3.0,
-                                                tau_eligibility=5.0)
+    pre, post, modulator, w0 = three_factor_trains(2, steps, n_pre, n_post, 0.3)
+    params = THREE_FACTOR
     ours = torch_weights(three_factor.update, pre, post, w0, params, modulator)[-1]
 
     dt = 1 * b2.ms

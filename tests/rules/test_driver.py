@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn.functional import cross_entropy
 
-from interrupt import train_until
+from interrupt import poison_loss, train_until
 from rules.base import RuleError
 from rules.driver import LocalLearner, layer_map
 from spikeformer.checkpoint import load_checkpoint
@@ -175,14 +175,7 @@ def test_a_diverging_local_rule_stops_and_keeps_the_last_good_checkpoint(tmp_pat
 
     cfg = Config(**{**TINY, "rule": "eprop", "epochs": 3})
     steps_per_epoch = -(-1347 // cfg.batch_size)
-    real, calls = driver.cross_entropy, {"n": 0}
-
-    def poisoned(logits, target, **kw):
-        calls["n"] += 1
-        loss = real(logits, target, **kw)
-        return loss * float("nan") if calls["n"] > steps_per_epoch + 1 else loss  # epoch 1, step 1
-
-    monkeypatch.setattr(driver, "cross_entropy", poisoned)
+    poison_loss(monkeypatch, driver, steps_per_epoch + 1)  # epoch 1, step 1
     with pytest.raises(TrainingDiverged, match="epoch 1 step 1.*last good checkpoint: epoch 0"):
         train(cfg, tmp_path / "run", progress=False, log=lambda s: None)
     meta, _, _ = load_checkpoint(tmp_path / "run")

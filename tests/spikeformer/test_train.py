@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from interrupt import train_until
+from interrupt import poison_loss, train_until
 from spikeformer.checkpoint import load_checkpoint
 from spikeformer.config import Config
 from spikeformer.errors import ConfigError, TrainingDiverged
@@ -56,16 +56,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     cfg = Config(epochs=3, **TINY)
     import spikeformer.train as train_mod
 
-    real_ce = train_mod.cross_entropy
-    calls = {"n": 0}
     steps_per_epoch = -(-1347 // cfg.batch_size)
-
-    def poisoned(logits, target, **kw):
-        calls["n"] += 1
-        loss = real_ce(logits, target, **kw)
-        return loss * float("nan") if calls["n"] > steps_per_epoch + 1 else loss  # epoch 1, step 1
-
-    monkeypatch.setattr(train_mod, "cross_entropy", poisoned)
+    poison_loss(monkeypatch, train_mod, steps_per_epoch + 1)  # epoch 1, step 1
     with pytest.raises(TrainingDiverged, match="epoch 1 step 1.*last good checkpoint: epoch 0"):
         quiet(cfg, tmp_path / "run")
     meta, _, _ = load_checkpoint(tmp_path / "run")
