@@ -181,3 +181,37 @@ def test_brian2_three_factor_synapses_follow_rules_three_factor():
     brian[synapses.j[:], synapses.i[:]] = synapses.w[:]
     assert np.abs(ours - w0).max() > 0.01
     np.testing.assert_allclose(brian, ours, rtol=0, atol=1e-9)
+
+
+def test_lava_learning_sparse_learns_only_the_synapses_that_exist():
+    """The way to per-token plastic weights on Lava: a block-diagonal LearningSparse (2 tokens)
+    keeps its zero blocks at zero and learns every existing synapse by rules.stdp exactly; the
+    token copies of the weight then drift apart (local learning has no weight sharing)."""
+    import scipy.sparse
+
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.io.source import RingBuffer
+    from lava.proc.sparse.process import LearningSparse
+
+    rng = np.random.default_rng(0)
+    steps, tokens, f_in, f_out = 20, 2, 3, 2
+    pre = (rng.random((steps, tokens * f_in)) < 0.4).astype(float)
+    post = (rng.random((steps, tokens * f_out)) < 0.4).astype(float)
+    full = np.kron(np.eye(tokens), rng.uniform(0.1, 0.5, (f_out, f_in)))
+    params = stdp.STDPParameters(lr=0.1, a_plus=1.0, a_minus=0.7, tau_pre=2.0, tau_post=3.0)
+    source, bap = RingBuffer(data=pre.T), RingBuffer(data=post.T)
+    sparse = LearningSparse(weights=scipy.sparse.csr_matrix(full), learning_rule=learning_rule("stdp", params))
+    source.s_out.connect(sparse.s_in)
+    bap.s_out.connect(sparse.s_in_bap)
+    weights = []
+    try:
+        for _ in range(steps):
+            sparse.run(condition=RunSteps(num_steps=1), run_cfg=Loihi2SimCfg(select_tag="floating_pt"))
+            weights.append(np.asarray(sparse.weights.get().todense(), dtype=float))
+    finally:
+        sparse.stop()
+    exists = full != 0
+    masked = full + (torch_weights(stdp.update, pre, post, np.zeros_like(full), params) * exists)
+    np.testing.assert_allclose(np.stack(weights), masked, rtol=0, atol=1e-12)
+    assert np.abs(weights[-1][:f_out, :f_in] - weights[-1][f_out:, f_in:]).max() > 0.05
