@@ -221,12 +221,10 @@ class Builder:
         """A connection that learns by STDP (exact mode, docs/backends.md "On-chip learning"):
         every synapse exists (a zero weight learns too); the pre pathway transmits, then learns;
         the post pathway (the target's spikes) runs after it in the same slot."""
-        from rules.stdp import STDPParameters
-
         from .brian2_learning import STDP_MODEL, STDP_ON_POST, STDP_ON_PRE, stdp_namespace
 
         src, dst = self.pops[conn.source], self.pops[conn.target]
-        namespace = {"stimulus": self.stimulus, **stdp_namespace(STDPParameters(**conn.rule_params), self.step)}
+        namespace = {"stimulus": self.stimulus, **stdp_namespace(conn.rule_parameters(), self.step)}
         syn = self.b2.Synapses(self.groups[conn.source], self.groups[conn.target], STDP_MODEL,
                                on_pre=DENSE_ON_PRE[(self.mode, dst.kind)].format(w="w") + "\n" + STDP_ON_PRE,
                                on_post=STDP_ON_POST, clock=self.fine, namespace=namespace,

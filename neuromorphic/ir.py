@@ -113,6 +113,10 @@ class Connection:
     rule_params: Optional[dict] = None
     traces: Optional[dict] = None
 
+    def rule_parameters(self) -> Any:
+        """The parameters of the connection's learning rule, as its rule's own dataclass."""
+        return plastic_rules()[self.rule][0](**self.rule_params)
+
     def full_weight(self, tokens: int) -> np.ndarray:
         """``[N_out*F_out, N_in*F_in]`` over token-major flattened grids: a tokenwise ``[F_out, F_in]``
         weight becomes the block-diagonal ``kron(I_N, W)`` (``tokens`` = N); a full one is itself."""
@@ -335,30 +339,36 @@ def _validate_connection(c: Connection, pops: dict[str, Population], fixed: bool
         _validate_plasticity(c, src, dst, fixed)
 
 
+def plastic_rules() -> dict[str, tuple[Any, Any]]:
+    """The rules a connection may learn by: name -> (its parameters' dataclass, its ``update``)."""
+    from rules import stdp, three_factor
+
+    return {"stdp": (stdp.STDPParameters, stdp.update),
+            "three_factor": (three_factor.ThreeFactorParameters, three_factor.update)}
+
+
 def _validate_plasticity(c: Connection, src: Population, dst: Population, fixed: bool) -> None:
     """A plastic connection: a known rule, parameters its rule accepts, traces of the right shapes."""
     from rules.base import RuleError
-    from rules.stdp import STDPParameters
-    from rules.three_factor import ThreeFactorParameters
 
-    kinds = {"stdp": STDPParameters, "three_factor": ThreeFactorParameters}
+    kinds = plastic_rules()
     where = f"connection {c.name!r}"
     _need(isinstance(c.rule, str) and c.rule in kinds,
           f"{where} has learning rule {short_repr(c.rule)}; a connection learns by one of {', '.join(kinds)}")
     _need(not fixed, f"{where} learns by {c.rule}, but fixed-point learning is not built yet; export in float")
+    _need(c.delay == 1, f"{where} learns by {c.rule} with delay {c.delay}; a plastic connection delays one step")
     # a local rule changes each synapse by its own pre and post activity; a weight shared over
     # tokens would need the sum over every token's synapses (non-local), which no chip does
-    _need(c.delay == 1, f"{where} learns by {c.rule} with delay {c.delay}; a plastic connection delays one step")
     _need(c.kind == "full" or src.tokens == 1,
           f"{where} learns by {c.rule} but shares its weight over {src.tokens} tokens; a plastic connection must be "
           "full (one weight per synapse) or join one-token populations")
     _need(isinstance(c.rule_params, dict) and all(isinstance(k, str) for k in c.rule_params),
           f"{where} rule_params must be a table of {c.rule} parameters, got {short_repr(c.rule_params)}")
-    allowed = {f.name for f in fields(kinds[c.rule])}
+    allowed = {f.name for f in fields(kinds[c.rule][0])}
     unknown = sorted(set(c.rule_params) - allowed)
     _need(not unknown, f"{where} has unknown {c.rule} parameters {unknown}; known: {sorted(allowed)}")
     try:
-        kinds[c.rule](**c.rule_params)
+        c.rule_parameters()
     except RuleError as exc:
         raise IRError(f"{where}: {exc}") from None
     if c.traces is None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from spikeformer.variants import VARIANTS
 
-from .ir import Attention, Connection, Graph, IRError, Population
+from .ir import Attention, Connection, Graph, IRError, Population, plastic_rules
 from .trace import Trace  # also public here: ``from neuromorphic.simulate import Trace``
 
 
@@ -206,14 +206,11 @@ def learn_online(graph: Graph, samples: np.ndarray,
     (its own steps only)."""
     import torch
 
-    from rules import stdp, three_factor
-
     plastic = [c for c in graph.connections if c.rule is not None]
     if graph.precision != "float":
         raise IRError("online learning runs on float graphs; fixed-point learning is not built yet")
-    kinds = {"stdp": (stdp.update, stdp.STDPParameters), "three_factor": (three_factor.update,
-                                                                          three_factor.ThreeFactorParameters)}
-    params = {c.name: kinds[c.rule][1](**c.rule_params) for c in plastic}
+    update = {c.name: plastic_rules()[c.rule][1] for c in plastic}
+    params = {c.name: c.rule_parameters() for c in plastic}
     rule_traces = {c.name: _rule_traces(c) for c in plastic}
     pending = {c.name: 0.0 for c in plastic}  # dw of the last step, applied after its spikes were sent
     traces = []
@@ -227,7 +224,7 @@ def learn_online(graph: Graph, samples: np.ndarray,
                 if conn.rule == "three_factor":
                     m = np.zeros(post.shape[-1]) if modulator is None or t >= steps else modulator(index, t, conn)
                     m = np.broadcast_to(np.asarray(m, np.float64), (post.shape[-1],))[None]  # [1, J]
-                dw, rule_traces[conn.name] = kinds[conn.rule][0](
+                dw, rule_traces[conn.name] = update[conn.name](
                     torch.from_numpy(pre.astype(np.float64)), torch.from_numpy(post),
                     rule_traces[conn.name], params[conn.name], None if m is None else torch.from_numpy(m.copy()))
                 pending[conn.name] = dw.numpy()
@@ -243,7 +240,7 @@ def learn_online(graph: Graph, samples: np.ndarray,
             for conn in plastic:
                 pre = torch.zeros(1, graph.population(conn.source).size, dtype=torch.float64)
                 post = torch.zeros(1, graph.population(conn.target).size, dtype=torch.float64)
-                _, rule_traces[conn.name] = kinds[conn.rule][0](pre, post, rule_traces[conn.name], params[conn.name])
+                _, rule_traces[conn.name] = update[conn.name](pre, post, rule_traces[conn.name], params[conn.name])
     for conn in plastic:
         conn.traces = _ir_traces(conn, rule_traces[conn.name])
     return traces

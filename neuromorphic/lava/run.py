@@ -105,12 +105,6 @@ def _check_guard(graph: Graph) -> None:
                 f"guard of -{GUARD_A_IN} that separates samples in Lava; quantise with a smaller vth")
 
 
-def _rule_parameters(conn) -> Any:
-    from rules.stdp import STDPParameters
-
-    return STDPParameters(**conn.rule_params)
-
-
 def build_network(graph: Graph, x_steps: np.ndarray, folder: Path) -> LavaNetwork:
     """Lava processes for ``graph`` fed with ``x_steps [T, B, N, F]`` (integers for fixed point);
     spike files go to ``folder``."""
@@ -181,7 +175,7 @@ def build_network(graph: Graph, x_steps: np.ndarray, folder: Path) -> LavaNetwor
             from .learning import learning_rule
 
             dense = LearningDense(weights=_weights(graph, conn), name=conn.name,
-                                  learning_rule=learning_rule(conn.rule, _rule_parameters(conn)), **kwargs)
+                                  learning_rule=learning_rule(conn.rule, conn.rule_parameters()), **kwargs)
             lifs[conn.target].s_out.connect(dense.s_in_bap)
         else:
             dense = Dense(weights=_weights(graph, conn), name=conn.name, **kwargs)
