@@ -222,7 +222,11 @@ class Builder:
         every synapse exists (a zero weight learns too); the pre pathway transmits, then learns;
         the post pathway (the target's spikes) runs after it in the same slot."""
         from .brian2_learning import STDP_MODEL, STDP_ON_POST, STDP_ON_PRE, stdp_namespace
+        from .ir import LoweringError
 
+        if conn.rule != "stdp" or conn.mask is not None:
+            raise LoweringError(f"connection {conn.name!r}: Brian2 learns full STDP connections only; "
+                                "three_factor and per-token copies are not built there yet")
         src, dst = self.pops[conn.source], self.pops[conn.target]
         namespace = {"stimulus": self.stimulus, **stdp_namespace(conn.rule_parameters(), self.step)}
         syn = self.b2.Synapses(self.groups[conn.source], self.groups[conn.target], STDP_MODEL,

@@ -99,7 +99,7 @@ def run_brian2(graph: Graph, x_steps: np.ndarray, mode: str = "exact", codegen: 
     """
     if any(c.rule is not None for c in graph.connections) and mode != "exact":
         raise LoweringError("a plastic connection learns in Brian2's exact mode only; pass --brian2-mode exact")
-    graph.require_spike_learning("Brian2", "the Brian2 network's three_factor synapses need a modulator source")
+    graph.require_spike_learning("Brian2")
     if mode not in MODES:
         raise LoweringError(f"Brian2 mode {mode!r} is unknown; choose one of {list(MODES)}")
     if codegen not in CODEGEN_TARGETS:

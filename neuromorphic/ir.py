@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -112,10 +112,18 @@ class Connection:
     rule: Optional[str] = None
     rule_params: Optional[dict] = None
     traces: Optional[dict] = None
+    # a plastic full connection's synapses (bool, shaped like the weight; None: every pair). A
+    # tokenwise weight made plastic becomes its per-token copies kron(I_N, W) with this block mask
+    # (``plastic_connection``): only existing synapses learn, as on a chip.
+    mask: Optional[np.ndarray] = None
 
     def rule_parameters(self) -> Any:
         """The parameters of the connection's learning rule, as its rule's own dataclass."""
         return plastic_rules()[self.rule][0](**self.rule_params)
+
+    def synapses(self) -> np.ndarray:
+        """Bool ``[target size, source size]``: which entries of a plastic weight are synapses."""
+        return self.mask if self.mask is not None else np.ones(self.weight.shape, bool)
 
     def full_weight(self, tokens: int) -> np.ndarray:
         """``[N_out*F_out, N_in*F_in]`` over token-major flattened grids: a tokenwise ``[F_out, F_in]``
@@ -205,21 +213,17 @@ class Graph:
                            f"a rule; running plasticity on {backend} is not built yet")
         return self
 
-    def require_spike_learning(self, backend: str, why_stdp_only: str) -> None:
-        """What a backend's on-chip learning runs today: float STDP from binary spikes into LIF
-        neurons; a plastic connection asking for anything else is an IRError (one line).
-        ``why_stdp_only`` says why the backend does not run three_factor yet."""
+    def require_spike_learning(self, backend: str) -> None:
+        """What a backend's on-chip learning runs: float rules from binary spikes, STDP into LIF
+        neurons, three_factor into LIF neurons or the readout (whose post factor is 1 at every
+        step: an integrator has no spikes); anything else is an IRError (one line)."""
         for conn in self.connections:
             if conn.rule is None:
                 continue
-            where = f"connection {conn.name!r} learns by {conn.rule}"
-            _need(self.precision == "float", f"{where}: fixed-point learning on {backend} is not built yet; "
-                                             "run the float graph")
-            _need(conn.rule == "stdp", f"{where}: {why_stdp_only}; not built yet")
-            _need(not (self.population(conn.source).kind == "input" and self.input.graded),
-                  f"{where} from graded input; {backend}'s learning pairs spikes: use binary input")
-            kind = self.population(conn.target).kind
-            _need(kind == "lif", f"{where} into a {kind}; its post spikes must come from LIF neurons")
+            why = learning_refusal(self, conn)
+            _need(why is None, f"connection {conn.name!r} learns by {conn.rule}{why}")
+            _need(self.precision == "float", f"connection {conn.name!r} learns by {conn.rule}: fixed-point learning "
+                                             f"on {backend} is not built yet; run the float graph")
 
     def validate(self) -> "Graph":
         """Check names, kinds, shapes and dtypes; raise IRError with one line on the first problem."""
@@ -335,8 +339,35 @@ def _validate_connection(c: Connection, pops: dict[str, Population], fixed: bool
     if fixed:
         _need(isinstance(c.weight_exp, int), f"fixed-point connection {c.name!r} lacks an integer weight_exp")
         _int_in(c.weight_exp, -MAX_EXP, MAX_EXP, f"connection {c.name!r} weight_exp")
-    if c.rule is not None or c.rule_params is not None or c.traces is not None:
+    if c.rule is not None or c.rule_params is not None or c.traces is not None or c.mask is not None:
         _validate_plasticity(c, src, dst, fixed)
+
+
+def learning_refusal(graph: Graph, conn: Connection, rule: Optional[str] = None) -> Optional[str]:
+    """Why ``conn`` cannot learn by ``rule`` (default: its own) on a backend, as the end of a
+    sentence (" from graded input; ..."), or None when it can."""
+    rule = rule or conn.rule
+    src, dst = graph.population(conn.source), graph.population(conn.target)
+    if src.kind == "input" and src.graded:
+        return " from graded input; on-chip learning pairs binary spikes (Lava's pre trace takes half a graded payload)"
+    if dst.kind == "readout" and rule != "three_factor":
+        return (" into the readout, which does not spike; only three_factor reaches it "
+                "(its post factor is 1 at every step)")
+    if conn.delay != 1:
+        return f" with delay {conn.delay}; a plastic connection delays one step"
+    return None
+
+
+def plastic_connection(conn: Connection, tokens: int, rule: str, params: dict) -> Connection:
+    """``conn`` learning by ``rule`` with ``params`` (a table of its parameters): a full weight
+    as it is; a tokenwise one (shared over ``tokens``) as its per-token copies, the full
+    ``kron(I_N, W)`` with the block mask, so that each token's copy learns from its own spikes."""
+    weight, mask = conn.weight.copy(), None
+    if conn.kind == "tokenwise" and tokens > 1:
+        weight = conn.full_weight(tokens)
+        mask = np.kron(np.eye(tokens, dtype=bool), np.ones(conn.weight.shape, bool))
+    kind = "full" if conn.kind == "tokenwise" and tokens > 1 else conn.kind
+    return replace(conn, kind=kind, weight=weight, mask=mask, rule=rule, rule_params=dict(params), traces=None)
 
 
 def plastic_rules() -> dict[str, tuple[Any, Any]]:
@@ -371,6 +402,11 @@ def _validate_plasticity(c: Connection, src: Population, dst: Population, fixed:
         c.rule_parameters()
     except RuleError as exc:
         raise IRError(f"{where}: {exc}") from None
+    if c.mask is not None:
+        _need(c.kind == "full" and isinstance(c.mask, np.ndarray) and c.mask.dtype == np.bool_
+              and c.mask.shape == c.weight.shape,
+              f"{where} mask must be a bool array shaped like its full weight {c.weight.shape}")
+        _need(not np.any(c.weight[~c.mask]), f"{where} has weight outside its mask (synapses that do not exist)")
     if c.traces is None:
         return  # a rule that has not run yet: its traces start at zero
     _need(isinstance(c.traces, dict), f"{where} traces must be a table of arrays, got {short_repr(c.traces)}")
@@ -572,7 +608,7 @@ def load_graph(path: str | Path) -> Graph:
     try:
         graph = Graph(
             populations=[Population(**_join(p, arrays)) for p in record["populations"]],
-            connections=[Connection(**_join(c, arrays)) for c in record["connections"]],
+            connections=[_connection(_join(c, arrays)) for c in record["connections"]],
             attentions=[Attention(**_join(a, arrays)) for a in record["attentions"]],
             meta=record["meta"], precision=record["precision"], fixed=record.get("fixed", {}),
         )
@@ -585,6 +621,14 @@ def load_graph(path: str | Path) -> Graph:
         return graph.validate()
     except IRError as exc:  # name the file and the fix
         raise IRError(f"{path / GRAPH_FILE}: {exc}; re-export the model") from None
+
+
+def _connection(record: dict[str, Any]) -> Connection:
+    """A saved connection; its mask comes back from safetensors as 0/1 bytes."""
+    mask = record.get("mask")
+    if isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.size and mask.max() <= 1:
+        record = {**record, "mask": mask.astype(bool)}
+    return Connection(**record)
 
 
 def unique_name(base: str, used: set[str], sep: str = "_") -> str:

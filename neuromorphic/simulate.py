@@ -132,7 +132,7 @@ def run_graph(graph: Graph, x_steps: np.ndarray, ops: Optional[Ops] = None,
     """Simulate ``graph`` on encoded input ``x_steps [T, B, N, F]`` (one sample per batch row,
     every state starting at zero). ``keep``: population names whose spikes to return (all
     when None). ``after_step(t, outputs)``, if given, runs at the end of every step with each
-    population's output of step t; it may change connection weights (online learning,
+    population's output of step t (the readout's: its value); it may change connection weights (online learning,
     ``learn_online``), which the next step then uses."""
     if after_step is None:
         graph.require_frozen("numpy reference")
@@ -174,60 +174,85 @@ def run_graph(graph: Graph, x_steps: np.ndarray, ops: Optional[Ops] = None,
                 else:
                     value, states[name] = ops.readout(pop, current, states[name])
                     readout.append(value.reshape(batch, -1))
-                    now[name] = ops.zeros((batch, pop.tokens, pop.features))
+                    now[name] = value.reshape(batch, pop.tokens, pop.features)  # for after_step; never sent on
             if name in spikes:
                 spikes[name][t] = now[name] != 0
         if after_step is not None:
             after_step(t, now)
-        for name in pops:
-            history[name] = [now[name]] + history[name][:-1]
+        for name, pop in pops.items():
+            sent = now[name] if pop.kind != "readout" else ops.zeros((batch, pop.tokens, pop.features))
+            history[name] = [sent] + history[name][:-1]
     saturation = int(getattr(ops, "saturation_events", 0))
     return Trace(spikes, np.stack(readout, 0), int(graph.meta["window"]), saturation)
 
 
 def learn_online(graph: Graph, samples: np.ndarray,
                  modulator: Optional[Callable[[int, int, Connection], np.ndarray]] = None,
-                 guard_steps: int = 0) -> list[Trace]:
+                 guard_steps: int = 0,
+                 reward: Optional[Callable[[int, np.ndarray, Connection], np.ndarray]] = None,
+                 after_sample: Optional[Callable[[int], None]] = None) -> list[Trace]:
     """Run ``samples [S, T, N, F]`` one after another through a float ``graph`` whose plastic
     connections learn online (docs/backends.md, "On-chip learning"): neuron and attention states
     start at zero for every sample, weights and rule traces carry over.
 
     At the end of step t a plastic connection pairs its source's spikes of step t with its
-    target's spikes of step t and computes the rule's dw. Spikes are transmitted with the weight
-    of the step they are sent in, before that step's dw (a delay-1 connection delivers them at
-    t + 1), so dw of step t first weighs the spikes of step t + 1. This is Lava's order: a
-    LearningDense integrates its input, then learns, and sends the current one step later.
+    target's spikes of step t and computes the rule's dw (only on its synapses, ``mask``). Spikes
+    are transmitted with the weight of the step they are sent in, before that step's dw (a
+    delay-1 connection delivers them at t + 1), so dw of step t first weighs the spikes of step
+    t + 1. This is Lava's order: a LearningDense integrates its input, then learns, and sends the
+    current one step later. A three_factor connection into the readout (an integrator, no
+    spikes) takes 1 as its post factor at every step.
 
-    ``modulator(sample, t, connection)`` gives a three_factor connection its modulator per
-    target neuron ``[target size]`` (zeros when None). ``guard_steps`` follow each sample as in
-    the Lava network: in the first the input is silent but the last step's spikes still arrive
-    (neurons may fire, and learn); in the rest every neuron is held silent and the traces only
-    decay. Updates ``graph`` in place (weights and ``traces``); returns each sample's Trace
-    (its own steps only)."""
+    The modulator of a three_factor connection per target neuron ``[target size]`` comes from
+    ``modulator(sample, t, connection)`` at the sample's steps, and from ``reward(sample,
+    logits [C], connection)`` at the first guard step, once the sample's logits are known (the
+    output error as a third factor); zero where neither gives one. ``guard_steps`` follow each
+    sample as in the Lava network: in the first the input is silent but the last step's spikes
+    still arrive (neurons may fire, and learn); in the rest every neuron is held silent and the
+    traces only decay. ``after_sample(sample)`` runs after each sample (and its guard steps), when
+    the weights hold what that sample taught. Updates ``graph`` in place (weights and
+    ``traces``); returns each sample's Trace (its own steps only)."""
     import torch
 
     plastic = [c for c in graph.connections if c.rule is not None]
     if graph.precision != "float":
         raise IRError("online learning runs on float graphs; fixed-point learning is not built yet")
+    if reward is not None and guard_steps < 1:
+        raise IRError("a reward arrives after the sample: learn_online needs guard_steps >= 1")
     update = {c.name: plastic_rules()[c.rule][1] for c in plastic}
     params = {c.name: c.rule_parameters() for c in plastic}
     rule_traces = {c.name: _rule_traces(c) for c in plastic}
     pending = {c.name: 0.0 for c in plastic}  # dw of the last step, applied after its spikes were sent
+    readout = graph.readout.name
+    window = int(graph.meta["window"])
+
+    def post_of(conn: Connection, now: dict[str, np.ndarray]) -> np.ndarray:
+        if graph.population(conn.target).kind == "readout":  # an integrator: post factor 1
+            return np.ones((1, graph.population(conn.target).size))
+        return now[conn.target].reshape(1, -1).astype(np.float64)
+
     traces = []
     for index, sample in enumerate(np.asarray(samples)):
+        values: list[np.ndarray] = []  # the readout of each step
+
         def after_step(t: int, now: dict[str, np.ndarray]) -> None:
+            values.append(now[readout].reshape(-1))
             for conn in plastic:
                 conn.weight = conn.weight + pending[conn.name]  # step t's spikes went out with the old weight
                 # one weight per synapse (full, or one token): the flattened grids [1, N F], batch of one
-                pre, post = now[conn.source].reshape(1, -1), now[conn.target].reshape(1, -1).astype(np.float64)
+                pre, post = now[conn.source].reshape(1, -1).astype(np.float64), post_of(conn, now)
                 m = None
                 if conn.rule == "three_factor":
-                    m = np.zeros(post.shape[-1]) if modulator is None or t >= steps else modulator(index, t, conn)
+                    m = np.zeros(post.shape[-1])
+                    if t < steps and modulator is not None:
+                        m = modulator(index, t, conn)
+                    elif t == steps and reward is not None:
+                        m = reward(index, np.mean(values[steps - window:steps], 0), conn)
                     m = np.broadcast_to(np.asarray(m, np.float64), (post.shape[-1],))[None]  # [1, J]
                 dw, rule_traces[conn.name] = update[conn.name](
-                    torch.from_numpy(pre.astype(np.float64)), torch.from_numpy(post),
+                    torch.from_numpy(pre), torch.from_numpy(post),
                     rule_traces[conn.name], params[conn.name], None if m is None else torch.from_numpy(m.copy()))
-                pending[conn.name] = dw.numpy()
+                pending[conn.name] = dw.numpy() * conn.mask if conn.mask is not None else dw.numpy()
         steps = len(sample)
         if guard_steps:  # the first guard step: no input, but the last step's spikes still arrive
             sample = np.concatenate([sample, np.zeros_like(sample[:1])])
@@ -239,8 +264,10 @@ def learn_online(graph: Graph, samples: np.ndarray,
         for _ in range(guard_steps - 1):  # every LIF held silent: dw = 0, the traces decay
             for conn in plastic:
                 pre = torch.zeros(1, graph.population(conn.source).size, dtype=torch.float64)
-                post = torch.zeros(1, graph.population(conn.target).size, dtype=torch.float64)
+                post = torch.from_numpy(post_of(conn, {conn.target: np.zeros(graph.population(conn.target).size)}))
                 _, rule_traces[conn.name] = update[conn.name](pre, post, rule_traces[conn.name], params[conn.name])
+        if after_sample is not None:
+            after_sample(index)
     for conn in plastic:
         conn.traces = _ir_traces(conn, rule_traces[conn.name])
     return traces

@@ -71,19 +71,31 @@ def three_factor_inputs(post_trace_before: np.ndarray, modulator: np.ndarray,
                 y3=np.full(np.shape(modulator), decay(params.tau_eligibility)))
 
 
-def learning_rule(kind: str, params: Any) -> Any:
-    """The Lava learning-rule object for ``kind`` ("stdp" or "three_factor"). For three_factor its
-    y traces do not decay (they are set from the ports each step): Lava builds them with
-    tau 65535, which would scale every input by exp(-1/65535)."""
+def masked(dw: str) -> str:
+    """``dw`` with every product times ``d``, the synaptic variable tag_2 (which induces no delay in
+    lava-nc 0.10.0): set to a connection's mask (1 where a synapse exists, 0 elsewhere) and never
+    changed, it keeps a per-token weight block-diagonal in a LearningDense. (LearningSparse would
+    hold only the synapses, but its float model fails on any product with the tag t in 0.10.0.)"""
+    terms = dw.replace(" - ", " + -").split(" + ")
+    return " + ".join(f"{term} * d" for term in terms).replace(" + -", " - ")
+
+
+def learning_rule(kind: str, params: Any, mask: bool = False) -> Any:
+    """The Lava learning-rule object for ``kind`` ("stdp" or "three_factor"); ``mask``: its dw
+    multiplied by ``d`` (``masked``). For three_factor its y traces do not decay (they are set
+    from the ports each step): Lava builds them with tau 65535, which would scale every input by
+    exp(-1/65535)."""
     from . import require_lava
 
     require_lava()
     from lava.magma.core.learning.learning_rule import Loihi2FLearningRule, Loihi3FLearningRule
 
     if kind == "stdp":
-        return Loihi2FLearningRule(**stdp_rule_parameters(params))
+        kwargs = stdp_rule_parameters(params)
+        return Loihi2FLearningRule(**{**kwargs, "dw": masked(kwargs["dw"]) if mask else kwargs["dw"]})
     if kind == "three_factor":
-        rule = Loihi3FLearningRule(**three_factor_rule_parameters(params))
+        kwargs = three_factor_rule_parameters(params)
+        rule = Loihi3FLearningRule(**{**kwargs, "dw": masked(kwargs["dw"]) if mask else kwargs["dw"]})
         rule.y1_tau = rule.y2_tau = rule.y3_tau = math.inf
         return rule
     raise RuleError(f"rule {kind!r} has no Lava learning rule (e-prop's pseudo-derivative and perturbation's "

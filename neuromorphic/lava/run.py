@@ -62,10 +62,12 @@ class LavaNetwork:
     readout: Any
     monitor: Any
     period: int
+    rule_inputs: dict[str, Any]
 
     @property
     def process_count(self) -> int:
-        return len(self.sources) + len(self.lifs) + len(self.denses) + len(self.attentions) + len(self.recorders) + 1
+        return (len(self.sources) + len(self.lifs) + len(self.denses) + len(self.attentions) + len(self.recorders)
+                + len(self.rule_inputs) + 1)
 
 
 def _flat_steps(x_steps: np.ndarray) -> np.ndarray:
@@ -105,9 +107,57 @@ def _check_guard(graph: Graph) -> None:
                 f"guard of -{GUARD_A_IN} that separates samples in Lava; quantise with a smaller vth")
 
 
-def build_network(graph: Graph, x_steps: np.ndarray, folder: Path) -> LavaNetwork:
+def _learning_dense(graph: Graph, conn, kwargs: dict[str, Any], folder: Path, batch: int, period: int,
+                    labels: Optional[np.ndarray], feedback: Optional[dict[str, np.ndarray]],
+                    lifs: dict[str, Any], rule_inputs: dict[str, Any]) -> Any:
+    """A plastic connection: a ``RecordingLearningDense`` (recording its weights after every
+    sample); with a mask, its dw strings are multiplied by ``d`` = the mask (``learning.masked``),
+    so only existing synapses learn. STDP gets the target's spikes as bAPs; three_factor gets a
+    ``RuleInputs`` (its y inputs, and the bAP 1 of a readout target), whose readout current is
+    connected once every connection exists."""
+    from .learning import learning_rule
+    from .plasticity.process import RecordingLearningDense, RuleInputs
+
+    params = conn.rule_parameters()
+    path = folder / f"weights-{len(rule_inputs)}-{abs(hash(conn.name))}.npy"
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(batch, int(conn.synapses().sum()))).flush()
+    extra = {} if conn.mask is None else {"tag_2": conn.mask.astype(np.float64)}
+    dense = RecordingLearningDense(weights=_weights(graph, conn), name=conn.name, path=str(path), period=period,
+                                   learning_rule=learning_rule(conn.rule, params, conn.mask is not None),
+                                   mask=conn.synapses(), **extra, **kwargs)
+    target = graph.population(conn.target)
+    if conn.rule == "stdp":
+        lifs[conn.target].s_out.connect(dense.s_in_bap)
+        return dense
+    if labels is None or feedback is None or conn.name not in feedback:
+        raise IRError(f"connection {conn.name!r} learns by three_factor: give the samples' labels and its feedback "
+                      "matrix (the output error is its third factor)")
+    from rules.base import decay
+
+    readout = graph.readout
+    inputs = RuleInputs(size=target.size, classes=readout.size, spiking=target.kind == "lif", a_minus=params.a_minus,
+                        post_decay=decay(params.tau_post), eligibility_decay=decay(params.tau_eligibility),
+                        lr=params.lr, feedback=np.asarray(feedback[conn.name], np.float64),
+                        labels=np.asarray(labels).astype(np.int64), readout_bias=readout.bias.reshape(-1),
+                        steps=period - GUARD_STEPS, period=period, window=int(graph.meta["window"]),
+                        name=f"{conn.name}:inputs")
+    if target.kind == "lif":
+        lifs[conn.target].s_out.connect(inputs.s_post)
+        lifs[conn.target].s_out.connect(dense.s_in_bap)
+    else:
+        inputs.bap.connect(dense.s_in_bap)
+    inputs.y1.connect(dense.s_in_y1)
+    inputs.y2.connect(dense.s_in_y2)
+    inputs.y3.connect(dense.s_in_y3)
+    rule_inputs[conn.name] = inputs
+    return dense
+
+
+def build_network(graph: Graph, x_steps: np.ndarray, folder: Path, labels: Optional[np.ndarray] = None,
+                  feedback: Optional[dict[str, np.ndarray]] = None) -> LavaNetwork:
     """Lava processes for ``graph`` fed with ``x_steps [T, B, N, F]`` (integers for fixed point);
-    spike files go to ``folder``."""
+    spike files go to ``folder``. A three_factor connection needs the samples' ``labels [B]``
+    and its ``feedback [C, target size]`` (``neuromorphic.reward``)."""
     require_lava()
     from lava.proc.dense.process import Dense
     from lava.proc.io.source import RingBuffer as Source
@@ -161,6 +211,8 @@ def build_network(graph: Graph, x_steps: np.ndarray, folder: Path) -> LavaNetwor
             denses.append(stop)
     ports = {name: lif.s_out for name, lif in lifs.items()}
     ports[graph.input.name] = source.s_out
+    rule_inputs: dict[str, Any] = {}
+    into_readout = []
     for conn in graph.connections:
         if conn.delay != 1:
             raise IRError(f"connection {conn.name!r} has delay {conn.delay}; Lava's Dense delays exactly one step")
@@ -169,19 +221,19 @@ def build_network(graph: Graph, x_steps: np.ndarray, folder: Path) -> LavaNetwor
             kwargs["num_message_bits"] = 24  # float graded input: any value > 0 selects the graded path
         if fixed:
             kwargs.update(weight_exp=int(conn.weight_exp), num_weight_bits=int(conn.num_weight_bits))
-        if conn.rule is not None:  # on-chip learning (float): the target's spikes come back as bAPs
-            from lava.proc.dense.process import LearningDense
-
-            from .learning import learning_rule
-
-            dense = LearningDense(weights=_weights(graph, conn), name=conn.name,
-                                  learning_rule=learning_rule(conn.rule, conn.rule_parameters()), **kwargs)
-            lifs[conn.target].s_out.connect(dense.s_in_bap)
+        if conn.rule is not None:  # on-chip learning (float), docs/backends.md "On-chip learning"
+            dense = _learning_dense(graph, conn, kwargs, folder, batch, period, labels, feedback, lifs, rule_inputs)
+            files[f"weights:{conn.name}"] = Path(dense.proc_params["path"])
         else:
             dense = Dense(weights=_weights(graph, conn), name=conn.name, **kwargs)
         ports[conn.source].connect(dense.s_in)
         dense.a_out.connect(lifs[conn.target].a_in)
         denses.append(dense)
+        if conn.target == graph.readout.name:
+            into_readout.append(dense)
+    for inputs in rule_inputs.values():  # each RuleInputs sums the readout's current beside the readout
+        for dense in into_readout:
+            dense.a_out.connect(inputs.readout_in)
     attentions = {}
     if graph.attentions:
         from .attention.process import SpikingAttention
@@ -200,20 +252,25 @@ def build_network(graph: Graph, x_steps: np.ndarray, folder: Path) -> LavaNetwor
     readout = lifs[graph.readout.name]
     monitor = Monitor()
     monitor.probe(readout.v, total)
-    return LavaNetwork([source, guard], lifs, denses, attentions, recorders, files, readout, monitor, period)
+    return LavaNetwork([source, guard], lifs, denses, attentions, recorders, files, readout, monitor, period,
+                       rule_inputs)
 
 
 def run_lava(graph: Graph, x_steps: np.ndarray, progress: bool = True,
-             keep: Optional[set[str]] = None, chunk: int = 10) -> tuple[Trace, dict[str, Any]]:
+             keep: Optional[set[str]] = None, chunk: int = 10, labels: Optional[np.ndarray] = None,
+             feedback: Optional[dict[str, np.ndarray]] = None,
+             weights_per_sample: Optional[dict[str, np.ndarray]] = None) -> tuple[Trace, dict[str, Any]]:
     """Run ``graph`` (float or fixed) on ``x_steps [T, B, N, F]``; returns the ``Trace`` and timings.
-    The samples run one after another; a plastic connection (float STDP, docs/backends.md
-    "On-chip learning") learns throughout, and its learned weight is written back into ``graph``.
+    The samples run one after another; a plastic connection (float, docs/backends.md "On-chip
+    learning") learns throughout, and its learned weight is written back into ``graph``. A
+    three_factor connection needs ``labels`` and ``feedback`` (``build_network``). If given,
+    ``weights_per_sample`` receives each plastic connection's weights after every sample
+    ``[B, synapses]`` (row-major over ``Connection.synapses()``).
 
     For fixed point ``x_steps`` must already be the integer messages (``quantize.encode_fixed``).
     ``chunk``: samples per ``run`` call (the progress bar's step).
     """
-    graph.require_spike_learning("Lava", "on Lava its post trace and modulator must be fed to the LearningDense "
-                                         "from outside (LearningLIF in lava-nc 0.10.0 sends neither)")
+    graph.require_spike_learning("Lava")
     require_lava()
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
@@ -228,7 +285,7 @@ def run_lava(graph: Graph, x_steps: np.ndarray, progress: bool = True,
     steps, batch = x_steps.shape[:2]
     with tempfile.TemporaryDirectory(prefix="spikeformer-lava-") as folder:
         start = time.perf_counter()
-        net = build_network(graph, x_steps, Path(folder))
+        net = build_network(graph, x_steps, Path(folder), labels, feedback)
         build_seconds = time.perf_counter() - start
         run_cfg = Loihi2SimCfg(select_tag="fixed_pt" if fixed else "floating_pt",
                                exception_proc_model_map={Monitor: PyMonitorModel})
@@ -249,10 +306,15 @@ def run_lava(graph: Graph, x_steps: np.ndarray, progress: bool = True,
             tick = time.perf_counter()
             v = np.asarray(net.monitor.get_data()[net.readout.name]["v"]).reshape(batch, net.period, -1)
             saturation = sum(int(np.asarray(p.saturation.get()).sum()) for p in net.attentions.values())
-            for dense in net.denses:  # learned weights back into the graph (full or one-token: as stored)
-                conn = next((c for c in graph.connections if c.name == dense.name and c.rule is not None), None)
-                if conn is not None:
-                    conn.weight = np.asarray(dense.weights.get(), dtype=np.float64)
+            for conn in graph.connections:  # learned weights back into the graph, from the recorded files
+                if conn.rule is None:
+                    continue
+                recorded = np.array(np.load(net.files.pop(f"weights:{conn.name}"), mmap_mode="r"))
+                weight = np.zeros(conn.weight.shape)
+                weight[conn.synapses()] = recorded[-1]
+                conn.weight = weight
+                if weights_per_sample is not None:
+                    weights_per_sample[conn.name] = recorded
             read_seconds = time.perf_counter() - tick
         finally:
             first.stop()

@@ -125,11 +125,11 @@ def test_lava_float_learns_online_as_the_reference_does():
 
 
 @pytest.mark.backend
-def test_lava_refuses_what_it_cannot_learn_yet_in_one_line():
+def test_lava_refuses_what_it_cannot_learn_in_one_line():
     from neuromorphic.lava.run import run_lava
 
     graph = plastic_graph("three_factor")
-    with pytest.raises(IRError, match="fed to the LearningDense from outside") as exc:
+    with pytest.raises(IRError, match="give the samples' labels and its feedback matrix") as exc:
         run_lava(graph, samples(1).transpose(1, 0, 2, 3), progress=False)
     assert "\n" not in str(exc.value)
 
