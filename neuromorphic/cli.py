@@ -39,14 +39,33 @@ def _export(args: argparse.Namespace) -> int:
 def _validate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory of a model trained with delays = \"loihi\"")
     p.add_argument("--backend", required=True, choices=list(BACKENDS))
-    p.add_argument("--samples", type=int, default=100, help="test samples to run (default 100)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="test samples to run (default 100); with --learn, training samples to learn from (default 50)")
+    p.add_argument("--learn", action="store_true",
+                   help="learn online on the backend with the run's rule (stdp, three_factor) from the run's weights, "
+                        "beside the float reference; writes RUN/validate-learn-<backend>.json")
+    p.add_argument("--rule", choices=["stdp", "three_factor"], default=None, help="with --learn: instead of the run's rule")
+    p.add_argument("--rule-layers", default=None,
+                   help="with --learn: the layers that learn, comma-separated globs (default: the run's rule_layers)")
+    p.add_argument("--learn-rate", type=float, default=None,
+                   help="with --learn: the online learning rate (default: the run's rule_lr, else lr)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _validate(args: argparse.Namespace) -> int:
+    if args.learn:
+        from .onchip import validate_learn
+
+        validate_learn(args.run, args.backend, args.samples or 50, args.rule, args.rule_layers, args.learn_rate,
+                       progress=not args.quiet)
+        return 0
+    if args.rule or args.rule_layers or args.learn_rate is not None:
+        from spikeformer.errors import SpikeformerError
+
+        raise SpikeformerError("--rule, --rule-layers and --learn-rate go with --learn")
     from .validate import validate
 
-    validate(args.run, args.backend, args.samples, progress=not args.quiet)
+    validate(args.run, args.backend, args.samples or 100, progress=not args.quiet)
     return 0
 
 

@@ -93,3 +93,34 @@ def test_export_nir_and_validate_norse(feedforward_run, tmp_path):
 def test_nir_refuses_attention_in_one_line(loihi_run, tmp_path):
     _one_line_error(_cli("export", str(loihi_run), "--to", "nir", "--out", str(tmp_path / "m.nir")), "block0.attn")
     _one_line_error(_cli("validate", str(loihi_run), "--backend", "norse", "--samples", "2"), "block0.attn")
+
+
+LEARN_KEYS = {"backend", "rule", "samples", "spike_agreement", "weight_max_abs_diff", "weight_max_rel_diff",
+              "accuracy_before", "accuracy_after_backend", "accuracy_after_torch", "steps_per_second"}
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("rule", ["stdp", "three_factor"])
+def test_validate_learn_writes_the_issue_keys(loihi_run, rule):
+    """``validate --learn`` on Lava float: the run's weights learn online beside the float
+    reference; spikes agree and every plastic weight follows after every sample."""
+    assert main(["validate", str(loihi_run), "--backend", "lava-float", "--learn", "--rule", rule, "--samples", "3",
+                 "--learn-rate", "0.05", "--quiet"]) == 0
+    record = json.loads((loihi_run / "validate-learn-lava-float.json").read_text())
+    assert LEARN_KEYS <= set(record) and record["rule"] == rule and record["samples"] == 3
+    assert record["spike_agreement"] == 1.0 and record["weight_max_rel_diff"] <= 1e-9
+    assert len(record["weight_max_rel_diff_per_sample"]) == 3
+    # STDP cannot reach the readout (it does not spike); three_factor trains it, as in training
+    assert ("readout->readout" in record["plastic_connections"]) == (rule == "three_factor")
+    assert any(name.startswith("stem.") for name in record["frozen_connections"])  # graded input
+
+
+def test_validate_learn_refuses_in_one_line(loihi_run):
+    run = str(loihi_run)
+    _one_line_error(_cli("validate", run, "--backend", "lava-float", "--learn", "--samples", "2"),
+                    "on-chip learning runs stdp or three_factor")  # the run learnt by bptt
+    _one_line_error(_cli("validate", run, "--backend", "lava-float", "--learn", "--rule", "stdp", "--rule-layers",
+                         "stem.*"), "can learn by stdp on a chip")
+    _one_line_error(_cli("validate", run, "--backend", "lava-fixed", "--learn", "--rule", "stdp"),
+                    "fixed-point learning engine")
+    _one_line_error(_cli("validate", run, "--backend", "lava-float", "--rule", "stdp"), "go with --learn")

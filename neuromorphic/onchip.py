@@ -1,0 +1,257 @@
+"""On-chip learning of a trained run: its rule lowered into the IR, and ``spikeformer validate
+RUN --learn`` (docs/backends.md, "On-chip learning").
+
+``learning_graph`` makes the connections of the run's ``rule_layers`` plastic with the run's
+rule and constants (``rule_a_plus``, ``rule_a_minus``, ``rule_tau_*``) and an online learning
+rate: a tokenwise weight becomes its per-token copies (``ir.plastic_connection``). What
+training wrapped around the rule (AdamW, winner-take-all, row norms, the norms' gain) does not
+go on chip: the rule itself does. A connection that cannot learn on a chip is left frozen and
+named with the reason (``ir.learning_refusal``: graded input, STDP into the readout). Under
+three_factor the readout learns too (as in training): its post factor is 1, its third factor
+the output error (the delta rule); a hidden layer's third factor is the output error through
+the run's own fixed random feedback matrix (``rules.driver``), tiled over tokens.
+
+``validate_learn`` starts the float reference (``simulate.learn_online``) and the backend from
+the run's weights, lets both learn online from the same training samples, and compares spikes
+and every plastic weight after every sample.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from spikeformer.errors import SpikeformerError
+
+from .ir import Connection, Graph, learning_refusal, plastic_connection
+from .reward import modulator
+from .trace import Trace
+
+ONCHIP_RULES = ("stdp", "three_factor")
+LEARN_BACKENDS = ("lava-float", "lava-fixed", "brian2")
+
+
+@dataclass
+class LearningPlan:
+    """What learns: the plastic graph, each three_factor connection's feedback ``[C, target size]``,
+    and the connections left frozen with why."""
+
+    graph: Graph
+    rule: str
+    feedback: dict[str, np.ndarray] = field(default_factory=dict)
+    frozen: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def plastic(self) -> list[Connection]:
+        return [c for c in self.graph.connections if c.rule is not None]
+
+    def reward(self, labels: np.ndarray) -> Callable[[int, np.ndarray, Connection], np.ndarray]:
+        """``learn_online``'s reward: the output error of sample i through each connection's feedback."""
+        return lambda i, logits, conn: modulator(logits, labels[i], self.feedback[conn.name])
+
+
+def rule_parameters(cfg: Any, rule: str, lr: float) -> dict[str, float]:
+    """The run's rule constants as the IR's ``rule_params`` table, with the online rate ``lr``."""
+    params = {"lr": lr, "a_plus": cfg.rule_a_plus, "a_minus": cfg.rule_a_minus, "tau_pre": cfg.rule_tau_pre,
+              "tau_post": cfg.rule_tau_post}
+    if rule == "three_factor":
+        params["tau_eligibility"] = cfg.rule_tau_eligibility
+    return params
+
+
+def learning_graph(model: Any, cfg: Any, rule: Optional[str] = None, layers: Optional[str] = None,
+                   lr: Optional[float] = None, graph: Optional[Graph] = None) -> LearningPlan:
+    """The lowered ``model`` with the connections of ``layers`` (default: the run's ``rule_layers``)
+    learning by ``rule`` (default: the run's) at rate ``lr`` (default: ``rule_lr``, else ``lr``)."""
+    from .lower import lower
+
+    rule = rule or cfg.rule
+    if rule not in ONCHIP_RULES:
+        raise SpikeformerError(f"the run learns by {rule!r}; on-chip learning runs {' or '.join(ONCHIP_RULES)} "
+                               "(e-prop's pseudo-derivative and perturbation's noise have no trace form on a chip): "
+                               "pass --rule")
+    lr = float(lr if lr is not None else (cfg.rule_lr or cfg.lr))
+    if not lr > 0:
+        raise SpikeformerError(f"the online learning rate must be positive, got {lr}")
+    patterns = [p.strip() for p in (layers or cfg.rule_layers or "*").split(",") if p.strip()]
+    graph = copy.deepcopy(graph) if graph is not None else lower(model)
+    plan = LearningPlan(graph, rule)
+    feedback = _hidden_feedback(model, cfg) if rule == "three_factor" else {}
+    classes = graph.readout.size
+    for i, conn in enumerate(graph.connections):
+        layer = conn.name.split("->")[0]
+        is_readout = conn.target == graph.readout.name
+        if not (any(fnmatchcase(layer, p) for p in patterns) or (is_readout and rule == "three_factor")):
+            continue
+        why = learning_refusal(graph, conn, rule)
+        if why is not None:
+            plan.frozen[conn.name] = why.strip(" ;")
+            continue
+        target = graph.population(conn.target)
+        graph.connections[i] = plastic_connection(conn, target.tokens, rule, rule_parameters(cfg, rule, lr))
+        if rule == "three_factor":
+            plan.feedback[conn.name] = (np.eye(classes) if is_readout
+                                        else np.tile(feedback[layer], (1, target.tokens)))
+    if not plan.plastic:
+        raise SpikeformerError(f"no connection of rule_layers {','.join(patterns)!r} can learn by {rule} on a chip ("
+                               + "; ".join(f"{k}: {v}" for k, v in plan.frozen.items()) + "): pass --rule-layers")
+    graph.validate()
+    return plan
+
+
+def _hidden_feedback(model: Any, cfg: Any) -> dict[str, np.ndarray]:
+    """The run's fixed random feedback matrices ``[C, width]`` by layer name (drawn from its seed,
+    as ``rules.driver.LocalLearner`` draws them for three_factor)."""
+    from dataclasses import replace
+
+    from rules.driver import LocalLearner
+
+    # the run's own matrices first (drawn in the order of its rule_layers), then any other layer's
+    found: dict[str, np.ndarray] = {}
+    for layers in (cfg.rule_layers or "*", "*"):
+        learner = LocalLearner(replace(cfg, rule="three_factor", rule_layers=layers), model)
+        for name, b in learner.feedback.items():
+            found.setdefault(name, b.double().numpy())
+    return found
+
+
+def frozen_copy(graph: Graph) -> Graph:
+    """``graph`` with every plastic connection fixed at its current weight (for scoring)."""
+    out = copy.deepcopy(graph)
+    for conn in out.connections:
+        conn.rule = conn.rule_params = conn.traces = conn.mask = None
+    return out
+
+
+def accuracy(graph: Graph, x_steps: np.ndarray, labels: np.ndarray, chunk: int = 64) -> float:
+    """Accuracy of ``graph``'s frozen weights in the float reference on ``x_steps [T, B, N, F]``."""
+    from .simulate import run_graph
+
+    frozen = frozen_copy(graph)
+    correct = 0
+    for start in range(0, x_steps.shape[1], chunk):
+        trace = run_graph(frozen, x_steps[:, start:start + chunk], keep=set())
+        correct += int((trace.logits.argmax(-1) == labels[start:start + chunk]).sum())
+    return correct / x_steps.shape[1]
+
+
+def learn_reference(plan: LearningPlan, x_steps: np.ndarray, labels: np.ndarray, guard_steps: int,
+                    progress: bool = True) -> tuple[Trace, dict[str, np.ndarray], float]:
+    """``simulate.learn_online`` on the plan's graph (in place): the trace ``[T, B, ...]``, each
+    plastic connection's weights after every sample ``[B, synapses]``, and the seconds it took."""
+    from tqdm import tqdm
+
+    from .simulate import learn_online
+
+    per_sample: dict[str, list[np.ndarray]] = {c.name: [] for c in plan.plastic}
+    with tqdm(total=x_steps.shape[1], desc="reference", unit="sample", disable=not progress, leave=False) as bar:
+        def record(_: int) -> None:
+            for conn in plan.plastic:
+                per_sample[conn.name].append(conn.weight[conn.synapses()].copy())
+            bar.update(1)
+
+        tick = time.perf_counter()
+        traces = learn_online(plan.graph, x_steps.transpose(1, 0, 2, 3), guard_steps=guard_steps,
+                              reward=plan.reward(labels) if plan.feedback else None, after_sample=record)
+        seconds = time.perf_counter() - tick
+    spikes = {name: np.concatenate([t.spikes[name] for t in traces], 1) for name in traces[0].spikes}
+    readout = np.concatenate([t.readout for t in traces], 1)
+    return Trace(spikes, readout, traces[0].window), {k: np.stack(v) for k, v in per_sample.items()}, seconds
+
+
+def weight_differences(reference: dict[str, np.ndarray], backend: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Per sample, the largest |w_backend - w_reference| over every plastic synapse, and the same
+    relative to the largest |w_reference| of its connection (a relative error per synapse is
+    undefined where a weight crosses zero)."""
+    abs_diff, rel_diff = None, None
+    for name, ref in reference.items():
+        if name not in backend or backend[name].shape != ref.shape:
+            raise SpikeformerError(f"the backend recorded no weights of shape {ref.shape} for {name!r}")
+        diff = np.abs(backend[name] - ref).max(1)  # [samples]
+        rel = diff / max(float(np.abs(ref).max()), 1e-300)
+        abs_diff = diff if abs_diff is None else np.maximum(abs_diff, diff)
+        rel_diff = rel if rel_diff is None else np.maximum(rel_diff, rel)
+    return {"weight_max_abs_diff": float(abs_diff.max()), "weight_max_rel_diff": float(rel_diff.max()),
+            "weight_max_abs_diff_per_sample": abs_diff.tolist(), "weight_max_rel_diff_per_sample": rel_diff.tolist()}
+
+
+def run_backend(backend: str, graph: Graph, x_steps: np.ndarray, labels: np.ndarray,
+                feedback: dict[str, np.ndarray], progress: bool) -> tuple[Trace, dict[str, Any], dict[str, np.ndarray]]:
+    """Learn online on ``backend``; returns its trace, its info and its weights after every sample."""
+    recorded: dict[str, np.ndarray] = {}
+    if backend == "lava-float":
+        from .lava.run import run_lava
+
+        trace, info = run_lava(graph, x_steps, progress=progress, labels=labels, feedback=feedback,
+                               weights_per_sample=recorded)
+    elif backend == "brian2":
+        from .brian2_ref import run_brian2
+
+        trace, info = run_brian2(graph, x_steps, codegen="cython", labels=labels, feedback=feedback,
+                                 weights_per_sample=recorded)
+    elif backend == "lava-fixed":
+        raise SpikeformerError("lava-fixed: Lava's fixed-point learning engine (7-bit traces, stochastic rounding) "
+                               "has no fixed_ref counterpart yet (docs/backends.md, \"On-chip learning\"); use "
+                               "lava-float or brian2")
+    else:
+        raise SpikeformerError(f"--learn runs on {', '.join(LEARN_BACKENDS)}, not {backend!r}")
+    return trace, info, recorded
+
+
+def validate_learn(run: str | Path, backend: str, samples: int = 50, rule: Optional[str] = None,
+                   layers: Optional[str] = None, lr: Optional[float] = None, progress: bool = True,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Both the float reference and ``backend`` learn online from the run's weights over the first
+    ``samples`` training samples; write and return ``RUN/validate-learn-<backend>.json``."""
+    from spikeformer.checkpoint import atomic_write_json
+    from spikeformer.train import load_run
+
+    from .compare import agreement, encode_steps
+    from .lava.run import GUARD_STEPS
+    from .validate import _jsonable
+
+    if backend not in LEARN_BACKENDS:
+        raise SpikeformerError(f"--learn runs on {', '.join(LEARN_BACKENDS)}, not {backend!r}")
+    if backend == "lava-fixed":
+        run_backend(backend, None, None, None, {}, False)  # refuses in one line, before any work
+    if samples <= 0:
+        raise SpikeformerError(f"--samples must be a positive number, got {samples}")
+    cfg, model, split, _ = load_run(run)
+    plan = learning_graph(model, cfg, rule, layers, lr)
+    count = min(samples, len(split.x_train))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    x_train = encode_steps(model, split.x_train[:count], generator)
+    labels = split.y_train[:count].numpy()
+    x_test = encode_steps(model, split.x_test, torch.Generator().manual_seed(cfg.seed))
+    y_test = split.y_test.numpy()
+    before = accuracy(plan.graph, x_test, y_test)
+    backend_graph = copy.deepcopy(plan.graph)
+    reference, ref_weights, ref_seconds = learn_reference(plan, x_train, labels, GUARD_STEPS, progress)
+    trace, info, weights = run_backend(backend, backend_graph, x_train, labels, plan.feedback, progress)
+    score = agreement(reference, trace, labels)
+    record: dict[str, Any] = {
+        "backend": backend, "run": str(run), "rule": plan.rule, "samples": count,
+        "plastic_connections": [c.name for c in plan.plastic], "frozen_connections": plan.frozen,
+        "rule_params": plan.plastic[0].rule_params, "guard_steps_per_sample": GUARD_STEPS,
+        "spike_agreement": score["spike_agreement"], "class_agreement_during_learning": score["class_agreement"],
+        **weight_differences(ref_weights, weights),
+        "accuracy_before": before, "accuracy_after_backend": accuracy(backend_graph, x_test, y_test),
+        "accuracy_after_torch": accuracy(plan.graph, x_test, y_test), "test_samples": len(y_test),
+        "accuracy_scored_by": "float reference (numpy + torch step functions) with each side's learned weights",
+        "reference_seconds": ref_seconds, "steps_per_second": info.get("steps_per_second", float("nan")),
+        "backend_info": {k: v for k, v in info.items() if np.isscalar(v)},
+    }
+    out = Path(run) / f"validate-learn-{backend}.json"
+    atomic_write_json(out, _jsonable(record))
+    log(f"{backend} learning {plan.rule} on {len(plan.plastic)} connections over {count} samples: spike agreement "
+        f"{record['spike_agreement']:.6f}, weight max rel diff {record['weight_max_rel_diff']:.2e} (abs "
+        f"{record['weight_max_abs_diff']:.2e}), accuracy {before:.4f} -> {record['accuracy_after_backend']:.4f} "
+        f"(reference {record['accuracy_after_torch']:.4f}), {record['steps_per_second']:.0f} steps/s -> {out}")
+    return record
