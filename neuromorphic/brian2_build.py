@@ -6,7 +6,7 @@ write / recall / gate / read synapses and attention units, then bins the monitor
 ``Trace``. What differs between discrete and continuous time is a method its subclasses
 override (``brian2_exact.ExactBuilder``, ``brian2_bio.BioBuilder``):
 
-    step_ms, _gap        length of an IR step; silent steps between samples
+    step_ms, _gap        length of an IR step; steps between samples (silent, or guard steps for learning)
     _fine_clock          the clock of the populations' dynamics and of the synapses
     _schedule            the Network's schedule (its slots)
     _schedule_input      when the input group turns its value into an event
@@ -17,14 +17,14 @@ override (``brian2_exact.ExactBuilder``, ``brian2_bio.BioBuilder``):
     _spike_steps         the IR step a spike time stands for
     _readout_steps       the readout per IR step ``[C, B, T]``
 
-The equations are the strings of ``brian2_equations``. brian2 is imported when a builder is
-made, not when this module is.
+The equations are the strings of ``brian2_equations`` (and, for plastic connections, of
+``brian2_learning``). brian2 is imported when a builder is made, not when this module is.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -80,17 +80,23 @@ class Builder:
     step_ms: float  # wall time of one IR step (ms)
     lif_zero: str  # a LIF group's state back to zero at each sample's first step
 
-    def __init__(self, graph: Graph, x_steps: np.ndarray) -> None:
+    def __init__(self, graph: Graph, x_steps: np.ndarray, labels: Optional[np.ndarray] = None,
+                 feedback: Optional[dict[str, np.ndarray]] = None) -> None:
+        """``labels [B]`` and ``feedback {connection: [C, target size]}``: the third factor of
+        three_factor connections (``neuromorphic.reward``); unused without one."""
         import brian2 as b2
 
         self.b2 = b2
         self.graph, self.x_steps = graph, x_steps
+        self.labels, self.feedback = labels, feedback
         self.steps, self.batch = x_steps.shape[:2]
         self.pops = {p.name: p for p in graph.populations}
         self.level = _levels(graph)
         self.step = self.step_ms * b2.ms
         self.gap = self._gap(max([c.delay for c in graph.connections] + [1]))
         self.sample_steps = self.steps + self.gap
+        # LIFs may fire while awake; with learning also in the first guard step (learn_online's order)
+        self.awake_steps = self.steps + (1 if self.learns else 0)
         self.duration = self.batch * self.sample_steps * self.step
         self.names: set[str] = set()
         self.groups: dict[str, Any] = {}
@@ -99,6 +105,8 @@ class Builder:
         self.neurons = 0
         self.synapses = 0
         self.plastic: dict[str, Any] = {}  # connection name -> its learning Synapses
+        self.teacher: Any = None  # brian2_learning.OnlineTeacher, when a connection learns
+        self.learn_index: dict[str, int] = {}  # plastic connection -> k of its traces xtrace<k>, ytrace<k>
         self.extra: dict[str, list[str]] = {p: [] for p in self.pops}  # extra model lines (traces, links)
         self.attention_links: dict[str, list[str]] = {p: [] for p in self.pops}
         self.traces: dict[str, str] = {}
@@ -112,6 +120,19 @@ class Builder:
             self.attention_links[att.target].append(link)
             self.link_of[att.name] = link
             self.extra[att.target].append(ATTENTION_LINK.format(link=link, name=att.name))
+        if self.learns:  # per-neuron rule traces of each plastic connection, in its source's and target's model
+            from .brian2_learning import LEARN_POST_TRACE, LEARN_PRE_TRACE  # imports torch (the rules): only here
+
+            for conn in graph.connections:
+                if conn.rule is not None:
+                    k = self.learn_index[conn.name] = len(self.learn_index)
+                    self.extra[conn.source].append(LEARN_PRE_TRACE.format(k=k, name=conn.name))
+                    self.extra[conn.target].append(LEARN_POST_TRACE.format(k=k, name=conn.name))
+
+    @property
+    def learns(self) -> bool:
+        """Whether any connection is plastic (then every sample is followed by guard steps)."""
+        return any(c.rule is not None for c in self.graph.connections)
 
     # --- the mode's methods ---------------------------------------------------------------------
 
@@ -158,7 +179,7 @@ class Builder:
         self.fine = self._fine_clock()
         self.sample_clock = b2.Clock(dt=self.sample_steps * self.step, name=_brian_name("samples", self.names))
         awake = np.zeros(self.batch * self.sample_steps)
-        awake.reshape(self.batch, self.sample_steps)[:, :self.steps] = 1.0
+        awake.reshape(self.batch, self.sample_steps)[:, :self.awake_steps] = 1.0
         self.awake = b2.TimedArray(awake, dt=self.step, name=_brian_name("awake", self.names))
         for pop in self.graph.populations:
             {"input": self._input, "lif": self._lif, "readout": self._readout}[pop.kind](pop)
@@ -166,6 +187,8 @@ class Builder:
             self._attention(att)
         for conn in self.graph.connections:
             self._dense(conn)
+        if self.plastic:
+            self._teach()
         self.net = b2.Network(*self.objects, name=_brian_name("net", self.names))
         self.net.schedule = self._schedule()
 
@@ -197,7 +220,8 @@ class Builder:
         values[:, :self.steps] = self.x_steps.transpose(1, 0, 2, 3).reshape(self.batch, self.steps, pop.size)
         self.stimulus = self.b2.TimedArray(values.reshape(-1, pop.size), dt=self.step,
                                            name=_brian_name("stimulus", self.names))
-        group = self._group(pop, INPUT, threshold=INPUT_THRESHOLD, reset=INPUT_RESET, clock=self.fine,
+        model = INPUT + "\n".join(self.extra[pop.name])  # + the pre traces of plastic connections
+        group = self._group(pop, model, threshold=INPUT_THRESHOLD, reset=INPUT_RESET, clock=self.fine,
                             namespace={"stimulus": self.stimulus})
         self._schedule_input(group)
 
@@ -218,39 +242,96 @@ class Builder:
     # --- Dense connections ----------------------------------------------------------------------
 
     def _plastic_dense(self, conn: Connection) -> None:
-        """A connection that learns by STDP (exact mode, docs/backends.md "On-chip learning"):
-        every synapse exists (a zero weight learns too); the pre pathway transmits, then learns;
-        the post pathway (the target's spikes) runs after it in the same slot."""
-        from .brian2_learning import STDP_MODEL, STDP_ON_POST, STDP_ON_PRE, stdp_namespace
-        from .ir import LoweringError
+        """A connection that learns online (exact mode; docs/backends.md "On-chip learning"), as
+        ``neuromorphic.simulate.learn_online`` with ``guard_steps = self.gap`` does:
 
-        if conn.rule != "stdp" or conn.mask is not None:
-            raise LoweringError(f"connection {conn.name!r}: Brian2 learns full STDP connections only; "
-                                "three_factor and per-token copies are not built there yet")
+        - only the synapses of ``conn.synapses()`` exist (a per-token copy is a masked full
+          weight), one Synapses object in row-major order over that mask;
+        - the pre pathway transmits with the weight before this step's dw (order 0 of the
+          'synapses' slot, as every Dense), then the rule pairs this step's source and target
+          activity on per-neuron traces (``brian2_learning.LEARN_RULE``): STDP changes w at
+          once; three_factor adds to the eligibility ``elig``, and ``OnlineTeacher`` turns it into
+          weight at the first guard step with the output error as its third factor;
+        - a readout target (an integrator, no spikes) takes 1 as its post factor at every step,
+          guard steps included;
+        - the traces start from ``conn.traces`` (zero when None) and, like the weights, carry
+          over from sample to sample.
+        """
+        from rules.base import decay
+
+        from .brian2_learning import (LEARN_MODEL, LEARN_ORDER, LEARN_POST_ADD, LEARN_POST_DECAY, LEARN_PRE_STEP,
+                                      LEARN_RULE, learning_namespace)
+
         src, dst = self.pops[conn.source], self.pops[conn.target]
-        namespace = {"stimulus": self.stimulus, **stdp_namespace(conn.rule_parameters(), self.step)}
-        syn = self.b2.Synapses(self.groups[conn.source], self.groups[conn.target], STDP_MODEL,
-                               on_pre=DENSE_ON_PRE[(self.mode, dst.kind)].format(w="w") + "\n" + STDP_ON_PRE,
-                               on_post=STDP_ON_POST, clock=self.fine, namespace=namespace,
-                               name=_brian_name(conn.name, self.names))
-        post, pre = np.nonzero(np.ones(conn.weight.shape, bool))  # [target size, source size]: full
-        syn.connect(i=pre, j=post)
-        syn.w = conn.weight[post, pre]
+        gsrc, gdst = self.groups[conn.source], self.groups[conn.target]
+        params, k = conn.rule_parameters(), self.learn_index[conn.name]
+        pre = "x" if src.kind == "input" else "s"  # the pre factor: the input's value, or the spike
+        post = "1" if dst.kind == "readout" else "s_post"
+        syn = self.b2.Synapses(gsrc, gdst, LEARN_MODEL[conn.rule],
+                               on_pre=DENSE_ON_PRE[(self.mode, dst.kind)].format(w="w"), clock=self.fine,
+                               namespace=learning_namespace(conn.rule, params), name=_brian_name(conn.name, self.names))
+        post_index, pre_index = np.nonzero(conn.synapses())  # row-major: per target, sources in order
+        syn.connect(i=pre_index, j=post_index)
+        syn.w = conn.weight[post_index, pre_index]
         syn.delay = self._dense_delay(conn, src, dst)
-        syn.pre.when, syn.pre.order = "synapses", 0
-        syn.post.when, syn.post.order = "synapses", 1
-        self.synapses += len(pre)
+        syn.pre.when, syn.pre.order = "synapses", LEARN_ORDER["transmit"]
+        setattr(gsrc, f"xdecay{k}", decay(params.tau_pre))
+        setattr(gdst, f"ydecay{k}", decay(params.tau_post))
+        if conn.traces:  # a rule that ran before: its traces go on
+            setattr(gsrc, f"xtrace{k}", np.asarray(conn.traces["pre"], np.float64))
+            setattr(gdst, f"ytrace{k}", np.asarray(conn.traces["post"], np.float64))
+            if conn.rule == "three_factor":
+                syn.elig = np.asarray(conn.traces["eligibility"], np.float64)[post_index, pre_index]
+        self._regularly(gsrc, LEARN_PRE_STEP.format(k=k, activity=pre), "synapses", LEARN_ORDER["traces"],
+                        f"xtrace{k}")
+        self._regularly(gdst, LEARN_POST_DECAY.format(k=k), "synapses", LEARN_ORDER["traces"], f"ydecay{k}")
+        self.objects.append(syn.run_regularly(LEARN_RULE[conn.rule].format(k=k, pre=f"{pre}_pre", post=post),
+                                              clock=self.clock, when="synapses", order=LEARN_ORDER["rule"],
+                                              name=syn.name + "_rule"))
+        self._regularly(gdst, LEARN_POST_ADD.format(k=k, activity="1" if dst.kind == "readout" else "s"),
+                        "synapses", LEARN_ORDER["post_trace"], f"ytrace{k}")
+        self.synapses += len(pre_index)
         self.objects.append(syn)
         self.plastic[conn.name] = syn
 
+    def _teach(self) -> None:
+        """The network operation that gives three_factor connections their third factor at each
+        sample's first guard step and records every plastic weight after each sample."""
+        from .brian2_learning import OnlineTeacher
+
+        conns = {c.name: c for c in self.graph.connections}
+        synapses = {name: (syn, conns[name].rule, float(conns[name].rule_parameters().lr))
+                    for name, syn in self.plastic.items()}
+        self.teacher = OnlineTeacher(self.groups[self.graph.readout.name], synapses, self.steps, self.sample_steps,
+                                     int(self.graph.meta["window"]), self.batch, self.labels, self.feedback, self.step)
+        self.objects.append(self.b2.NetworkOperation(self.teacher.end_of_step, clock=self.clock, when="end", order=10,
+                                                     name=_brian_name("teacher", self.names)))
+
     def learned_weights(self) -> dict[str, np.ndarray]:
-        """Each plastic connection's weight after the run ``[target size, source size]``."""
+        """Each plastic connection's weight after the run ``[target size, source size]`` (zero
+        outside its synapses)."""
         out = {}
         for name, syn in self.plastic.items():
             conn = next(c for c in self.graph.connections if c.name == name)
             weight = np.zeros(conn.weight.shape)
             weight[syn.j[:], syn.i[:]] = syn.w[:]
             out[name] = weight
+        return out
+
+    def learned_traces(self) -> dict[str, dict[str, np.ndarray]]:
+        """Each plastic connection's rule traces after the run, as the IR's ``traces`` table:
+        ``pre [source size]``, ``post [target size]`` and, for three_factor, ``eligibility
+        [target size, source size]`` (zero outside its synapses, which have none)."""
+        out = {}
+        for name, syn in self.plastic.items():
+            conn = next(c for c in self.graph.connections if c.name == name)
+            k = self.learn_index[name]
+            traces = {"pre": np.array(getattr(self.groups[conn.source], f"xtrace{k}")[:], np.float64),
+                      "post": np.array(getattr(self.groups[conn.target], f"ytrace{k}")[:], np.float64)}
+            if conn.rule == "three_factor":
+                traces["eligibility"] = np.zeros(conn.weight.shape)
+                traces["eligibility"][syn.j[:], syn.i[:]] = syn.elig[:]
+            out[name] = traces
         return out
 
     def _dense(self, conn: Connection) -> None:

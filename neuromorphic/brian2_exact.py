@@ -5,7 +5,14 @@ Scheduling: the Network's schedule has one slot per same-step level (a populatio
 attention node is one level above the node's q/k/v); inside a slot the order is: attention
 plasticity and read (negative orders), LIF update (0), threshold (1), reset (2). All Dense
 pathways run in the 'synapses' slot after every level, so a spike of step t reaches its
-target's update at step t + 1.
+target's update at step t + 1; plastic connections learn there too, after every pathway
+transmitted (``brian2_learning``), and ``OnlineTeacher`` runs in the 'end' slot.
+
+Between samples: with Dense delays above one step, ``delay - 1`` silent steps (spikes in flight
+land, none start). With a plastic connection, ``learn_online``'s guard steps instead
+(``neuromorphic.lava.run.GUARD_STEPS``, more if a delay needs them): in the first the input is
+silent but the neurons may still fire and learn; in the rest every LIF is held silent (the
+``awake`` TimedArray) and the rule traces only decay.
 """
 
 from __future__ import annotations
@@ -29,6 +36,11 @@ class ExactBuilder(Builder):
     lif_zero = EXACT_LIF_ZERO
 
     def _gap(self, max_delay: int) -> int:
+        if self.learns:
+            from .lava.run import GUARD_STEPS  # a constant: lava itself is not imported
+
+            # spikes of the first guard step (t = T) arrive by T + delay, before the next reset
+            return max(GUARD_STEPS, max_delay)
         return max_delay - 1  # a spike is delivered delay - 1 steps after the step that follows it
 
     def _fine_clock(self) -> Any:
@@ -58,7 +70,7 @@ class ExactBuilder(Builder):
         return group
 
     def _readout(self, pop: Population) -> None:
-        group = self._group(pop, EXACT_READOUT, clock=self.clock)
+        group = self._group(pop, EXACT_READOUT + "\n".join(self.extra[pop.name]), clock=self.clock)
         self._regularly(group, EXACT_READOUT_STEP, "level0", ORDER["update"], "step")
         group.bias = pop.bias.reshape(-1)
         self._on_sample_start(group, EXACT_READOUT_ZERO)

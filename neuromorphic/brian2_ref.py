@@ -48,6 +48,13 @@ one code generation). At each sample's first step every state variable is set ba
 (a ``run_regularly`` on a clock whose period is one sample). Biophysical runs add silent
 steps between samples so that spikes still in flight land before the reset.
 
+On-chip learning (exact mode): plastic connections (``Connection.rule``) learn online exactly as
+``neuromorphic.simulate.learn_online(graph, samples, guard_steps=GUARD_STEPS, reward=...)`` and
+the Lava backend do: every sample is followed by ``neuromorphic.lava.run.GUARD_STEPS`` guard
+steps (the first awake, without input; the rest silent), the third factor of three_factor is
+the output error ``neuromorphic.reward.modulator`` at the first guard step, and weights and rule
+traces carry over from sample to sample (``brian2_learning``, ``brian2_build._plastic_dense``).
+
 Where the code is: ``brian2_equations`` (every equation string and statement),
 ``brian2_build.Builder`` (what both modes build: clocks, groups, sample resets, monitors, Dense
 synapses, the attention memory, the Trace), ``brian2_exact.ExactBuilder`` (discrete time; its
@@ -87,7 +94,9 @@ VARIANTS = tuple(VARIANT_TABLE)  # each needs its MEMORY, MEMORY_UPDATE, MEMORY_
 
 
 def run_brian2(graph: Graph, x_steps: np.ndarray, mode: str = "exact", codegen: str = "numpy",
-               bio: BioParams | None = None) -> tuple[Trace, dict[str, Any]]:
+               bio: BioParams | None = None, labels: np.ndarray | None = None,
+               feedback: dict[str, np.ndarray] | None = None,
+               weights_per_sample: dict[str, np.ndarray] | None = None) -> tuple[Trace, dict[str, Any]]:
     """Simulate ``graph`` on encoded input ``x_steps [T, B, N, F]`` in Brian2.
 
     Returns a ``Trace`` (spikes ``[T, B, N, F]`` bool per population, the input included as
@@ -96,6 +105,14 @@ def run_brian2(graph: Graph, x_steps: np.ndarray, mode: str = "exact", codegen: 
     brian2 version, mode, codegen and, for biophysical runs, the physical constants.
     Each of the B samples starts from zero state. Raises ``LoweringError`` (one line) for what
     the chosen mode cannot run.
+
+    Plastic connections (exact mode) learn online over the samples, as ``run_lava`` does: the
+    learned weights (and rule traces) are written back into ``graph``; a three_factor connection
+    needs the samples' ``labels [B]`` and its ``feedback {name: [C, target size]}`` (the output
+    error is its third factor, ``neuromorphic.reward``); if given, ``weights_per_sample``
+    receives each plastic connection's weights after every sample (after its guard steps)
+    ``[B, synapses]``, row-major over ``Connection.synapses()``. The Trace holds each sample's
+    own T steps, guard steps left out.
     """
     if any(c.rule is not None for c in graph.connections) and mode != "exact":
         raise LoweringError("a plastic connection learns in Brian2's exact mode only; pass --brian2-mode exact")
@@ -115,6 +132,7 @@ def run_brian2(graph: Graph, x_steps: np.ndarray, mode: str = "exact", codegen: 
     if x_steps.shape[0] == 0 or x_steps.shape[1] == 0 or not np.isfinite(x_steps).all():
         raise IRError(f"input steps {x_steps.shape} must hold at least one step and one sample, all finite")
     _check_supported(graph, mode)
+    _check_teaching(graph, x_steps.shape[1], labels, feedback)
     try:
         import brian2
     except ImportError:
@@ -124,7 +142,8 @@ def run_brian2(graph: Graph, x_steps: np.ndarray, mode: str = "exact", codegen: 
     # no sympy rewriting of the step statements: keeps float64 operations in the written order
     brian2.prefs["codegen.loop_invariant_optimisations"] = False
     try:
-        builder = ExactBuilder(graph, x_steps) if mode == "exact" else BioBuilder(graph, x_steps, bio or BioParams())
+        builder = (ExactBuilder(graph, x_steps, labels, feedback) if mode == "exact"
+                   else BioBuilder(graph, x_steps, bio or BioParams()))
         start = time.perf_counter()
         builder.build()
         marks: list[float] = []  # Brian2 reports once after code generation, before the first step
@@ -137,8 +156,12 @@ def run_brian2(graph: Graph, x_steps: np.ndarray, mode: str = "exact", codegen: 
         end = time.perf_counter()
         build_seconds, run_seconds = marks[0] - start, end - marks[0]
         trace = builder.trace()
-        for name, weight in builder.learned_weights().items():  # learned weights back into the graph
-            next(c for c in graph.connections if c.name == name).weight = weight
+        traces = builder.learned_traces()
+        for name, weight in builder.learned_weights().items():  # learned weights (and traces) back into the graph
+            conn = next(c for c in graph.connections if c.name == name)
+            conn.weight, conn.traces = weight, traces[name]
+        if weights_per_sample is not None and builder.teacher is not None:
+            weights_per_sample.update(builder.teacher.weights)
     finally:
         for key, value in saved.items():
             brian2.prefs[key] = value
@@ -149,8 +172,12 @@ def run_brian2(graph: Graph, x_steps: np.ndarray, mode: str = "exact", codegen: 
         "steps_per_second": steps * batch / run_seconds if run_seconds > 0 else float("inf"),
         "neurons": builder.neurons, "synapses": builder.synapses, "objects": len(builder.net.objects),
         "sample_isolation": "one run, all state zeroed at each sample's first step"
-                            + (f", {builder.gap} silent steps between samples" if builder.gap else ""),
+                            + (f", {builder.gap} guard steps after each sample (the first awake, for learning)"
+                               if builder.learns else f", {builder.gap} silent steps between samples" if builder.gap
+                               else ""),
     }
+    if builder.learns:
+        info["guard_steps_per_sample"] = builder.gap
     if mode == "biophysical":
         info["bio"] = asdict(bio or BioParams())
     return trace, info
@@ -189,6 +216,28 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # checks
+
+
+def _check_teaching(graph: Graph, batch: int, labels: np.ndarray | None,
+                    feedback: dict[str, np.ndarray] | None) -> None:
+    """A three_factor connection needs ``labels [B]`` (classes of the readout) and its
+    ``feedback [C, target size]``; IRError (one line) otherwise."""
+    classes = graph.readout.size
+    for conn in graph.connections:
+        if conn.rule != "three_factor":
+            continue
+        if labels is None or feedback is None or conn.name not in feedback:
+            raise IRError(f"connection {conn.name!r} learns by three_factor: give the samples' labels and its "
+                          "feedback matrix (the output error is its third factor)")
+        shape = (classes, graph.population(conn.target).size)
+        if np.shape(feedback[conn.name]) != shape:
+            raise IRError(f"feedback of connection {conn.name!r} must be [classes, target size] = {list(shape)}, "
+                          f"got {list(np.shape(feedback[conn.name]))}")
+        values = np.asarray(labels)
+        if values.shape != (batch,) or not np.issubdtype(values.dtype, np.integer) or \
+                (batch and (values.min() < 0 or values.max() >= classes)):
+            raise IRError(f"labels must be [B] = [{batch}] integers in [0, {classes}), got shape {list(values.shape)} "
+                          f"of {values.dtype}")
 
 
 def _check_supported(graph: Graph, mode: str) -> None:

@@ -48,7 +48,7 @@ def _validate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rule-layers", default=None,
                    help="with --learn: the layers that learn, comma-separated globs (default: the run's rule_layers)")
     p.add_argument("--learn-rate", type=float, default=None,
-                   help="with --learn: the online learning rate (default: the run's rule_lr, else lr)")
+                   help="with --learn: the online learning rate (default 1e-4)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -56,7 +56,7 @@ def _validate(args: argparse.Namespace) -> int:
     if args.learn:
         from .onchip import validate_learn
 
-        validate_learn(args.run, args.backend, args.samples or 50, args.rule, args.rule_layers, args.learn_rate,
+        validate_learn(args.run, args.backend, 50 if args.samples is None else args.samples, args.rule, args.rule_layers, args.learn_rate,
                        progress=not args.quiet)
         return 0
     if args.rule or args.rule_layers or args.learn_rate is not None:
@@ -65,7 +65,7 @@ def _validate(args: argparse.Namespace) -> int:
         raise SpikeformerError("--rule, --rule-layers and --learn-rate go with --learn")
     from .validate import validate
 
-    validate(args.run, args.backend, args.samples or 100, progress=not args.quiet)
+    validate(args.run, args.backend, 100 if args.samples is None else args.samples, progress=not args.quiet)
     return 0
 
 

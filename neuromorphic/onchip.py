@@ -3,7 +3,7 @@ RUN --learn`` (docs/backends.md, "On-chip learning").
 
 ``learning_graph`` makes the connections of the run's ``rule_layers`` plastic with the run's
 rule and constants (``rule_a_plus``, ``rule_a_minus``, ``rule_tau_*``) and an online learning
-rate: a tokenwise weight becomes its per-token copies (``ir.plastic_connection``). What
+rate (``ONLINE_LR`` unless given): a tokenwise weight becomes its per-token copies (``ir.plastic_connection``). What
 training wrapped around the rule (AdamW, winner-take-all, row norms, the norms' gain) does not
 go on chip: the rule itself does. A connection that cannot learn on a chip is left frozen and
 named with the reason (``ir.learning_refusal``: graded input, STDP into the readout). Under
@@ -35,6 +35,10 @@ from .reward import modulator
 from .trace import Trace
 
 ONCHIP_RULES = ("stdp", "three_factor")
+# the default online learning rate: training's lr is AdamW's (a step per synapse scaled by its
+# gradient history); raw online updates at that rate wreck a trained digits model within 50 samples
+# (three_factor at 1e-2: 0.95 -> 0.28; at 1e-4: 0.95 -> 0.95, docs/benchmarks.md)
+ONLINE_LR = 1e-4
 LEARN_BACKENDS = ("lava-float", "lava-fixed", "brian2")
 
 
@@ -69,7 +73,7 @@ def rule_parameters(cfg: Any, rule: str, lr: float) -> dict[str, float]:
 def learning_graph(model: Any, cfg: Any, rule: Optional[str] = None, layers: Optional[str] = None,
                    lr: Optional[float] = None, graph: Optional[Graph] = None) -> LearningPlan:
     """The lowered ``model`` with the connections of ``layers`` (default: the run's ``rule_layers``)
-    learning by ``rule`` (default: the run's) at rate ``lr`` (default: ``rule_lr``, else ``lr``)."""
+    learning by ``rule`` (default: the run's) at the online rate ``lr`` (default ``ONLINE_LR``)."""
     from .lower import lower
 
     rule = rule or cfg.rule
@@ -77,7 +81,7 @@ def learning_graph(model: Any, cfg: Any, rule: Optional[str] = None, layers: Opt
         raise SpikeformerError(f"the run learns by {rule!r}; on-chip learning runs {' or '.join(ONCHIP_RULES)} "
                                "(e-prop's pseudo-derivative and perturbation's noise have no trace form on a chip): "
                                "pass --rule")
-    lr = float(lr if lr is not None else (cfg.rule_lr or cfg.lr))
+    lr = float(lr if lr is not None else ONLINE_LR)
     if not lr > 0:
         raise SpikeformerError(f"the online learning rate must be positive, got {lr}")
     patterns = [p.strip() for p in (layers or cfg.rule_layers or "*").split(",") if p.strip()]
@@ -194,7 +198,7 @@ def run_backend(backend: str, graph: Graph, x_steps: np.ndarray, labels: np.ndar
     elif backend == "brian2":
         from .brian2_ref import run_brian2
 
-        trace, info = run_brian2(graph, x_steps, codegen="cython", labels=labels, feedback=feedback,
+        trace, info = run_brian2(graph, x_steps, labels=labels, feedback=feedback,
                                  weights_per_sample=recorded)
     elif backend == "lava-fixed":
         raise SpikeformerError("lava-fixed: Lava's fixed-point learning engine (7-bit traces, stochastic rounding) "

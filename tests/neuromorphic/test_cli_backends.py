@@ -100,13 +100,14 @@ LEARN_KEYS = {"backend", "rule", "samples", "spike_agreement", "weight_max_abs_d
 
 
 @pytest.mark.backend
+@pytest.mark.parametrize("backend", ["lava-float", "brian2"])
 @pytest.mark.parametrize("rule", ["stdp", "three_factor"])
-def test_validate_learn_writes_the_issue_keys(loihi_run, rule):
-    """``validate --learn`` on Lava float: the run's weights learn online beside the float
+def test_validate_learn_writes_the_issue_keys(loihi_run, rule, backend):
+    """``validate --learn``: the run's weights learn online on the backend beside the float
     reference; spikes agree and every plastic weight follows after every sample."""
-    assert main(["validate", str(loihi_run), "--backend", "lava-float", "--learn", "--rule", rule, "--samples", "3",
+    assert main(["validate", str(loihi_run), "--backend", backend, "--learn", "--rule", rule, "--samples", "3",
                  "--learn-rate", "0.05", "--quiet"]) == 0
-    record = json.loads((loihi_run / "validate-learn-lava-float.json").read_text())
+    record = json.loads((loihi_run / f"validate-learn-{backend}.json").read_text())
     assert LEARN_KEYS <= set(record) and record["rule"] == rule and record["samples"] == 3
     assert record["spike_agreement"] == 1.0 and record["weight_max_rel_diff"] <= 1e-9
     assert len(record["weight_max_rel_diff_per_sample"]) == 3

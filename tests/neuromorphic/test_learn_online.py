@@ -136,17 +136,18 @@ def test_lava_refuses_what_it_cannot_learn_in_one_line():
 
 @pytest.mark.backend
 def test_brian2_exact_learns_online_as_the_reference_does():
-    """The plastic connection as Brian2 Synapses whose pre pathway transmits, then learns, and
-    whose post pathway follows in the same slot: samples back to back (Brian2's exact network
-    has no guard steps between them), the same spikes and weights as learn_online's."""
+    """The plastic connection as Brian2 Synapses whose pre pathway transmits, then learns, on
+    per-neuron traces in the same slot: over 4 samples run back to back (with Lava's guard steps
+    between them, the first awake), the same spikes, weights and traces as learn_online's."""
     import copy
 
     from neuromorphic.brian2_ref import run_brian2
+    from neuromorphic.lava.run import GUARD_STEPS
 
     graph = plastic_graph("stdp")
     reference = copy.deepcopy(graph)
     x = samples(4, seed=8)
-    expected = learn_online(reference, x)
+    expected = learn_online(reference, x, guard_steps=GUARD_STEPS)
     trace, _ = run_brian2(graph, x.transpose(1, 0, 2, 3))
     ours = np.stack([t.spikes["hidden"][:, 0] for t in expected], 1)
     assert ours.sum() > 10
