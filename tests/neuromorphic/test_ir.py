@@ -174,3 +174,24 @@ def test_backends_refuse_a_plastic_graph_in_one_line(graph):
         with pytest.raises(IRError, match=f"connection {conn.name!r} learns by a rule") as exc:
             run()
         _one_line(exc)
+
+
+def test_per_token_plastic_copies_round_trip_with_their_mask(graph, tmp_path):
+    """A tokenwise weight made plastic: the full kron(I_N, W) with its block mask, saved and
+    loaded (the mask comes back bool), and a mask that lets weight outside it refused."""
+    from neuromorphic.ir import plastic_connection
+
+    index, conn = next((i, c) for i, c in enumerate(graph.connections)
+                       if c.kind == "tokenwise" and graph.population(c.source).kind == "lif")
+    tokens = graph.population(conn.target).tokens
+    graph.connections[index] = plastic = plastic_connection(conn, tokens, "stdp", {"lr": 0.01})
+    assert plastic.kind == "full" and plastic.mask.dtype == np.bool_
+    np.testing.assert_array_equal(plastic.weight, np.kron(np.eye(tokens), conn.weight))
+    assert plastic.mask.sum() == tokens * conn.weight.size
+    loaded = load_graph(save_graph(graph, tmp_path / "masked"))
+    again = loaded.connections[index]
+    assert again.mask.dtype == np.bool_ and np.array_equal(again.mask, plastic.mask)
+    plastic.mask = plastic.mask.astype(np.float64)
+    with pytest.raises(IRError, match="mask must be a bool array") as exc:
+        graph.validate()
+    _one_line(exc)

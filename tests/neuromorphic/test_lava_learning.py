@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from neuromorphic.lava.learning import (STDP_DW, THREE_FACTOR_DT, THREE_FACTOR_DW, VANISHING_TAU, learning_rule,
+from neuromorphic.lava.learning import (STDP_DW, THREE_FACTOR_DT, THREE_FACTOR_DW, VANISHING_TAU, learning_rule, masked,
                                         stdp_rule_parameters, three_factor_inputs, three_factor_rule_parameters)
 from rules import stdp, three_factor
 from rules.base import RuleError, decay
@@ -68,6 +68,9 @@ def test_generated_learning_rules_are_the_hand_written_ones():
     np.testing.assert_allclose(inputs["y1"], [0.5 * decay(4.0) * 2.0, 0.0])
     np.testing.assert_allclose(inputs["y2"], [0.05, -0.1])
     np.testing.assert_allclose(inputs["y3"], [decay(8.0)] * 2)
+    # per-token copies: every product times d, the mask held in tag_2
+    assert masked(STDP_DW) == "y0 * x1 * d - x0 * y1 * d + x0 * y2 * d"
+    assert masked(THREE_FACTOR_DW) == "u0 * t * y2 * y3 * d + y0 * x1 * y2 * d - x0 * y1 * y2 * d"
     with pytest.raises(RuleError, match="multiplicative"):
         stdp_rule_parameters(stdp.STDPParameters(multiplicative=True))
     with pytest.raises(RuleError, match="'eprop' has no Lava learning rule"):
