@@ -45,20 +45,34 @@ Roundings worth knowing: the decay rounding is unbiased (P(up) = frac), but the 
 compares a draw in [0, 128) with a fraction in 256ths, so a fractional impulse rounds up with
 probability min(1, 2 frac) (biased); ``fixed_stdp_rule_parameters`` therefore uses integer
 impulses only. The weight rounding is unbiased. Only ``x0``/``y0`` dependencies and trace /
-dependency factors without constants are supported here (what pair STDP needs).
+dependency / ``d`` (tag_2) factors without constants are supported here (what pair STDP needs,
+with a mask).
+
+A plastic connection of a fixed-point IR graph (``neuromorphic.ir``, rule "stdp") is realized by
+``connection_rule`` alone: the Lava network (``neuromorphic.lava.run``) and the integer network
+reference (``neuromorphic.fixed_ref.learn_online_fixed``) both call it. Its mask (the per-token
+copies of a tokenwise weight) multiplies every product by ``d``, the synaptic variable tag_2, set
+to ``mask_tag(dw)`` on synapses and 0 elsewhere (never learned: no dd string). Lava clips ``d`` to
+9 signed bits and shifts the product right by ``max(0, widths + 4 - 15)``, which grows by 5 with
+``d`` in an STDP product (7 + 9 + 4 = 20), so ``d = 2^5 = 32`` (inside tag_2's 6-bit precision)
+gives ``(x1 m 32) >> 5 = x1 m``: a masked synapse learns exactly as an unmasked one.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import zlib
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
 
 from rules.base import RuleError, decay
 from rules.stdp import STDPParameters
+
+if TYPE_CHECKING:  # annotations only
+    from .ir import Connection, Graph
 
 # widths and constants of magma/core/learning/constants.py (W_TRACE, W_TRACE_FRACTIONAL_PART,
 # W_S_MANT, W_ACCUMULATOR_U/S, W_WEIGHTS_U/S)
@@ -73,8 +87,10 @@ WEIGHT_BITS = 8
 ACCUMULATOR_SHIFT = (ACCUMULATOR_BITS + 1) - (WEIGHT_BITS + 1)  # w << 7 in the accumulator (conn:948)
 WEIGHT_FRACTION = 2 ** (ACCUMULATOR_BITS - WEIGHT_BITS)  # 128 accumulator units per weight unit (conn:1093)
 WEIGHT_ROUNDING_SEED = 2  # ConnVarRandom's default seed; LearningDense never passes another (conn:692)
+TAG_2_WIDTH = 8 + 1  # W_TAG_2_S: Lava clips a d factor to 9 signed bits (applier:284-287)
+TAG_2_PRECISION = 6  # bits of the fixed-point tag_2 Var (conn:599): a mask tag must fit
 FACTOR_WIDTH = {"x0": 1, "y0": 1, "x1": TRACE_BITS, "x2": TRACE_BITS, "y1": TRACE_BITS, "y2": TRACE_BITS,
-                "y3": TRACE_BITS}  # constants.py FACTOR_TO_WIDTH_DICT
+                "y3": TRACE_BITS, "d": TAG_2_WIDTH}  # constants.py FACTOR_TO_WIDTH_DICT
 X_TRACES, Y_TRACES = ("x1", "x2"), ("y1", "y2", "y3")
 SIGN_MODES = ("mixed", "excitatory", "inhibitory")
 # a tau whose one-step decay np.exp(-1/tau) is exactly 0.0: y2 = impulse * s_post[t]
@@ -97,7 +113,7 @@ class Product:
     factors: tuple[str, ...]
 
 
-_TOKEN = re.compile(r"\s*(\d+\*2\^[+-]?\d+|2\^[+-]?\d+|\d+|x0|y0|x1|x2|y1|y2|y3|[+*-])")
+_TOKEN = re.compile(r"\s*(\d+\*2\^[+-]?\d+|2\^[+-]?\d+|\d+|x0|y0|x1|x2|y1|y2|y3|d|[+*-])")
 
 
 def parse_dw(dw: str) -> tuple[Product, ...]:
@@ -110,7 +126,7 @@ def parse_dw(dw: str) -> tuple[Product, ...]:
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         if match is None:
-            raise RuleError(f"fixed_learning supports literals, x0, y0 and traces only; cannot read {text[pos:]!r}")
+            raise RuleError(f"fixed_learning supports literals, x0, y0, traces and d only; cannot read {text[pos:]!r}")
         tokens.append(match.group(1))
         pos = match.end()
     products, sign, term = [], 1, []
@@ -184,11 +200,13 @@ def amplitude_form(amplitude: float, impulse_limit: int) -> tuple[int, int, int]
 
 
 def fixed_stdp_rule_parameters(params: STDPParameters, weight_exp: int = 0, rng_seed: int = 0,
-                               impulse_limit: Optional[int] = None) -> dict[str, Any]:
+                               impulse_limit: Optional[int] = None, weight_scale: float = 1.0) -> dict[str, Any]:
     """Keyword arguments of ``Loihi2FLearningRule`` for additive ``rules.stdp`` in fixed point.
 
-    The amplitudes in weight units are ``a± = lr A± 2^-weight_exp`` (``lr A±`` in float weight
-    units, float weight = integer weight ``* 2^weight_exp``). Each becomes an integer impulse
+    The amplitudes in weight units are ``a± = lr A± weight_scale 2^-weight_exp`` (``lr A±`` in
+    float weight units; ``weight_scale``: a_in units per float weight unit, the factor
+    ``neuromorphic.quantize`` multiplied the connection's weights by before writing them as
+    integer weight ``* 2^weight_exp``; 1 when the float weights are in a_in units). Each becomes an integer impulse
     ``I±`` (trace units) times a literal ``m± 2^e±`` (weight units per trace unit) in the string
     (``amplitude_form``): Lava's grammar allows only 4-bit mantissas (|m| <= 7 here) and
     exponents -7..8, and a fractional impulse would be rounded up with the biased probability
@@ -214,7 +232,9 @@ def fixed_stdp_rule_parameters(params: STDPParameters, weight_exp: int = 0, rng_
     depends on w)."""
     if params.multiplicative:
         raise RuleError("stdp: multiplicative (soft-bound) STDP has no fixed-point Lava rule here; use additive STDP")
-    scale = 2.0 ** -int(weight_exp)
+    if not (math.isfinite(weight_scale) and weight_scale > 0):
+        raise RuleError(f"stdp: the weight scale must be a positive number, got {weight_scale}")
+    scale = float(weight_scale) * 2.0 ** -int(weight_exp)
     kwargs: dict[str, Any] = {}
     terms: list[str] = []
     if params.a_plus > 0:
@@ -232,15 +252,94 @@ def fixed_stdp_rule_parameters(params: STDPParameters, weight_exp: int = 0, rng_
     return dict(dw=dw, **kwargs, t_epoch=1, rng_seed=int(rng_seed))
 
 
-def realized_amplitudes(rule: Mapping[str, Any]) -> tuple[float, float]:
+def realized_amplitudes(rule: Mapping[str, Any], tag_2: int = 0) -> tuple[float, float]:
     """``(A+, A-)`` in weight units that a rule from ``fixed_stdp_rule_parameters`` applies to one
-    isolated pair at zero lag, before the traces' and the weight's stochastic rounding."""
+    isolated pair at zero lag, before the traces' and the weight's stochastic rounding
+    (``tag_2``: the synapse's ``d`` where the string is ``masked``)."""
     products = parse_dw(rule["dw"])
     out = {"x1": 0.0, "y1": 0.0}
     for p in products:
         if p.factors[0] in out:
-            out[p.factors[0]] = abs(p.mantissa) * 2.0 ** (p.shift - 7) * rule.get(f"{p.factors[0]}_impulse", 0)
+            gain = 1.0
+            if "d" in p.factors:  # d times the product's extra right shift (exact for mask_tag's d)
+                plain = tuple(f for f in p.factors if f != "d")
+                gain = tag_2 / 2.0 ** (_product_shift(p.factors) - _product_shift(plain))
+            out[p.factors[0]] = gain * abs(p.mantissa) * 2.0 ** (p.shift - 7) * rule.get(f"{p.factors[0]}_impulse", 0)
     return out["x1"], out["y1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# masks and the one realization of an IR connection's rule
+
+
+def _product_shift(factors: tuple[str, ...]) -> int:
+    """The right shift Lava applies to a product with these factors (applier:300-303)."""
+    return max(0, SCALE_MANTISSA_BITS + sum(FACTOR_WIDTH[f] for f in factors) - ACCUMULATOR_BITS)
+
+
+def masked(dw: str) -> str:
+    """``dw`` with every product times ``d`` (the float path's ``neuromorphic.lava.learning.masked``)."""
+    from .lava.learning import masked as lava_masked
+
+    return lava_masked(dw)
+
+
+def mask_tag(dw: str) -> int:
+    """The tag_2 value of a synapse that makes every product of ``masked(dw)`` equal to the same
+    product of ``dw`` (``d = 2^k`` undoes the extra right shift ``k`` that ``d``'s 9 bits cause):
+    32 for STDP. RuleError where the products need different tags or the tag leaves tag_2's 6 bits."""
+    extra = {_product_shift(p.factors + ("d",)) - _product_shift(p.factors) for p in parse_dw(dw)}
+    if any("d" in p.factors for p in parse_dw(dw)) or len(extra) != 1:
+        raise RuleError(f"no single tag_2 masks the products of {dw!r} exactly")
+    (k,) = extra
+    if k >= TAG_2_PRECISION:  # (v 2^k) >> (s + k) == v >> s for any shift s: only the tag's width limits
+        raise RuleError(f"masking {dw!r} exactly needs tag_2 = 2^{k}, beyond its {TAG_2_PRECISION} bits")
+    return 2 ** k
+
+
+def rule_seed(conn: "Connection") -> int:
+    """The rule's ``rng_seed``: a fixed function of the connection's name (Lava would draw one from
+    the global numpy generator), so the Lava network and the reference draw the same streams
+    and different connections different ones."""
+    return zlib.crc32(conn.name.encode()) % 2 ** 30
+
+
+@dataclass(frozen=True)
+class FixedRule:
+    """A fixed-point plastic connection as Lava runs it: ``rule`` (``Loihi2FLearningRule``
+    keyword arguments, rng_seed included) and ``tag_2`` (int ``[J, I]``, ``mask_tag`` on
+    synapses, 0 elsewhere; None without a mask)."""
+
+    rule: dict[str, Any]
+    tag_2: Optional[np.ndarray]
+
+
+def connection_rule(graph: "Graph", conn: "Connection") -> FixedRule:
+    """The fixed-point realization of ``conn`` (a plastic connection of the fixed ``graph``): the
+    only place it is derived, from the IR's float ``rule_params`` and the connection's quantisation
+    (``weight_exp`` and ``quantize.weight_scale``); used by the Lava network and the reference.
+    STDP only (``ir`` refuses three_factor in fixed point)."""
+    from .quantize import weight_scale
+
+    if conn.rule != "stdp":
+        raise RuleError(f"connection {conn.name!r} learns by {conn.rule}; fixed-point learning runs stdp only")
+    try:
+        rule = fixed_stdp_rule_parameters(conn.rule_parameters(), int(conn.weight_exp), rule_seed(conn),
+                                          weight_scale=weight_scale(graph, conn))
+    except RuleError as exc:
+        raise RuleError(f"connection {conn.name!r}: {exc}") from None
+    if conn.mask is None:
+        return FixedRule(rule, None)
+    tag = mask_tag(rule["dw"])
+    return FixedRule({**rule, "dw": masked(rule["dw"])}, np.where(conn.mask, tag, 0).astype(np.int64))
+
+
+def connection_engine(graph: "Graph", conn: "Connection") -> "FixedLearningDense":
+    """The reference engine of ``conn``: its current integer weights, ``connection_rule``,
+    ``num_weight_bits`` and ``weight_exp``, mixed sign mode (as a LearningDense without one)."""
+    fixed = connection_rule(graph, conn)
+    return FixedLearningDense(conn.weight, fixed.rule, int(conn.num_weight_bits), int(conn.weight_exp),
+                              tag_2=fixed.tag_2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,8 +370,9 @@ class FixedLearningDense:
 
     ``weights [J, I]``: the integer weights given to the LearningDense (weight units);
     ``rule``: the rule's keyword arguments (``fixed_stdp_rule_parameters``, or any dw over
-    x0/y0/x1/x2/y1/y2/y3 with literals); ``rng_seed`` must be an integer (read a rule's drawn seed
-    as ``rule.rng_seed``). ``num_weight_bits``, ``weight_exp``, ``sign_mode`` as passed to the
+    x0/y0/x1/x2/y1/y2/y3/d with literals); ``rng_seed`` must be an integer (read a rule's drawn seed
+    as ``rule.rng_seed``). ``tag_2 [J, I]``: the synaptic variable ``d`` (int, never learned; zeros
+    when None, as LearningDense's default). ``num_weight_bits``, ``weight_exp``, ``sign_mode`` as passed to the
     LearningDense (its sign mode defaults to mixed: LearningDense leaves it out of proc_params,
     conn:142). ``weight_rounding_seed``: the seed of Lava's weight-rounding stream, fixed at 2 in
     lava-nc 0.10.0 (another value only shows that the stream matters). State after each
@@ -281,7 +381,7 @@ class FixedLearningDense:
 
     def __init__(self, weights: np.ndarray, rule: Mapping[str, Any], num_weight_bits: int = 8,
                  weight_exp: int = 0, sign_mode: str = "mixed",
-                 weight_rounding_seed: int = WEIGHT_ROUNDING_SEED) -> None:
+                 weight_rounding_seed: int = WEIGHT_ROUNDING_SEED, tag_2: Optional[np.ndarray] = None) -> None:
         if rule.get("rng_seed") is None:
             raise RuleError("the reference needs the rule's integer rng_seed (Lava draws None from np.random)")
         if int(rule.get("t_epoch", 1)) != 1:
@@ -291,6 +391,10 @@ class FixedLearningDense:
         if sign_mode not in SIGN_MODES:
             raise RuleError(f"sign_mode must be one of {SIGN_MODES}, got {sign_mode!r}")
         self.weights = np.array(weights, dtype=np.int64)
+        # tag_2 (d) is never learned here (no dd string): zero unless given, as in LearningDense
+        self.tag_2 = np.zeros_like(self.weights) if tag_2 is None else np.array(tag_2, dtype=np.int64)
+        if self.tag_2.shape != self.weights.shape:
+            raise RuleError(f"tag_2 must be shaped like the weights {self.weights.shape}, got {self.tag_2.shape}")
         self.products = parse_dw(rule["dw"])
         self.num_weight_bits, self.weight_exp, self.sign_mode = int(num_weight_bits), int(weight_exp), sign_mode
         n_post, n_pre = self.weights.shape
@@ -341,6 +445,8 @@ class FixedLearningDense:
             return x0.astype(np.int64)[np.newaxis, :]
         if name == "y0":
             return y0.astype(np.int64)[:, np.newaxis]
+        if name == "d":
+            return self.tag_2
         if name in X_TRACES:
             return self.x[X_TRACES.index(name)][np.newaxis, :]
         return self.y[Y_TRACES.index(name)][:, np.newaxis]

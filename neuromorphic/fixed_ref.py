@@ -28,11 +28,16 @@ coincidence adds ``one`` = 2^frac_bits to S; rates are 12-bit fractions (``mul12
 
 Overflow is never silent: ``FixedOps.saturation_events`` counts clipped attention cells,
 clipped membranes and wrapped currents.
+
+Online STDP (``learn_online_fixed``): each plastic connection is a ``fixed_learning.
+FixedLearningDense`` (Lava's fixed-point learning engine, integer for integer) whose
+activation replaces the connection's Dense, stepped in Lava's order and with Lava's guard
+steps between samples (``neuromorphic.lava.run``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -172,3 +177,93 @@ def run_fixed(graph: Graph, x_steps: np.ndarray, keep: Optional[set[str]] = None
     if graph.precision != "fixed":
         raise IRError("run_fixed needs a fixed-point graph; make one with neuromorphic.quantize.quantize")
     return run_graph(graph, np.asarray(x_steps, np.int64), FixedOps(), keep)
+
+
+class LearningFixedOps(FixedOps):
+    """``FixedOps`` with plastic connections: a plastic connection delivers the activation its
+    engine computed at the previous step (``sent``, a_in ``[J]``; zero at a sample's first
+    step), and while ``guard`` is set every LIF receives the guard current as well."""
+
+    def __init__(self, plastic: set[str], guard_a_in: int) -> None:
+        super().__init__()
+        self.plastic, self.guard_a_in = plastic, int(guard_a_in)
+        self.sent: dict[str, np.ndarray] = {}
+        self.guard = False
+
+    def dense(self, conn: Connection, spikes: np.ndarray, target: Population) -> np.ndarray:
+        if conn.name not in self.plastic:
+            return super().dense(conn, spikes, target)
+        if conn.name not in self.sent:
+            return np.zeros((spikes.shape[0], target.tokens, target.features), np.int64)
+        return self.sent[conn.name].reshape(1, target.tokens, target.features)
+
+    def lif(self, pop: Population, current: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        if not self.guard:
+            return super().lif(pop, current, state)
+        # the guard's membrane clipping is by design: not counted as an overflow of the sample
+        counted = self.saturation_events
+        out = super().lif(pop, current + self.guard_a_in, state)
+        self.saturation_events = counted
+        return out
+
+
+def learn_online_fixed(graph: Graph, samples: np.ndarray, guard_steps: int = 2,
+                       after_sample: Optional[Callable[[int], None]] = None) -> list[Trace]:
+    """Run integer ``samples [S, T, N, F]`` (``quantize.encode_fixed``) one after another through
+    the fixed ``graph`` while its STDP connections learn, exactly as the Lava fixed-point network
+    does (``lava.run.run_lava``): one ``FixedLearningDense`` per plastic connection
+    (``fixed_learning.connection_engine``), carried over every sample, guard step and random draw.
+
+    Lava's order in each step t: a plastic Dense sends the activation it computed at t - 1 (its
+    weights before t - 1's learning), the populations update, then the engine takes the source's
+    and the target's spikes of t (pre and bAP), computes the activation for t + 1 with the weights
+    it holds, updates its traces and learns. Neuron and attention states start at zero for each
+    sample. After the sample's T steps come ``guard_steps`` (2 in Lava): the first has silent
+    input, the last step's spikes still arrive and neurons may fire and learn; in the others every
+    LIF also receives ``GUARD_A_IN`` (the guard neuron's Dense, lava.run), which holds it silent;
+    should one fire anyway this raises LoweringError (the Lava network would leak into the next
+    sample). The engines learn in every step, including the guard steps.
+
+    Updates the plastic weights of ``graph`` in place (int64, after every sample, before
+    ``after_sample(sample)`` runs); fixed-point rule traces are not written to the IR. Returns
+    each sample's Trace (its own T steps; saturation counted over the sample and its first guard
+    step)."""
+    from .fixed_learning import connection_engine
+    from .ir import LoweringError
+    from .lava.run import GUARD_EXP, GUARD_MANTISSA
+
+    if graph.precision != "fixed":
+        raise IRError("learn_online_fixed needs a fixed-point graph; make one with neuromorphic.quantize.quantize")
+    graph.require_spike_learning("fixed_ref")
+    if guard_steps < 0:
+        raise IRError(f"guard_steps must be >= 0, got {guard_steps}")
+    plastic = [c for c in graph.connections if c.rule is not None]
+    engines = {c.name: connection_engine(graph, c) for c in plastic}
+    ops = LearningFixedOps(set(engines), GUARD_MANTISSA << GUARD_EXP)
+    lifs = [p.name for p in graph.populations if p.kind == "lif"]
+    traces = []
+    for index, sample in enumerate(np.asarray(samples, np.int64)):
+        steps = len(sample)
+        ops.sent, ops.guard = {}, False  # at a sample's first step a Dense sends W @ 0 of the last guard step
+
+        def after_step(t: int, now: dict[str, np.ndarray]) -> None:
+            if t > steps:  # a guarded step
+                fired = [name for name in lifs if np.any(now[name])]
+                if fired:
+                    raise LoweringError(f"population {fired[0]!r} fired through the guard after sample {index}; "
+                                        "quantise with a smaller vth")
+            for conn in plastic:
+                ops.sent[conn.name] = engines[conn.name].step(now[conn.source].reshape(-1),
+                                                              now[conn.target].reshape(-1))
+            ops.guard = t >= steps  # from the second guard step on
+
+        padded = np.concatenate([sample, np.zeros((guard_steps,) + sample.shape[1:], np.int64)])
+        trace = run_graph(graph, padded[:, None], ops, after_step=after_step)
+        traces.append(Trace({k: v[:steps] for k, v in trace.spikes.items()}, trace.readout[:steps], trace.window,
+                            trace.saturation_events))
+        ops.saturation_events = 0
+        for conn in plastic:
+            conn.weight = engines[conn.name].weights.copy()
+        if after_sample is not None:
+            after_sample(index)
+    return traces

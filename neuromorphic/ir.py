@@ -214,16 +214,18 @@ class Graph:
         return self
 
     def require_spike_learning(self, backend: str) -> None:
-        """What a backend's on-chip learning runs: float rules from binary spikes, STDP into LIF
+        """What a backend's on-chip learning runs: rules from binary spikes, STDP into LIF
         neurons, three_factor into LIF neurons or the readout (whose post factor is 1 at every
-        step: an integrator has no spikes); anything else is an IRError (one line)."""
+        step: an integrator has no spikes), in fixed point STDP only (``fixed_learning``);
+        anything else is an IRError (one line)."""
         for conn in self.connections:
             if conn.rule is None:
                 continue
             why = learning_refusal(self, conn)
             _need(why is None, f"connection {conn.name!r} learns by {conn.rule}{why}")
-            _need(self.precision == "float", f"connection {conn.name!r} learns by {conn.rule}: fixed-point learning "
-                                             f"on {backend} is not built yet; run the float graph")
+            _need(self.precision == "float" or conn.rule in FIXED_RULES,
+                  f"connection {conn.name!r} learns by {conn.rule}, which {backend} cannot run in fixed point: "
+                  f"{FIXED_REFUSAL}")
 
     def validate(self) -> "Graph":
         """Check names, kinds, shapes and dtypes; raise IRError with one line on the first problem."""
@@ -378,6 +380,12 @@ def plastic_rules() -> dict[str, tuple[Any, Any]]:
             "three_factor": (three_factor.ThreeFactorParameters, three_factor.update)}
 
 
+# fixed-point learning (neuromorphic.fixed_learning): pair STDP as Loihi2FLearningRule strings
+FIXED_RULES = ("stdp",)
+FIXED_REFUSAL = ("fixed-point learning runs stdp only (three_factor's third factor, the output error through a "
+                 "float feedback matrix, has no integer form in Lava's 7-bit y inputs here); run it in float")
+
+
 def _validate_plasticity(c: Connection, src: Population, dst: Population, fixed: bool) -> None:
     """A plastic connection: a known rule, parameters its rule accepts, traces of the right shapes."""
     from rules.base import RuleError
@@ -386,7 +394,7 @@ def _validate_plasticity(c: Connection, src: Population, dst: Population, fixed:
     where = f"connection {c.name!r}"
     _need(isinstance(c.rule, str) and c.rule in kinds,
           f"{where} has learning rule {short_repr(c.rule)}; a connection learns by one of {', '.join(kinds)}")
-    _need(not fixed, f"{where} learns by {c.rule}, but fixed-point learning is not built yet; export in float")
+    _need(not fixed or c.rule in FIXED_RULES, f"{where} learns by {c.rule} in a fixed-point graph: {FIXED_REFUSAL}")
     _need(c.delay == 1, f"{where} learns by {c.rule} with delay {c.delay}; a plastic connection delays one step")
     # a local rule changes each synapse by its own pre and post activity; a weight shared over
     # tokens would need the sum over every token's synapses (non-local), which no chip does
@@ -409,6 +417,8 @@ def _validate_plasticity(c: Connection, src: Population, dst: Population, fixed:
         _need(not np.any(c.weight[~c.mask]), f"{where} has weight outside its mask (synapses that do not exist)")
     if c.traces is None:
         return  # a rule that has not run yet: its traces start at zero
+    # the fixed-point engine's traces are 7-bit integers with random-stream state: they start at zero
+    _need(not fixed, f"{where} carries float rule traces in a fixed-point graph; fixed-point traces start at zero")
     _need(isinstance(c.traces, dict), f"{where} traces must be a table of arrays, got {short_repr(c.traces)}")
     shapes = {"pre": (src.size,), "post": (dst.size,)}
     if c.rule == "three_factor":

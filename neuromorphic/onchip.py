@@ -13,7 +13,9 @@ the run's own fixed random feedback matrix (``rules.driver``), tiled over tokens
 
 ``validate_learn`` starts the float reference (``simulate.learn_online``) and the backend from
 the run's weights, lets both learn online from the same training samples, and compares spikes
-and every plastic weight after every sample.
+and every plastic weight after every sample. On lava-fixed (STDP only) the plan's graph is
+quantised as ``validate`` quantises it, and the reference is the integer one
+(``fixed_ref.learn_online_fixed``): spikes and weights must be equal, integer for integer.
 """
 
 from __future__ import annotations
@@ -135,13 +137,17 @@ def frozen_copy(graph: Graph) -> Graph:
 
 
 def accuracy(graph: Graph, x_steps: np.ndarray, labels: np.ndarray, chunk: int = 64) -> float:
-    """Accuracy of ``graph``'s frozen weights in the float reference on ``x_steps [T, B, N, F]``."""
+    """Accuracy of ``graph``'s frozen weights on ``x_steps [T, B, N, F]``: in the float reference,
+    or for a fixed graph in ``fixed_ref`` (``x_steps`` then the integer messages, and the learned
+    weights as the LearningDense holds them, odd values included)."""
+    from .fixed_ref import FixedOps
     from .simulate import run_graph
 
     frozen = frozen_copy(graph)
     correct = 0
     for start in range(0, x_steps.shape[1], chunk):
-        trace = run_graph(frozen, x_steps[:, start:start + chunk], keep=set())
+        ops = FixedOps() if frozen.precision == "fixed" else None
+        trace = run_graph(frozen, x_steps[:, start:start + chunk], ops, keep=set())
         correct += int((trace.logits.argmax(-1) == labels[start:start + chunk]).sum())
     return correct / x_steps.shape[1]
 
@@ -170,6 +176,41 @@ def learn_reference(plan: LearningPlan, x_steps: np.ndarray, labels: np.ndarray,
     return Trace(spikes, readout, traces[0].window), {k: np.stack(v) for k, v in per_sample.items()}, seconds
 
 
+def learn_reference_fixed(graph: Graph, x_int: np.ndarray, guard_steps: int,
+                          progress: bool = True) -> tuple[Trace, dict[str, np.ndarray], float]:
+    """``fixed_ref.learn_online_fixed`` on the fixed ``graph`` (in place) with integer input steps
+    ``x_int [T, B, N, F]``: the trace, each plastic connection's integer weights after every
+    sample ``[B, synapses]``, and the seconds it took."""
+    from tqdm import tqdm
+
+    from .fixed_ref import learn_online_fixed
+
+    plastic = [c for c in graph.connections if c.rule is not None]
+    per_sample: dict[str, list[np.ndarray]] = {c.name: [] for c in plastic}
+    with tqdm(total=x_int.shape[1], desc="fixed_ref", unit="sample", disable=not progress, leave=False) as bar:
+        def record(_: int) -> None:
+            for conn in plastic:
+                per_sample[conn.name].append(conn.weight[conn.synapses()].copy())
+            bar.update(1)
+
+        tick = time.perf_counter()
+        traces = learn_online_fixed(graph, x_int.transpose(1, 0, 2, 3), guard_steps, after_sample=record)
+        seconds = time.perf_counter() - tick
+    spikes = {name: np.concatenate([t.spikes[name] for t in traces], 1) for name in traces[0].spikes}
+    readout = np.concatenate([t.readout for t in traces], 1)
+    saturation = sum(t.saturation_events for t in traces)
+    return (Trace(spikes, readout, traces[0].window, saturation), {k: np.stack(v) for k, v in per_sample.items()},
+            seconds)
+
+
+def _refuse_fixed(rule: Optional[str]) -> None:
+    """lava-fixed learns by STDP only: a one-line SpikeformerError for any other rule."""
+    from .ir import FIXED_REFUSAL, FIXED_RULES
+
+    if rule is not None and rule not in FIXED_RULES:
+        raise SpikeformerError(f"lava-fixed --learn --rule {rule}: {FIXED_REFUSAL} (--backend lava-float or brian2)")
+
+
 def weight_differences(reference: dict[str, np.ndarray], backend: dict[str, np.ndarray]) -> dict[str, Any]:
     """Per sample, the largest |w_backend - w_reference| over every plastic synapse, and the same
     relative to the largest |w_reference| of its connection (a relative error per synapse is
@@ -178,7 +219,7 @@ def weight_differences(reference: dict[str, np.ndarray], backend: dict[str, np.n
     for name, ref in reference.items():
         if name not in backend or backend[name].shape != ref.shape:
             raise SpikeformerError(f"the backend recorded no weights of shape {ref.shape} for {name!r}")
-        diff = np.abs(backend[name] - ref).max(1)  # [samples]
+        diff = np.abs(backend[name].astype(np.float64) - ref).max(1)  # [samples]; integers exact in float64
         rel = diff / max(float(np.abs(ref).max()), 1e-300)
         abs_diff = diff if abs_diff is None else np.maximum(abs_diff, diff)
         rel_diff = rel if rel_diff is None else np.maximum(rel_diff, rel)
@@ -188,9 +229,19 @@ def weight_differences(reference: dict[str, np.ndarray], backend: dict[str, np.n
 
 def run_backend(backend: str, graph: Graph, x_steps: np.ndarray, labels: np.ndarray,
                 feedback: dict[str, np.ndarray], progress: bool) -> tuple[Trace, dict[str, Any], dict[str, np.ndarray]]:
-    """Learn online on ``backend``; returns its trace, its info and its weights after every sample."""
+    """Learn online on ``backend``; returns its trace, its info and its weights after every sample.
+    lava-fixed takes the quantised graph (``backends.fixed_graph``) and integer input steps
+    (``quantize.encode_fixed``), and learns by STDP only."""
     recorded: dict[str, np.ndarray] = {}
-    if backend == "lava-float":
+    if backend == "lava-fixed":
+        from .lava.run import run_lava
+
+        for conn in graph.connections:
+            _refuse_fixed(conn.rule)
+        if graph.precision != "fixed":
+            raise SpikeformerError("lava-fixed learns a quantised graph: quantise it first (backends.fixed_graph)")
+        trace, info = run_lava(graph, x_steps, progress=progress, weights_per_sample=recorded)
+    elif backend == "lava-float":
         from .lava.run import run_lava
 
         trace, info = run_lava(graph, x_steps, progress=progress, labels=labels, feedback=feedback,
@@ -200,10 +251,6 @@ def run_backend(backend: str, graph: Graph, x_steps: np.ndarray, labels: np.ndar
 
         trace, info = run_brian2(graph, x_steps, labels=labels, feedback=feedback,
                                  weights_per_sample=recorded)
-    elif backend == "lava-fixed":
-        raise SpikeformerError("lava-fixed: Lava's fixed-point learning engine (7-bit traces, stochastic rounding) "
-                               "has no fixed_ref counterpart yet (docs/backends.md, \"On-chip learning\"); use "
-                               "lava-float or brian2")
     else:
         raise SpikeformerError(f"--learn runs on {', '.join(LEARN_BACKENDS)}, not {backend!r}")
     return trace, info, recorded
@@ -213,7 +260,8 @@ def validate_learn(run: str | Path, backend: str, samples: int = 50, rule: Optio
                    layers: Optional[str] = None, lr: Optional[float] = None, progress: bool = True,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Both the float reference and ``backend`` learn online from the run's weights over the first
-    ``samples`` training samples; write and return ``RUN/validate-learn-<backend>.json``."""
+    ``samples`` training samples; write and return ``RUN/validate-learn-<backend>.json``.
+    lava-fixed (STDP only): ``_validate_learn_fixed``, against the integer reference."""
     from spikeformer.checkpoint import atomic_write_json
     from spikeformer.train import load_run
 
@@ -224,10 +272,12 @@ def validate_learn(run: str | Path, backend: str, samples: int = 50, rule: Optio
     if backend not in LEARN_BACKENDS:
         raise SpikeformerError(f"--learn runs on {', '.join(LEARN_BACKENDS)}, not {backend!r}")
     if backend == "lava-fixed":
-        run_backend(backend, None, None, None, {}, False)  # refuses in one line, before any work
+        _refuse_fixed(rule)  # in one line, before any work
     if samples <= 0:
         raise SpikeformerError(f"--samples must be a positive number, got {samples}")
     cfg, model, split, _ = load_run(run)
+    if backend == "lava-fixed" and (rule or cfg.rule) in ONCHIP_RULES:
+        _refuse_fixed(rule or cfg.rule)  # the run's own rule (any other: learning_graph says which run)
     plan = learning_graph(model, cfg, rule, layers, lr)
     count = min(samples, len(split.x_train))
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -235,6 +285,12 @@ def validate_learn(run: str | Path, backend: str, samples: int = 50, rule: Optio
     labels = split.y_train[:count].numpy()
     x_test = encode_steps(model, split.x_test, torch.Generator().manual_seed(cfg.seed))
     y_test = split.y_test.numpy()
+    if backend == "lava-fixed":
+        record, line = _validate_learn_fixed(run, model, split, plan, x_train, labels, x_test, y_test, progress)
+        out = Path(run) / f"validate-learn-{backend}.json"
+        atomic_write_json(out, _jsonable(record))
+        log(f"{line} -> {out}")
+        return record
     before = accuracy(plan.graph, x_test, y_test)
     backend_graph = copy.deepcopy(plan.graph)
     reference, ref_weights, ref_seconds = learn_reference(plan, x_train, labels, GUARD_STEPS, progress)
@@ -259,3 +315,66 @@ def validate_learn(run: str | Path, backend: str, samples: int = 50, rule: Optio
         f"{record['weight_max_abs_diff']:.2e}), accuracy {before:.4f} -> {record['accuracy_after_backend']:.4f} "
         f"(reference {record['accuracy_after_torch']:.4f}), {record['steps_per_second']:.0f} steps/s -> {out}")
     return record
+
+
+def _validate_learn_fixed(run: str | Path, model: Any, split: Any, plan: LearningPlan, x_train: np.ndarray,
+                          labels: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                          progress: bool) -> tuple[dict[str, Any], str]:
+    """lava-fixed ``--learn``: the plan's graph quantised as ``validate`` quantises it
+    (``backends.fixed_graph``); the integer reference (``fixed_ref.learn_online_fixed``) and Lava
+    fixed_pt learn by STDP from the same integer input; spikes and integer weights are compared
+    after every sample (exact: agreement 1, differences 0). Accuracies on the test split are
+    scored in ``fixed_ref`` with each side's learned weights; ``accuracy_after_torch`` is the float
+    reference's (``simulate.learn_online`` on the float plan, scored in float), for scale.
+    Returns the record and the printed line (without its destination)."""
+    from .backends import fixed_graph
+    from .compare import agreement
+    from .fixed_learning import connection_rule, realized_amplitudes
+    from .lava.run import GUARD_STEPS
+    from .quantize import encode_fixed
+
+    fixed = fixed_graph(model, split, plan.graph)
+    x_int, clipped = encode_fixed(fixed, x_train)
+    x_test_int, _ = encode_fixed(fixed, x_test)
+    plastic = [c for c in fixed.connections if c.rule is not None]
+    rules = {}
+    for conn in plastic:
+        realization = connection_rule(fixed, conn)
+        tag = 0 if realization.tag_2 is None else int(realization.tag_2.max())
+        rules[conn.name] = {**realization.rule, "weight_exp": conn.weight_exp, "tag_2": tag,
+                            "realized_a_plus_a_minus_weight_units": realized_amplitudes(realization.rule, tag)}
+    before = accuracy(fixed, x_test_int, y_test)
+    reference_graph, backend_graph = copy.deepcopy(fixed), copy.deepcopy(fixed)
+    reference, ref_weights, ref_seconds = learn_reference_fixed(reference_graph, x_int, GUARD_STEPS, progress)
+    trace, info, weights = run_backend("lava-fixed", backend_graph, x_int, labels, {}, progress)
+    score = agreement(reference, trace, labels)
+    changes = [ref_weights[c.name][-1] - c.weight[c.synapses()] for c in plastic]
+    before_float = accuracy(plan.graph, x_test, y_test)
+    _, _, float_seconds = learn_reference(plan, x_train, labels, GUARD_STEPS, progress)
+    record: dict[str, Any] = {
+        "backend": "lava-fixed", "run": str(run), "rule": plan.rule, "samples": x_train.shape[1],
+        "reference": "fixed_ref", "plastic_connections": [c.name for c in plastic], "frozen_connections": plan.frozen,
+        "rule_params": plastic[0].rule_params, "fixed_rules": rules, "guard_steps_per_sample": GUARD_STEPS,
+        "spike_agreement": score["spike_agreement"], "class_agreement_during_learning": score["class_agreement"],
+        **weight_differences(ref_weights, weights),
+        "weights_changed": int(sum((d != 0).sum() for d in changes)),  # by the reference, over the samples
+        "weight_max_change": int(max(np.abs(d).max() for d in changes)),  # weight units
+        "accuracy_before": before, "accuracy_after_backend": accuracy(backend_graph, x_test_int, y_test),
+        "accuracy_after_fixed_ref": accuracy(reference_graph, x_test_int, y_test),
+        "accuracy_before_float": before_float, "accuracy_after_torch": accuracy(plan.graph, x_test, y_test),
+        "test_samples": len(y_test),
+        "accuracy_scored_by": "fixed_ref (integer) with each side's learned weights; accuracy_before_float and "
+                              "accuracy_after_torch: the float reference (learn_online on the float plan, scored in "
+                              "float)",
+        "reference_seconds": ref_seconds, "float_reference_seconds": float_seconds,
+        "steps_per_second": info.get("steps_per_second", float("nan")), "input_clipped": clipped,
+        "saturation_events_fixed_ref": reference.saturation_events, "quantisation": fixed.fixed,
+        "backend_info": {k: v for k, v in info.items() if np.isscalar(v)},
+    }
+    line = (f"lava-fixed learning {plan.rule} on {len(plastic)} connections over {record['samples']} samples against "
+            f"fixed_ref: spike agreement {record['spike_agreement']:.6f}, weight max abs diff "
+            f"{record['weight_max_abs_diff']:.0f} (weights changed: {record['weights_changed']}), accuracy "
+            f"{before:.4f} -> {record['accuracy_after_backend']:.4f} (fixed_ref "
+            f"{record['accuracy_after_fixed_ref']:.4f}; float reference {before_float:.4f} -> "
+            f"{record['accuracy_after_torch']:.4f}), {record['steps_per_second']:.2f} steps/s")
+    return record, line

@@ -21,6 +21,10 @@ of ``theta / vth`` (Lava adds ``a_in << 6``). So a float current I becomes ``a_i
 - Attention: state in ``state_bits``-bit integers, one coincidence = ``one = 2^frac_bits``,
   decays as 12-bit decrements, rates as 12-bit fractions, the read ``out_scale * scale``
   times ``vth / theta`` of the target as ``out_mant / 2^out_shift`` (16-bit mantissa).
+- Plastic connections (docs/backends.md, "On-chip learning") keep ``rule``, the float
+  ``rule_params`` and ``mask``; their weights are quantised as any other. The integer rule is
+  derived from these and ``weight_scale`` (``fixed_learning.connection_rule``); the float
+  rule's ``traces`` are dropped (the fixed-point engine's 7-bit traces start at zero).
 """
 
 from __future__ import annotations
@@ -93,17 +97,29 @@ def quantize(graph: Graph, vth: int = VTH, calibration: Optional[np.ndarray] = N
     for pop in g.populations:
         if pop.kind in ("lif", "readout"):
             pop.bias_mant, pop.bias_exp = quantize_bias(pop.bias * units[pop.name] * 64)
-    for conn in g.connections:
-        graded = conn.source == g.input.name and g.input.graded
-        scale = units[conn.target] / (input_scale if graded else 1)
-        conn.weight, conn.weight_exp = quantize_weights(conn.weight * scale)
-        conn.num_weight_bits = WEIGHT_BITS
-        conn.num_message_bits = INPUT_MESSAGE_BITS if graded else 0
-    for att in g.attentions:
-        _quantize_attention(att, units[att.target], state_bits, g.population(att.query).tokens)
     g.fixed = {"input_scale": input_scale, "vth": int(vth), "state_bits": state_bits,
                "readout_unit": units[readout.name], "graded_input": bool(g.input.graded)}
+    for conn in g.connections:
+        graded = conn.source == g.input.name and g.input.graded
+        conn.weight, conn.weight_exp = quantize_weights(conn.weight * weight_scale(g, conn))
+        conn.num_weight_bits = WEIGHT_BITS
+        conn.num_message_bits = INPUT_MESSAGE_BITS if graded else 0
+        conn.traces = None  # a float rule's traces have no fixed-point form (module docstring)
+    for att in g.attentions:
+        _quantize_attention(att, units[att.target], state_bits, g.population(att.query).tokens)
     return g.validate()
+
+
+def weight_scale(graph: Graph, conn: Connection) -> float:
+    """a_in units per unit of float weight of ``conn`` in the fixed ``graph`` (``graph.fixed`` set):
+    ``vth / threshold`` of a LIF target, the readout unit of the readout, divided by the input
+    scale for graded input. ``quantize`` multiplies the float weights by it; a plastic
+    connection's rule maps its float dw the same way (``fixed_learning.connection_rule``)."""
+    target = graph.population(conn.target)
+    unit = graph.fixed["readout_unit"] if target.kind == "readout" else target.vth / target.threshold
+    if conn.source == graph.input.name and graph.input.graded:
+        unit /= graph.fixed["input_scale"]
+    return float(unit)
 
 
 def _readout_unit(g: Graph, readout: Population) -> float:

@@ -216,7 +216,7 @@ def learn_online(graph: Graph, samples: np.ndarray,
 
     plastic = [c for c in graph.connections if c.rule is not None]
     if graph.precision != "float":
-        raise IRError("online learning runs on float graphs; fixed-point learning is not built yet")
+        raise IRError("learn_online runs float graphs; a fixed-point graph learns in fixed_ref.learn_online_fixed")
     if reward is not None and guard_steps < 1:
         raise IRError("a reward arrives after the sample: learn_online needs guard_steps >= 1")
     update = {c.name: plastic_rules()[c.rule][1] for c in plastic}

@@ -114,17 +114,32 @@ def _learning_dense(graph: Graph, conn, kwargs: dict[str, Any], folder: Path, ba
     sample); with a mask, its dw strings are multiplied by ``d`` = the mask (``learning.masked``),
     so only existing synapses learn. STDP gets the target's spikes as bAPs; three_factor gets a
     ``RuleInputs`` (its y inputs, and the bAP 1 of a readout target), whose readout current is
-    connected once every connection exists."""
+    connected once every connection exists.
+
+    Fixed point (STDP only): the rule and tag_2 are ``fixed_learning.connection_rule``'s (the
+    reference's own), the model ``PyRecordingLearningDenseFixed`` (Lava's bit-approximate
+    engine), and the weights are recorded as integers."""
     from .learning import learning_rule
     from .plasticity.process import RecordingLearningDense, RuleInputs
 
     params = conn.rule_parameters()
+    fixed = graph.precision == "fixed"
     path = folder / f"weights-{len(rule_inputs)}-{abs(hash(conn.name))}.npy"
-    np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(batch, int(conn.synapses().sum()))).flush()
-    extra = {} if conn.mask is None else {"tag_2": conn.mask.astype(np.float64)}
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.int64 if fixed else np.float64,
+                              shape=(batch, int(conn.synapses().sum()))).flush()
+    if fixed:
+        from lava.magma.core.learning.learning_rule import Loihi2FLearningRule
+
+        from ..fixed_learning import connection_rule
+
+        realization = connection_rule(graph, conn)
+        rule = Loihi2FLearningRule(**realization.rule)
+        extra = {} if realization.tag_2 is None else {"tag_2": realization.tag_2}
+    else:
+        rule = learning_rule(conn.rule, params, conn.mask is not None)
+        extra = {} if conn.mask is None else {"tag_2": conn.mask.astype(np.float64)}
     dense = RecordingLearningDense(weights=_weights(graph, conn), name=conn.name, path=str(path), period=period,
-                                   learning_rule=learning_rule(conn.rule, params, conn.mask is not None),
-                                   mask=conn.synapses(), **extra, **kwargs)
+                                   learning_rule=rule, mask=conn.synapses(), **extra, **kwargs)
     target = graph.population(conn.target)
     if conn.rule == "stdp":
         lifs[conn.target].s_out.connect(dense.s_in_bap)
@@ -221,7 +236,7 @@ def build_network(graph: Graph, x_steps: np.ndarray, folder: Path, labels: Optio
             kwargs["num_message_bits"] = 24  # float graded input: any value > 0 selects the graded path
         if fixed:
             kwargs.update(weight_exp=int(conn.weight_exp), num_weight_bits=int(conn.num_weight_bits))
-        if conn.rule is not None:  # on-chip learning (float), docs/backends.md "On-chip learning"
+        if conn.rule is not None:  # on-chip learning, docs/backends.md "On-chip learning"
             dense = _learning_dense(graph, conn, kwargs, folder, batch, period, labels, feedback, lifs, rule_inputs)
             files[f"weights:{conn.name}"] = Path(dense.proc_params["path"])
         else:
@@ -261,8 +276,9 @@ def run_lava(graph: Graph, x_steps: np.ndarray, progress: bool = True,
              feedback: Optional[dict[str, np.ndarray]] = None,
              weights_per_sample: Optional[dict[str, np.ndarray]] = None) -> tuple[Trace, dict[str, Any]]:
     """Run ``graph`` (float or fixed) on ``x_steps [T, B, N, F]``; returns the ``Trace`` and timings.
-    The samples run one after another; a plastic connection (float, docs/backends.md "On-chip
-    learning") learns throughout, and its learned weight is written back into ``graph``. A
+    The samples run one after another; a plastic connection (docs/backends.md "On-chip
+    learning"; in fixed point STDP only, matched by ``fixed_ref.learn_online_fixed``) learns
+    throughout, and its learned weight is written back into ``graph``. A
     three_factor connection needs ``labels`` and ``feedback`` (``build_network``). If given,
     ``weights_per_sample`` receives each plastic connection's weights after every sample
     ``[B, synapses]`` (row-major over ``Connection.synapses()``).
@@ -310,7 +326,7 @@ def run_lava(graph: Graph, x_steps: np.ndarray, progress: bool = True,
                 if conn.rule is None:
                     continue
                 recorded = np.array(np.load(net.files.pop(f"weights:{conn.name}"), mmap_mode="r"))
-                weight = np.zeros(conn.weight.shape)
+                weight = np.zeros(conn.weight.shape, recorded.dtype)  # int64 in fixed point
                 weight[conn.synapses()] = recorded[-1]
                 conn.weight = weight
                 if weights_per_sample is not None:

@@ -100,16 +100,21 @@ LEARN_KEYS = {"backend", "rule", "samples", "spike_agreement", "weight_max_abs_d
 
 
 @pytest.mark.backend
-@pytest.mark.parametrize("backend", ["lava-float", "brian2"])
-@pytest.mark.parametrize("rule", ["stdp", "three_factor"])
+# each backend once, each rule at least once (tests/neuromorphic/test_onchip*.py cover every pair on
+# small networks; a Lava network build per case is what makes these slow)
+@pytest.mark.parametrize("backend, rule", [("lava-float", "three_factor"), ("brian2", "stdp"), ("lava-fixed", "stdp")])
 def test_validate_learn_writes_the_issue_keys(loihi_run, rule, backend):
     """``validate --learn``: the run's weights learn online on the backend beside the float
-    reference; spikes agree and every plastic weight follows after every sample."""
+    reference (lava-fixed: the integer one, fixed_ref); spikes agree and every plastic weight
+    follows after every sample (lava-fixed: equal integers)."""
     assert main(["validate", str(loihi_run), "--backend", backend, "--learn", "--rule", rule, "--samples", "3",
                  "--learn-rate", "0.05", "--quiet"]) == 0
     record = json.loads((loihi_run / f"validate-learn-{backend}.json").read_text())
     assert LEARN_KEYS <= set(record) and record["rule"] == rule and record["samples"] == 3
     assert record["spike_agreement"] == 1.0 and record["weight_max_rel_diff"] <= 1e-9
+    if backend == "lava-fixed":
+        assert record["reference"] == "fixed_ref" and record["weight_max_abs_diff"] == 0
+        assert record["weights_changed"] > 0 and "accuracy_after_fixed_ref" in record
     assert len(record["weight_max_rel_diff_per_sample"]) == 3
     # STDP cannot reach the readout (it does not spike); three_factor trains it, as in training
     assert ("readout->readout" in record["plastic_connections"]) == (rule == "three_factor")
@@ -122,6 +127,6 @@ def test_validate_learn_refuses_in_one_line(loihi_run):
                     "on-chip learning runs stdp or three_factor")  # the run learnt by bptt
     _one_line_error(_cli("validate", run, "--backend", "lava-float", "--learn", "--rule", "stdp", "--rule-layers",
                          "stem.*"), "can learn by stdp on a chip")
-    _one_line_error(_cli("validate", run, "--backend", "lava-fixed", "--learn", "--rule", "stdp"),
-                    "fixed-point learning engine")
+    _one_line_error(_cli("validate", run, "--backend", "lava-fixed", "--learn", "--rule", "three_factor"),
+                    "fixed-point learning runs stdp only")
     _one_line_error(_cli("validate", run, "--backend", "lava-float", "--rule", "stdp"), "go with --learn")

@@ -154,3 +154,36 @@ def test_lava_fixed_point_general_rule_equals_the_reference():
     ours = reference(pre, post, w0, kwargs, num_weight_bits=6, weight_exp=2, sign_mode="excitatory")
     assert_equal_every_step(lava, ours, f"rng_seed {rule.rng_seed}")
     assert ours["x1"].max() == 127 and (ours["weights"] == 0).sum() > 50  # saturated traces, weights clipped at 0
+
+
+def test_a_mask_through_tag_2_learns_exactly_as_the_unmasked_rule():
+    """The per-token mask: every product times d = tag_2, 32 on synapses (Lava shifts a product
+    with d's 9 bits right by 5 more) and 0 elsewhere. Lava equals the reference after every step;
+    on the synapses the weights equal the unmasked rule's, integer for integer; elsewhere they stay 0."""
+    from neuromorphic.fixed_learning import mask_tag, masked
+
+    rng = np.random.default_rng(11)
+    steps, n_pre, n_post = 50, 6, 4
+    pre = (rng.random((steps, n_pre)) < 0.35).astype(float)
+    post = (rng.random((steps, n_post)) < 0.35).astype(float)
+    mask = np.kron(np.eye(2, dtype=bool), np.ones((2, 3), bool))  # two tokens' blocks
+    w0 = np.where(mask, rng.integers(-120, 121, size=mask.shape) * 2, 0)
+    params = stdp.STDPParameters(lr=0.5, a_plus=19.4, a_minus=14.6, tau_pre=3.0, tau_post=5.0)
+    kwargs = fixed_stdp_rule_parameters(params, weight_exp=0, rng_seed=31)
+    tag = mask_tag(kwargs["dw"])
+    assert tag == 32 and masked(kwargs["dw"]).count("* d") == 3
+    masked_kwargs = {**kwargs, "dw": masked(kwargs["dw"])}
+    tag_2 = np.where(mask, tag, 0)
+    assert realized_amplitudes(masked_kwargs, tag) == realized_amplitudes(kwargs)
+
+    lava = run_fixed_learning_dense(pre, post, w0, masked_kwargs, tag_2=tag_2)
+    ours = reference(pre, post, w0, masked_kwargs, tag_2=tag_2)
+    assert_equal_every_step(lava, ours)
+    unmasked = FixedLearningDense(w0, kwargs).run(pre, post)[0]
+    np.testing.assert_array_equal(ours["weights"][:, mask], unmasked[:, mask])
+    assert not ours["weights"][:, ~mask].any() and np.abs(ours["weights"][-1] - w0).max() >= 30
+    # d = 1 would shift every product right by 5 bits: the rule would all but stop learning
+    weak = FixedLearningDense(w0, masked_kwargs, tag_2=mask.astype(int)).run(pre, post)[0]
+    assert np.abs(weak[-1] - w0).max() < np.abs(ours["weights"][-1] - w0).max()
+    with pytest.raises(RuleError, match="tag_2"):
+        mask_tag("2^-2 * y0 * x1 * x2 * y1")  # 7+7+7+4 bits: d would need 2^9

@@ -71,7 +71,7 @@ def test_three_factor_online_uses_the_modulator_it_is_given():
     assert np.abs(expected - w0).max() > 0.01
     np.testing.assert_allclose(graph.connections[0].weight, expected, rtol=0, atol=1e-12)
     assert graph.connections[0].traces["eligibility"].shape == (TOKENS * F_OUT, TOKENS * F_IN)
-    with pytest.raises(Exception, match="fixed-point learning is not built yet"):
+    with pytest.raises(IRError, match="a fixed-point graph learns in fixed_ref.learn_online_fixed"):
         graph.precision = "fixed"
         learn_online(graph, x)
 

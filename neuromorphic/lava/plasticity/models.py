@@ -1,4 +1,5 @@
-"""Float process models of ``neuromorphic.lava.plasticity.process``."""
+"""Process models of ``neuromorphic.lava.plasticity.process``: float ones, and the fixed-point
+recording LearningDense (Lava's bit-approximate engine, ``neuromorphic.fixed_learning``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from lava.magma.core.model.py.ports import PyInPort, PyOutPort
 from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
-from lava.proc.dense.models import PyLearningDenseModelFloat
+from lava.proc.dense.models import PyLearningDenseModelBitApproximate, PyLearningDenseModelFloat
 
 from neuromorphic.lava.plasticity.process import (  # absolute: Lava loads this file by path
     RecordingLearningDense, RuleInputs)
@@ -76,6 +77,13 @@ class PyRecordingLearningDenseFloat(_Recording, PyLearningDenseModelFloat):
         self._record(np.asarray(self.weights)[self.proc_params["mask"]])
 
 
+# tags "bit_approximate_loihi", "fixed_pt", inherited (Lava's tags add up over subclasses)
+class PyRecordingLearningDenseFixed(_Recording, PyLearningDenseModelBitApproximate):
+    def run_lrn(self) -> None:
+        super().run_lrn()
+        self._record(np.asarray(self.weights)[self.proc_params["mask"]])
+
+
 def _register(model: type, process: type) -> None:
     """``@implements`` refuses a subclass of a model that implements another Process: the
     inherited claim is cleared first (the stock model keeps implementing the stock Process)."""
@@ -85,3 +93,4 @@ def _register(model: type, process: type) -> None:
 
 
 _register(PyRecordingLearningDenseFloat, RecordingLearningDense)
+_register(PyRecordingLearningDenseFixed, RecordingLearningDense)
