@@ -37,7 +37,7 @@ class ExactBuilder(Builder):
 
     def _gap(self, max_delay: int) -> int:
         if self.learns:
-            from .lava.run import GUARD_STEPS  # a constant: lava itself is not imported
+            from .guard import GUARD_STEPS
 
             # spikes of the first guard step (t = T) arrive by T + delay, before the next reset
             return max(GUARD_STEPS, max_delay)

@@ -230,7 +230,7 @@ def learn_online_fixed(graph: Graph, samples: np.ndarray, guard_steps: int = 2,
     step)."""
     from .fixed_learning import connection_engine
     from .ir import LoweringError
-    from .lava.run import GUARD_EXP, GUARD_MANTISSA
+    from .guard import GUARD_EXP, GUARD_MANTISSA
 
     if graph.precision != "fixed":
         raise IRError("learn_online_fixed needs a fixed-point graph; make one with neuromorphic.quantize.quantize")

@@ -266,7 +266,7 @@ def validate_learn(run: str | Path, backend: str, samples: int = 50, rule: Optio
     from spikeformer.train import load_run
 
     from .compare import agreement, encode_steps
-    from .lava.run import GUARD_STEPS
+    from .guard import GUARD_STEPS
     from .validate import _jsonable
 
     if backend not in LEARN_BACKENDS:
@@ -330,7 +330,7 @@ def _validate_learn_fixed(run: str | Path, model: Any, split: Any, plan: Learnin
     from .backends import fixed_graph
     from .compare import agreement
     from .fixed_learning import connection_rule, realized_amplitudes
-    from .lava.run import GUARD_STEPS
+    from .guard import GUARD_STEPS
     from .quantize import encode_fixed
 
     fixed = fixed_graph(model, split, plan.graph)

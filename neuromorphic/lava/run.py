@@ -36,15 +36,13 @@ from typing import Any, Optional
 
 import numpy as np
 
-from spikeformer.fixed_point import ACT_SHIFT, INPUT_MAX, MANTISSA_MIN, UV_BITS, WEIGHT_BITS, shift
+from spikeformer.fixed_point import ACT_SHIFT, INPUT_MAX, UV_BITS, WEIGHT_BITS, shift
 
 from ..ir import Graph, IRError, LoweringError
 from ..trace import Trace
 from . import require_lava
 
-GUARD_STEPS = 2
-GUARD_MANTISSA, GUARD_EXP = MANTISSA_MIN, 8  # fixed point: the guard weight -256 << 8
-GUARD_A_IN = -GUARD_MANTISSA << GUARD_EXP  # 2^16: (a_in << 6) stays inside Lava's 24-bit u
+from ..guard import GUARD_A_IN, GUARD_EXP, GUARD_MANTISSA, GUARD_STEPS  # noqa: F401 (public here too)
 FLOAT_GUARD = 1e9
 FLOAT_NEVER = 1e300  # threshold of the float readout integrator
 

@@ -1,0 +1,16 @@
+"""The guard steps that separate samples run back to back in one network (docs/backends.md).
+
+Lava's network (``neuromorphic.lava.run``) follows each sample with ``GUARD_STEPS`` steps: in
+the first a guard neuron fires, in the second its Dense (weight ``GUARD_MANTISSA << GUARD_EXP``
+in fixed point) holds every LIF below threshold. The learning references (``simulate.
+learn_online``, ``fixed_ref.learn_online_fixed``) and Brian2's learning network step the same
+guard, so the constants live here, beside none of them (no backend imports another for them).
+"""
+
+from __future__ import annotations
+
+from spikeformer.fixed_point import MANTISSA_MIN
+
+GUARD_STEPS = 2
+GUARD_MANTISSA, GUARD_EXP = MANTISSA_MIN, 8  # fixed point: the guard weight -256 << 8
+GUARD_A_IN = -GUARD_MANTISSA << GUARD_EXP  # 2^16: (a_in << 6) stays inside Lava's 24-bit u
