@@ -18,15 +18,20 @@ STDP = {"lr": 0.05, "a_plus": 1.0, "a_minus": 0.8, "tau_pre": 2.0, "tau_post": 3
 THREE_FACTOR = {**STDP, "lr": 0.2, "tau_eligibility": 4.0}
 
 
+def populations(rng: np.random.Generator) -> list[Population]:
+    """input [2, 3] -> hidden, deep (LIF [2, 4]) -> readout [3]: the networks of the on-chip tests."""
+    lif = dict(beta=0.5, threshold=1.0)
+    return [Population("input", "input", TOKENS, F_IN),
+            Population("hidden", "lif", TOKENS, F_HID, bias=np.zeros((TOKENS, F_HID)), **lif),
+            Population("deep", "lif", TOKENS, F_HID, bias=np.full((TOKENS, F_HID), 0.1), **lif),
+            Population("readout", "readout", 1, CLASSES, bias=rng.normal(size=(1, CLASSES)) * 0.1)]
+
+
 def network(hidden_rule: str = "stdp", seed: int = 0) -> tuple[Graph, dict[str, np.ndarray]]:
     """input -> hidden (tokenwise, plastic by ``hidden_rule``) -> deep (tokenwise, three_factor)
     -> readout (full, three_factor); returns the graph and each three_factor connection's feedback."""
     rng = np.random.default_rng(seed)
-    lif = dict(beta=0.5, threshold=1.0)
-    pops = [Population("input", "input", TOKENS, F_IN),
-            Population("hidden", "lif", TOKENS, F_HID, bias=np.zeros((TOKENS, F_HID)), **lif),
-            Population("deep", "lif", TOKENS, F_HID, bias=np.full((TOKENS, F_HID), 0.1), **lif),
-            Population("readout", "readout", 1, CLASSES, bias=rng.normal(size=(1, CLASSES)) * 0.1)]
+    pops = populations(rng)
     conns = [Connection("input->hidden", "input", "hidden", "tokenwise", rng.uniform(0.1, 0.9, (F_HID, F_IN))),
              Connection("hidden->deep", "hidden", "deep", "tokenwise", rng.uniform(0.1, 0.9, (F_HID, F_HID))),
              Connection("deep->readout", "deep", "readout", "full", rng.normal(size=(CLASSES, TOKENS * F_HID)))]
@@ -101,25 +106,34 @@ def test_what_cannot_learn_on_chip_is_refused_in_one_line():
         graph.validate()
 
 
-@pytest.mark.backend
-@pytest.mark.parametrize("hidden_rule", ["stdp", "three_factor"])
-def test_lava_float_learns_in_a_network_as_the_reference_does(hidden_rule):
-    """Per-token copies (LearningSparse), three_factor into hidden LIFs and into the readout with
-    the output error computed beside the readout (RuleInputs): spikes equal and every plastic
-    weight within 1e-9 of learn_online's after every sample."""
-    from neuromorphic.lava.run import GUARD_STEPS, run_lava
+def assert_learns_as_the_reference(run, hidden_rule: str) -> tuple[Graph, Graph, dict]:
+    """``run(graph, x_steps, labels=, feedback=, weights_per_sample=)`` (a backend) learns
+    ``network(hidden_rule)`` over 6 samples: spikes equal ``learn_online``'s and every plastic
+    weight within 1e-9 after every sample. Returns the backend's graph, the reference's and info."""
+    from neuromorphic.guard import GUARD_STEPS
 
     graph, feedback = network(hidden_rule)
     ref = copy.deepcopy(graph)
     x, labels = samples(6, seed=3)
     spikes, expected = reference(ref, x, labels, feedback, GUARD_STEPS)
     recorded: dict[str, np.ndarray] = {}
-    trace, _ = run_lava(graph, x.transpose(1, 0, 2, 3), progress=False, labels=labels, feedback=feedback,
-                        weights_per_sample=recorded)
+    trace, info = run(graph, x.transpose(1, 0, 2, 3), labels=labels, feedback=feedback, weights_per_sample=recorded)
     for name in ("hidden", "deep"):
+        assert spikes[name].sum() > 5
         np.testing.assert_array_equal(trace.spikes[name], spikes[name])
     w0, _ = network(hidden_rule)
     for conn in w0.connections:
         change = np.abs(expected[conn.name][-1] - conn.weight[conn.synapses()]).max()
         assert change > 1e-3, conn.name  # every connection learnt
         np.testing.assert_allclose(recorded[conn.name], expected[conn.name], rtol=0, atol=1e-9)
+    return graph, ref, info
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("hidden_rule", ["stdp", "three_factor"])
+def test_lava_float_learns_in_a_network_as_the_reference_does(hidden_rule):
+    """Per-token copies (dw times the mask d), three_factor into hidden LIFs and into the readout
+    with the output error computed beside the readout (RuleInputs)."""
+    from neuromorphic.lava.run import run_lava
+
+    assert_learns_as_the_reference(lambda *a, **k: run_lava(*a, progress=False, **k), hidden_rule)

@@ -11,13 +11,12 @@ import pytest
 
 from neuromorphic.fixed_learning import connection_rule, mask_tag, realized_amplitudes
 from neuromorphic.fixed_ref import learn_online_fixed
-from neuromorphic.ir import Connection, Graph, IRError, Population, plastic_connection
+from neuromorphic.ir import Connection, Graph, IRError, plastic_connection
 from neuromorphic.quantize import quantize, weight_scale
+from test_onchip import CLASSES, F_HID, F_IN, STDP, STEPS, TOKENS, WINDOW, populations  # tests/neuromorphic on sys.path
 
 pytestmark = pytest.mark.backend
 
-TOKENS, F_IN, F_HID, CLASSES, STEPS, WINDOW = 2, 3, 4, 3, 8, 4
-STDP = {"lr": 0.05, "a_plus": 1.0, "a_minus": 0.8, "tau_pre": 2.0, "tau_post": 3.0}
 STDP_DW = "y0 * x1 - x0 * y1 + x0 * y2"
 
 
@@ -25,11 +24,7 @@ def network(seed: int = 0) -> Graph:
     """input -> hidden (tokenwise: masked per-token copies) -> deep (full, every pair a synapse)
     -> readout (frozen), both hidden connections plastic by STDP, quantised with vth 256."""
     rng = np.random.default_rng(seed)
-    lif = dict(beta=0.5, threshold=1.0)
-    pops = [Population("input", "input", TOKENS, F_IN),
-            Population("hidden", "lif", TOKENS, F_HID, bias=np.zeros((TOKENS, F_HID)), **lif),
-            Population("deep", "lif", TOKENS, F_HID, bias=np.full((TOKENS, F_HID), 0.1), **lif),
-            Population("readout", "readout", 1, CLASSES, bias=rng.normal(size=(1, CLASSES)) * 0.1)]
+    pops = populations(rng)
     conns = [Connection("input->hidden", "input", "hidden", "tokenwise", rng.uniform(0.1, 0.9, (F_HID, F_IN))),
              Connection("hidden->deep", "hidden", "deep", "full",
                         rng.uniform(-0.2, 0.6, (TOKENS * F_HID, TOKENS * F_HID))),
