@@ -265,8 +265,7 @@ def validate_learn(run: str | Path, backend: str, samples: int = 50, rule: Optio
     from spikeformer.checkpoint import atomic_write_json
     from spikeformer.train import load_run
 
-    from .compare import agreement, encode_steps
-    from .guard import GUARD_STEPS
+    from .compare import encode_steps
     from .validate import _jsonable
 
     if backend not in LEARN_BACKENDS:
@@ -287,10 +286,23 @@ def validate_learn(run: str | Path, backend: str, samples: int = 50, rule: Optio
     y_test = split.y_test.numpy()
     if backend == "lava-fixed":
         record, line = _validate_learn_fixed(run, model, split, plan, x_train, labels, x_test, y_test, progress)
-        out = Path(run) / f"validate-learn-{backend}.json"
-        atomic_write_json(out, _jsonable(record))
-        log(f"{line} -> {out}")
-        return record
+    else:
+        record, line = _validate_learn_float(run, backend, plan, x_train, labels, x_test, y_test, progress)
+    out = Path(run) / f"validate-learn-{backend}.json"
+    atomic_write_json(out, _jsonable(record))
+    log(f"{line} -> {out}")
+    return record
+
+
+def _validate_learn_float(run: str | Path, backend: str, plan: LearningPlan, x_train: np.ndarray,
+                          labels: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                          progress: bool) -> tuple[dict[str, Any], str]:
+    """lava-float and brian2 ``--learn``: the float reference and the backend learn from the same
+    samples; accuracies scored in the float reference. Returns the record and the printed line."""
+    from .compare import agreement
+    from .guard import GUARD_STEPS
+
+    count = x_train.shape[1]
     before = accuracy(plan.graph, x_test, y_test)
     backend_graph = copy.deepcopy(plan.graph)
     reference, ref_weights, ref_seconds = learn_reference(plan, x_train, labels, GUARD_STEPS, progress)
@@ -308,13 +320,11 @@ def validate_learn(run: str | Path, backend: str, samples: int = 50, rule: Optio
         "reference_seconds": ref_seconds, "steps_per_second": info.get("steps_per_second", float("nan")),
         "backend_info": {k: v for k, v in info.items() if np.isscalar(v)},
     }
-    out = Path(run) / f"validate-learn-{backend}.json"
-    atomic_write_json(out, _jsonable(record))
-    log(f"{backend} learning {plan.rule} on {len(plan.plastic)} connections over {count} samples: spike agreement "
-        f"{record['spike_agreement']:.6f}, weight max rel diff {record['weight_max_rel_diff']:.2e} (abs "
-        f"{record['weight_max_abs_diff']:.2e}), accuracy {before:.4f} -> {record['accuracy_after_backend']:.4f} "
-        f"(reference {record['accuracy_after_torch']:.4f}), {record['steps_per_second']:.0f} steps/s -> {out}")
-    return record
+    line = (f"{backend} learning {plan.rule} on {len(plan.plastic)} connections over {count} samples: spike "
+            f"agreement {record['spike_agreement']:.6f}, weight max rel diff {record['weight_max_rel_diff']:.2e} (abs "
+            f"{record['weight_max_abs_diff']:.2e}), accuracy {before:.4f} -> {record['accuracy_after_backend']:.4f} "
+            f"(reference {record['accuracy_after_torch']:.4f}), {record['steps_per_second']:.0f} steps/s")
+    return record, line
 
 
 def _validate_learn_fixed(run: str | Path, model: Any, split: Any, plan: LearningPlan, x_train: np.ndarray,
