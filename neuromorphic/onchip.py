@@ -152,28 +152,40 @@ def accuracy(graph: Graph, x_steps: np.ndarray, labels: np.ndarray, chunk: int =
     return correct / x_steps.shape[1]
 
 
-def learn_reference(plan: LearningPlan, x_steps: np.ndarray, labels: np.ndarray, guard_steps: int,
-                    progress: bool = True) -> tuple[Trace, dict[str, np.ndarray], float]:
-    """``simulate.learn_online`` on the plan's graph (in place): the trace ``[T, B, ...]``, each
-    plastic connection's weights after every sample ``[B, synapses]``, and the seconds it took."""
+def _recording(plastic: list[Connection], count: int, desc: str, progress: bool,
+               learn: Callable[[Callable[[int], None]], list[Trace]]) -> tuple[Trace, dict[str, np.ndarray], float]:
+    """Run ``learn(after_sample)`` over ``count`` samples with a progress bar, keeping each plastic
+    connection's weights after every sample; returns the samples' traces joined ``[T, B, ...]``,
+    the weights ``[B, synapses]`` and the seconds it took."""
     from tqdm import tqdm
 
-    from .simulate import learn_online
-
-    per_sample: dict[str, list[np.ndarray]] = {c.name: [] for c in plan.plastic}
-    with tqdm(total=x_steps.shape[1], desc="reference", unit="sample", disable=not progress, leave=False) as bar:
+    per_sample: dict[str, list[np.ndarray]] = {c.name: [] for c in plastic}
+    with tqdm(total=count, desc=desc, unit="sample", disable=not progress, leave=False) as bar:
         def record(_: int) -> None:
-            for conn in plan.plastic:
+            for conn in plastic:
                 per_sample[conn.name].append(conn.weight[conn.synapses()].copy())
             bar.update(1)
 
         tick = time.perf_counter()
-        traces = learn_online(plan.graph, x_steps.transpose(1, 0, 2, 3), guard_steps=guard_steps,
-                              reward=plan.reward(labels) if plan.feedback else None, after_sample=record)
+        traces = learn(record)
         seconds = time.perf_counter() - tick
     spikes = {name: np.concatenate([t.spikes[name] for t in traces], 1) for name in traces[0].spikes}
     readout = np.concatenate([t.readout for t in traces], 1)
-    return Trace(spikes, readout, traces[0].window), {k: np.stack(v) for k, v in per_sample.items()}, seconds
+    saturation = sum(t.saturation_events for t in traces)
+    return (Trace(spikes, readout, traces[0].window, saturation), {k: np.stack(v) for k, v in per_sample.items()},
+            seconds)
+
+
+def learn_reference(plan: LearningPlan, x_steps: np.ndarray, labels: np.ndarray, guard_steps: int,
+                    progress: bool = True) -> tuple[Trace, dict[str, np.ndarray], float]:
+    """``simulate.learn_online`` on the plan's graph (in place): the trace ``[T, B, ...]``, each
+    plastic connection's weights after every sample ``[B, synapses]``, and the seconds it took."""
+    from .simulate import learn_online
+
+    reward = plan.reward(labels) if plan.feedback else None
+    return _recording(plan.plastic, x_steps.shape[1], "reference", progress,
+                      lambda record: learn_online(plan.graph, x_steps.transpose(1, 0, 2, 3), guard_steps=guard_steps,
+                                                  reward=reward, after_sample=record))
 
 
 def learn_reference_fixed(graph: Graph, x_int: np.ndarray, guard_steps: int,
@@ -181,26 +193,12 @@ def learn_reference_fixed(graph: Graph, x_int: np.ndarray, guard_steps: int,
     """``fixed_ref.learn_online_fixed`` on the fixed ``graph`` (in place) with integer input steps
     ``x_int [T, B, N, F]``: the trace, each plastic connection's integer weights after every
     sample ``[B, synapses]``, and the seconds it took."""
-    from tqdm import tqdm
-
     from .fixed_ref import learn_online_fixed
 
     plastic = [c for c in graph.connections if c.rule is not None]
-    per_sample: dict[str, list[np.ndarray]] = {c.name: [] for c in plastic}
-    with tqdm(total=x_int.shape[1], desc="fixed_ref", unit="sample", disable=not progress, leave=False) as bar:
-        def record(_: int) -> None:
-            for conn in plastic:
-                per_sample[conn.name].append(conn.weight[conn.synapses()].copy())
-            bar.update(1)
-
-        tick = time.perf_counter()
-        traces = learn_online_fixed(graph, x_int.transpose(1, 0, 2, 3), guard_steps, after_sample=record)
-        seconds = time.perf_counter() - tick
-    spikes = {name: np.concatenate([t.spikes[name] for t in traces], 1) for name in traces[0].spikes}
-    readout = np.concatenate([t.readout for t in traces], 1)
-    saturation = sum(t.saturation_events for t in traces)
-    return (Trace(spikes, readout, traces[0].window, saturation), {k: np.stack(v) for k, v in per_sample.items()},
-            seconds)
+    return _recording(plastic, x_int.shape[1], "fixed_ref", progress,
+                      lambda record: learn_online_fixed(graph, x_int.transpose(1, 0, 2, 3), guard_steps,
+                                                        after_sample=record))
 
 
 def _refuse_fixed(rule: Optional[str]) -> None:

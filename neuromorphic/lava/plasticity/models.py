@@ -57,12 +57,14 @@ class PyRuleInputsFloat(PyLoihiProcessModel):
             self.window_sum += current + p["readout_bias"]
 
 
-class _Recording:  # a mixin: the recording of the learning connection models
+class _Recording:  # a mixin before a stock learning model: its run_lrn, then the recording
     """After the last step of every sample, each synapse's weight into row ``sample`` of the file."""
 
-    def _record(self, weights: np.ndarray) -> None:
+    def run_lrn(self) -> None:
+        super().run_lrn()
         if self.time_step % self.proc_params["period"]:
             return
+        weights = np.asarray(self.weights)[self.proc_params["mask"]]
         if getattr(self, "_file", None) is None:  # opened in the model's own OS process
             self._file = np.load(self.proc_params["path"], mmap_mode="r+")
         row = self.time_step // self.proc_params["period"] - 1
@@ -72,16 +74,12 @@ class _Recording:  # a mixin: the recording of the learning connection models
 
 
 class PyRecordingLearningDenseFloat(_Recording, PyLearningDenseModelFloat):
-    def run_lrn(self) -> None:
-        super().run_lrn()
-        self._record(np.asarray(self.weights)[self.proc_params["mask"]])
+    pass
 
 
 # tags "bit_approximate_loihi", "fixed_pt", inherited (Lava's tags add up over subclasses)
 class PyRecordingLearningDenseFixed(_Recording, PyLearningDenseModelBitApproximate):
-    def run_lrn(self) -> None:
-        super().run_lrn()
-        self._record(np.asarray(self.weights)[self.proc_params["mask"]])
+    pass
 
 
 def _register(model: type, process: type) -> None:
