@@ -43,7 +43,7 @@ def _validate_arguments(p: argparse.ArgumentParser) -> None:
                    help="test samples to run (default 100); with --learn, training samples to learn from (default 50)")
     p.add_argument("--learn", action="store_true",
                    help="learn online on the backend with the run's rule (stdp, three_factor) from the run's weights, "
-                        "beside the float reference (lava-fixed: stdp, beside fixed_ref); writes "
+                        "beside the float reference (lava-fixed: beside fixed_ref); writes "
                         "RUN/validate-learn-<backend>.json")
     p.add_argument("--rule", choices=["stdp", "three_factor"], default=None, help="with --learn: instead of the run's rule")
     p.add_argument("--rule-layers", default=None,

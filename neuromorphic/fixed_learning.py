@@ -44,11 +44,12 @@ can be read back as ``rule.rng_seed``. The weight stream is the same for every L
 Roundings worth knowing: the decay rounding is unbiased (P(up) = frac), but the impulse rounding
 compares a draw in [0, 128) with a fraction in 256ths, so a fractional impulse rounds up with
 probability min(1, 2 frac) (biased); ``fixed_stdp_rule_parameters`` therefore uses integer
-impulses only. The weight rounding is unbiased. Only ``x0``/``y0`` dependencies and trace /
-dependency / ``d`` (tag_2) factors without constants are supported here (what pair STDP needs,
-with a mask).
+impulses only. The weight rounding is unbiased. Supported here: ``x0``/``y0``/``u0``
+dependencies, trace / dependency / ``d`` (tag_2) / ``t`` (tag_1) factors without constants, a
+``dt`` string (the tag learns with the weights' draw) and a 3F rule's y inputs (what pair STDP and
+``fixed_three_factor`` need, with a mask).
 
-A plastic connection of a fixed-point IR graph (``neuromorphic.ir``, rule "stdp") is realized by
+A plastic connection of a fixed-point IR graph (``neuromorphic.ir``, stdp or three_factor) is realized by
 ``connection_rule`` alone: the Lava network (``neuromorphic.lava.run``) and the integer network
 reference (``neuromorphic.fixed_ref.learn_online_fixed``) both call it. Its mask (the per-token
 copies of a tokenwise weight) multiplies every product by ``d``, the synaptic variable tag_2, set
@@ -89,8 +90,11 @@ WEIGHT_FRACTION = 2 ** (ACCUMULATOR_BITS - WEIGHT_BITS)  # 128 accumulator units
 WEIGHT_ROUNDING_SEED = 2  # ConnVarRandom's default seed; LearningDense never passes another (conn:692)
 TAG_2_WIDTH = 8 + 1  # W_TAG_2_S: Lava clips a d factor to 9 signed bits (applier:284-287)
 TAG_2_PRECISION = 6  # bits of the fixed-point tag_2 Var (conn:599): a mask tag must fit
+TAG_1_BITS = 8  # W_TAG_1_U: the tag t (a three-factor eligibility) lies in [-2^8 - 1, 2^8 - 1] (conn:1155-1166)
+TAG_1_MIN, TAG_1_MAX = -(2 ** TAG_1_BITS) - 1, 2 ** TAG_1_BITS - 1
 FACTOR_WIDTH = {"x0": 1, "y0": 1, "x1": TRACE_BITS, "x2": TRACE_BITS, "y1": TRACE_BITS, "y2": TRACE_BITS,
-                "y3": TRACE_BITS, "d": TAG_2_WIDTH}  # constants.py FACTOR_TO_WIDTH_DICT
+                "y3": TRACE_BITS, "d": TAG_2_WIDTH, "t": TAG_1_BITS + 1}  # constants.py FACTOR_TO_WIDTH_DICT
+MAC_LIMIT = 2 ** 31  # the applier multiplies in int32 (applier:265), which wraps silently; refused here
 X_TRACES, Y_TRACES = ("x1", "x2"), ("y1", "y2", "y3")
 SIGN_MODES = ("mixed", "excitatory", "inhibitory")
 # a tau whose one-step decay np.exp(-1/tau) is exactly 0.0: y2 = impulse * s_post[t]
@@ -113,20 +117,21 @@ class Product:
     factors: tuple[str, ...]
 
 
-_TOKEN = re.compile(r"\s*(\d+\*2\^[+-]?\d+|2\^[+-]?\d+|\d+|x0|y0|x1|x2|y1|y2|y3|d|[+*-])")
+_TOKEN = re.compile(r"\s*(\d+\*2\^[+-]?\d+|2\^[+-]?\d+|\d+|x0|y0|u0|x1|x2|y1|y2|y3|d|t|[+*-])")
 
 
 def parse_dw(dw: str) -> tuple[Product, ...]:
-    """The products of ``dw`` (a sum of ``literal * dependency * factor ...`` terms), with Lava's
-    normalisation of the scale: literals multiply into one mantissa and exponent, an even
-    mantissa above 7 is halved while the exponent is below 8, and the result must have a
+    """The products of ``dw`` (or ``dt``: a sum of ``literal * dependency * factor ...`` terms),
+    with Lava's normalisation of the scale: literals multiply into one mantissa and exponent, an
+    even mantissa above 7 is halved while the exponent is below 8, and the result must have a
     mantissa in [-8, 7] and an exponent in [-7, 8] (magma/core/learning/product_series.py:560-741).
-    The first x0/y0 of a term is its dependency, a later one a factor (:594-596)."""
+    The first x0/y0/u0 of a term is its dependency (u0: ``u``, 1 at every step), a later x0/y0 a
+    factor and a later u0 nothing (:576-596)."""
     text, pos, tokens = dw.replace(" ", ""), 0, []
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         if match is None:
-            raise RuleError(f"fixed_learning supports literals, x0, y0, traces and d only; cannot read {text[pos:]!r}")
+            raise RuleError(f"fixed_learning supports literals, x0, y0, u0, traces, d and t only; cannot read {text[pos:]!r}")
         tokens.append(match.group(1))
         pos = match.end()
     products, sign, term = [], 1, []
@@ -136,8 +141,10 @@ def parse_dw(dw: str) -> tuple[Product, ...]:
             raise RuleError(f"empty product in {dw!r}")
         mantissa, exponent, dependency, factors = sign, 0, None, []
         for token in term:
-            if token in ("x0", "y0") and dependency is None:
-                dependency = token
+            if token in ("x0", "y0", "u0") and dependency is None:
+                dependency = "u" if token == "u0" else token
+            elif token == "u0":
+                continue
             elif token in FACTOR_WIDTH:
                 factors.append(token)
             else:  # a literal: m*2^e, 2^e or m (symbolic_equation.py:687-706)
@@ -147,7 +154,7 @@ def parse_dw(dw: str) -> tuple[Product, ...]:
         while abs(mantissa) > 7 and mantissa % 2 == 0 and exponent < 8:
             mantissa, exponent = mantissa // 2, exponent + 1
         if dependency is None:
-            raise RuleError(f"product without x0/y0 dependency in {dw!r}")
+            raise RuleError(f"product without x0/y0/u0 dependency in {dw!r}")
         if not (-8 <= mantissa < 8 and -7 <= exponent < 9):
             raise RuleError(f"scale {mantissa}*2^{exponent} of a product in {dw!r} has no 4-bit mantissa form")
         products.append(Product(dependency, mantissa, exponent + 7, tuple(factors)))
@@ -307,23 +314,33 @@ def rule_seed(conn: "Connection") -> int:
 @dataclass(frozen=True)
 class FixedRule:
     """A fixed-point plastic connection as Lava runs it: ``rule`` (``Loihi2FLearningRule``
-    keyword arguments, rng_seed included) and ``tag_2`` (int ``[J, I]``, ``mask_tag`` on
-    synapses, 0 elsewhere; None without a mask)."""
+    keyword arguments, or ``Loihi3FLearningRule`` ones where ``inputs`` is set; rng_seed
+    included), ``tag_2`` (int ``[J, I]``, ``mask_tag`` on synapses, 0 elsewhere; None without a
+    mask) and, for three_factor, ``inputs``: the y inputs' integer arithmetic
+    (``fixed_three_factor.FixedRuleInputs``)."""
 
     rule: dict[str, Any]
     tag_2: Optional[np.ndarray]
+    inputs: Any = None
+
+    @property
+    def third_factor(self) -> bool:
+        return self.inputs is not None
 
 
-def connection_rule(graph: "Graph", conn: "Connection") -> FixedRule:
+def connection_rule(graph: "Graph", conn: "Connection", feedback: Optional[np.ndarray] = None) -> FixedRule:
     """The fixed-point realization of ``conn`` (a plastic connection of the fixed ``graph``): the
     only place it is derived, from the IR's float ``rule_params`` and the connection's quantisation
     (``weight_exp`` and ``quantize.weight_scale``); used by the Lava network and the reference.
-    STDP only (``ir`` refuses three_factor in fixed point)."""
+    STDP (``fixed_stdp_rule_parameters``) or three_factor (``fixed_three_factor``), which needs
+    the connection's ``feedback [C, J]`` (the identity for the readout)."""
     from .quantize import weight_scale
 
-    if conn.rule != "stdp":
-        raise RuleError(f"connection {conn.name!r} learns by {conn.rule}; fixed-point learning runs stdp only")
     try:
+        if conn.rule == "three_factor":
+            return _three_factor_rule(graph, conn, feedback, weight_scale(graph, conn))
+        if conn.rule != "stdp":
+            raise RuleError(f"it learns by {conn.rule}; fixed-point learning runs stdp and three_factor")
         rule = fixed_stdp_rule_parameters(conn.rule_parameters(), int(conn.weight_exp), rule_seed(conn),
                                           weight_scale=weight_scale(graph, conn))
     except RuleError as exc:
@@ -334,12 +351,34 @@ def connection_rule(graph: "Graph", conn: "Connection") -> FixedRule:
     return FixedRule({**rule, "dw": masked(rule["dw"])}, np.where(conn.mask, tag, 0).astype(np.int64))
 
 
-def connection_engine(graph: "Graph", conn: "Connection") -> "FixedLearningDense":
-    """The reference engine of ``conn``: its current integer weights, ``connection_rule``,
-    ``num_weight_bits`` and ``weight_exp``, mixed sign mode (as a LearningDense without one)."""
-    fixed = connection_rule(graph, conn)
+def _three_factor_rule(graph: "Graph", conn: "Connection", feedback: Optional[np.ndarray],
+                       scale: float) -> FixedRule:
+    from .fixed_ref import effective_bias
+    from .fixed_three_factor import FixedRuleInputs, fixed_three_factor_rule_parameters, modulator_bound
+
+    target, readout = graph.population(conn.target), graph.readout
+    if feedback is None:
+        raise RuleError("it learns by three_factor: give its feedback matrix (the output error is its third factor)")
+    feedback = np.asarray(feedback, np.float64)
+    if feedback.shape != (readout.size, target.size):
+        raise RuleError(f"its feedback must be [{readout.size}, {target.size}], got {list(feedback.shape)}")
+    params = conn.rule_parameters()
+    rule, gains, coincidence = fixed_three_factor_rule_parameters(
+        params, int(conn.weight_exp), rule_seed(conn), scale, modulator_bound(feedback), conn.mask is not None)
+    inputs = FixedRuleInputs(gains, feedback, target.kind == "lif", effective_bias(readout).reshape(-1),
+                             float(graph.fixed["readout_unit"]), int(graph.meta["steps"]), int(graph.meta["window"]))
+    if conn.mask is None:
+        return FixedRule(rule, None, inputs)
+    unmasked = coincidence.replace(" * d", "")
+    return FixedRule(rule, np.where(conn.mask, mask_tag(unmasked), 0).astype(np.int64), inputs)
+
+
+def connection_engine(conn: "Connection", fixed: FixedRule) -> "FixedLearningDense":
+    """The reference engine of ``conn`` realized as ``fixed`` (``connection_rule``): its current
+    integer weights, ``num_weight_bits`` and ``weight_exp``, mixed sign mode (as a LearningDense
+    without one)."""
     return FixedLearningDense(conn.weight, fixed.rule, int(conn.num_weight_bits), int(conn.weight_exp),
-                              tag_2=fixed.tag_2)
+                              tag_2=fixed.tag_2, third_factor=fixed.third_factor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,29 +404,32 @@ def _stochastic_round(floor: np.ndarray, random: float, fraction: np.ndarray) ->
 
 
 class FixedLearningDense:
-    """Lava's ``LearningDense`` (fixed_pt) with a ``Loihi2FLearningRule``, ``t_epoch = 1``, binary
-    spikes and ``graded_spike_cfg`` USE_REGULAR_IMPULSE, in int64.
+    """Lava's ``LearningDense`` (fixed_pt) with a ``Loihi2FLearningRule``, or a
+    ``Loihi3FLearningRule`` (``third_factor``: y1, y2, y3 come from its ports every step), with
+    ``t_epoch = 1``, binary spikes and ``graded_spike_cfg`` USE_REGULAR_IMPULSE, in int64.
 
     ``weights [J, I]``: the integer weights given to the LearningDense (weight units);
-    ``rule``: the rule's keyword arguments (``fixed_stdp_rule_parameters``, or any dw over
-    x0/y0/x1/x2/y1/y2/y3/d with literals); ``rng_seed`` must be an integer (read a rule's drawn seed
-    as ``rule.rng_seed``). ``tag_2 [J, I]``: the synaptic variable ``d`` (int, never learned; zeros
-    when None, as LearningDense's default). ``num_weight_bits``, ``weight_exp``, ``sign_mode`` as passed to the
+    ``rule``: the rule's keyword arguments (``fixed_stdp_rule_parameters``,
+    ``fixed_three_factor_rule_parameters``, or any dw and dt over x0/y0/u0/x1/x2/y1/y2/y3/d/t with
+    literals); ``rng_seed`` must be an integer (read a rule's drawn seed as ``rule.rng_seed``).
+    ``tag_2 [J, I]``: the synaptic variable ``d`` (int, never learned; zeros when None, as
+    LearningDense's default). ``num_weight_bits``, ``weight_exp``, ``sign_mode`` as passed to the
     LearningDense (its sign mode defaults to mixed: LearningDense leaves it out of proc_params,
     conn:142). ``weight_rounding_seed``: the seed of Lava's weight-rounding stream, fixed at 2 in
     lava-nc 0.10.0 (another value only shows that the stream matters). State after each
-    ``step``: ``weights [J, I]`` (weight units), ``x [2, I]`` (x1, x2) and ``y [3, J]``
-    (y1, y2, y3) in trace units."""
+    ``step``: ``weights [J, I]`` (weight units), ``tag_1 [J, I]`` (the tag t, learned by ``dt``),
+    ``x [2, I]`` (x1, x2) and ``y [3, J]`` (y1, y2, y3) in trace units."""
 
     def __init__(self, weights: np.ndarray, rule: Mapping[str, Any], num_weight_bits: int = 8,
                  weight_exp: int = 0, sign_mode: str = "mixed",
-                 weight_rounding_seed: int = WEIGHT_ROUNDING_SEED, tag_2: Optional[np.ndarray] = None) -> None:
+                 weight_rounding_seed: int = WEIGHT_ROUNDING_SEED, tag_2: Optional[np.ndarray] = None,
+                 third_factor: bool = False) -> None:
         if rule.get("rng_seed") is None:
             raise RuleError("the reference needs the rule's integer rng_seed (Lava draws None from np.random)")
         if int(rule.get("t_epoch", 1)) != 1:
             raise RuleError("fixed_learning models t_epoch = 1 only")
-        if rule.get("dd") is not None or rule.get("dt") is not None:
-            raise RuleError("fixed_learning models a dw rule only")
+        if rule.get("dd") is not None or rule.get("dw") is None:
+            raise RuleError("fixed_learning models a dw rule, with or without dt (no dd)")
         if sign_mode not in SIGN_MODES:
             raise RuleError(f"sign_mode must be one of {SIGN_MODES}, got {sign_mode!r}")
         self.weights = np.array(weights, dtype=np.int64)
@@ -395,8 +437,12 @@ class FixedLearningDense:
         self.tag_2 = np.zeros_like(self.weights) if tag_2 is None else np.array(tag_2, dtype=np.int64)
         if self.tag_2.shape != self.weights.shape:
             raise RuleError(f"tag_2 must be shaped like the weights {self.weights.shape}, got {self.tag_2.shape}")
-        self.products = parse_dw(rule["dw"])
+        self.tag_1 = np.zeros_like(self.weights)
+        self.products = {"weights": parse_dw(rule["dw"])}
+        if rule.get("dt") is not None:
+            self.products["tag_1"] = parse_dw(rule["dt"])
         self.num_weight_bits, self.weight_exp, self.sign_mode = int(num_weight_bits), int(weight_exp), sign_mode
+        self.third_factor = bool(third_factor)
         n_post, n_pre = self.weights.shape
         self.x = np.zeros((len(X_TRACES), n_pre), np.int64)
         self.y = np.zeros((len(Y_TRACES), n_post), np.int64)
@@ -426,7 +472,8 @@ class FixedLearningDense:
 
     def _trace_update(self, kind: str, traces: np.ndarray, spiked: np.ndarray) -> np.ndarray:
         """conn:799-872 with t_epoch = 1: decay every trace with tau != 0 (others restart at 0),
-        then add the impulse to the traces of the neurons that spiked this step."""
+        then add the impulse to the traces of the neurons that spiked this step (and clip them to
+        7 bits: a 3F rule's y input of a neuron with a bAP is clipped too)."""
         taus, random = self._taus[kind], self._random[kind]
         new = np.zeros_like(traces)
         active = taus != 0
@@ -437,45 +484,55 @@ class FixedLearningDense:
         new[:, spiked] = np.clip(added, 0, TRACE_MAX)  # conn:905-934
         return new
 
-    def _factor(self, name: str, dependency: str, x0: np.ndarray, y0: np.ndarray) -> np.ndarray:
-        """A factor's value for a product (applier:192-231, conn:474-525): a dependency, or a
-        trace as it is after this step's update (with t_epoch = 1 every spiking neuron's history
-        index is 1; where the dependency is 0 the product is 0 anyway)."""
+    def _factor(self, name: str, x0: np.ndarray, y0: np.ndarray) -> np.ndarray:
+        """A factor's value (applier:192-231, conn:474-525): a dependency, a synaptic variable, or
+        a trace as it is after this step's update (with t_epoch = 1 every spiking neuron's history
+        index is 1, and ``u`` reads the last one; where the dependency is 0 the product is 0)."""
         if name == "x0":
             return x0.astype(np.int64)[np.newaxis, :]
         if name == "y0":
             return y0.astype(np.int64)[:, np.newaxis]
         if name == "d":
             return self.tag_2
+        if name == "t":
+            return self.tag_1
         if name in X_TRACES:
             return self.x[X_TRACES.index(name)][np.newaxis, :]
         return self.y[Y_TRACES.index(name)][:, np.newaxis]
 
-    def _accumulate(self, x0: np.ndarray, y0: np.ndarray) -> np.ndarray:
-        """applier:243-328: the weights << 7 plus every product, saturating."""
-        acc = self.weights << ACCUMULATOR_SHIFT
-        deps = {"x0": x0.astype(np.int64)[np.newaxis, :], "y0": y0.astype(np.int64)[:, np.newaxis]}
-        for p in self.products:
+    def _accumulate(self, variable: str, x0: np.ndarray, y0: np.ndarray) -> np.ndarray:
+        """applier:243-328: the synaptic variable << 7 plus every product of its string, saturating.
+        Lava multiplies in int32, which wraps silently: a product beyond it is refused instead."""
+        acc = getattr(self, variable) << ACCUMULATOR_SHIFT
+        deps = {"x0": x0.astype(np.int64)[np.newaxis, :], "y0": y0.astype(np.int64)[:, np.newaxis], "u": 1}
+        for p in self.products[variable]:
             value = np.ones(self.weights.shape, np.int64) * deps[p.dependency]
             width = SCALE_MANTISSA_BITS
             for name in p.factors:
                 width += FACTOR_WIDTH[name]
                 bound = 2 ** FACTOR_WIDTH[name]
-                value = value * np.clip(self._factor(name, p.dependency, x0, y0), -bound, bound - 1)
+                value = value * np.clip(self._factor(name, x0, y0), -bound, bound - 1)
             value = (value * p.mantissa) >> max(0, width - ACCUMULATOR_BITS) << p.shift
+            if value.size and int(np.abs(value).max()) >= MAC_LIMIT:
+                raise RuleError(f"a product {p} of the {variable} rule overflows Lava's int32 multiply-accumulate")
             value = np.clip(value, ACCUMULATOR_MIN, ACCUMULATOR_MAX)
             acc = np.clip(acc + value, ACCUMULATOR_MIN, ACCUMULATOR_MAX)
         return acc
 
+    def _round(self, acc: np.ndarray) -> np.ndarray:
+        """conn:1073-1111: stochastic rounding to whole units (a float division by 128, exact for
+        these integers), with the step's one draw shared by weights and tags."""
+        scaled = acc / WEIGHT_FRACTION
+        return _stochastic_round(np.floor(scaled), self._weight_random, scaled % 1)
+
     def _round_and_clip(self, acc: np.ndarray) -> np.ndarray:
-        """conn:1028-1141: sign-mode saturation of the accumulator, stochastic rounding to whole
-        weights (a float division by 128, exact for these integers), 8-bit clip by sign mode."""
+        """conn:1028-1141 for the weights: sign-mode saturation of the accumulator, stochastic
+        rounding, 8-bit clip by sign mode."""
         if self.sign_mode == "excitatory":
             acc = np.maximum(0, acc)
         elif self.sign_mode == "inhibitory":
             acc = np.minimum(0, acc)
-        scaled = acc / WEIGHT_FRACTION
-        weights = _stochastic_round(np.floor(scaled), self._weight_random, scaled % 1)
+        weights = self._round(acc)
         low = -(2 ** WEIGHT_BITS) if self.sign_mode == "mixed" else 0  # clip_weights, learning_simulation=False
         if self.sign_mode == "inhibitory":
             return -np.clip(-weights, low, 2 ** WEIGHT_BITS - 1)
@@ -483,33 +540,48 @@ class FixedLearningDense:
 
     # -- one step -------------------------------------------------------------------------------
 
-    def step(self, s_in: np.ndarray, s_bap: np.ndarray) -> np.ndarray:
-        """Pre spikes ``s_in [I]`` and post spikes ``s_bap [J]`` (0/1) of one step -> the
-        activation ``a [J]`` (integer a_in units) this step computes with the weights before its
-        learning, which Lava sends on ``a_out`` at the next step (proc/dense/models.py:161-191).
-        Updates the traces and the weights (``self.weights`` after this step's learning)."""
+    def step(self, s_in: np.ndarray, s_bap: np.ndarray,
+             y: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None) -> np.ndarray:
+        """Pre spikes ``s_in [I]`` and post spikes ``s_bap [J]`` (0/1) of one step, and for a
+        third-factor rule the y inputs ``(y1, y2, y3)`` (int ``[J]`` each) received this step ->
+        the activation ``a [J]`` (integer a_in units) this step computes with the weights before
+        its learning, which Lava sends on ``a_out`` at the next step (proc/dense/models.py:161-191).
+        Updates the traces, the tag and the weights (``self.weights`` after this step's learning)."""
         s_in, s_bap = np.asarray(s_in).astype(bool), np.asarray(s_bap).astype(bool)
+        if self.third_factor == (y is None):
+            raise RuleError("a third-factor engine takes y = (y1, y2, y3) at every step, a pair-rule engine none")
         if not self._truncated:
             self._truncate()
         a = self.weights[:, s_in].sum(axis=1)
         a = a << self.weight_exp if self.weight_exp > 0 else a >> -self.weight_exp
         # run_spk -> recv_traces: each trace generator advances after the pre and after the post
-        # spikes (conn:384-414, :790-793)
+        # spikes (conn:384-414, :790-793); a 3F rule's y traces are the received inputs
         for _ in range(2):
             self._random["x"].advance()
             self._random["y"].advance()
-        # run_lrn: weight generator first (conn:431-433), then dependencies, traces, dw (conn:443-471)
+        if y is not None:
+            self.y = np.stack([np.asarray(v, np.int64).reshape(-1) for v in y])
+        # run_lrn: weight generator first (conn:431-433), then dependencies, traces (a 3F rule keeps
+        # its y inputs, conn:451-467, but reads them after the update), then dw and dt, both from
+        # the variables as they were before this step's learning (conn:936-973)
         self._weight_random = self._weight_rng.random(1)[0]
         self.x = self._trace_update("x", self.x, s_in)
-        self.y = self._trace_update("y", self.y, s_bap)
-        self.weights = self._round_and_clip(self._accumulate(s_in, s_bap))
+        y_now = self._trace_update("y", self.y, s_bap)
+        kept, self.y = self.y, y_now
+        accumulators = {name: self._accumulate(name, s_in, s_bap) for name in self.products}
+        if self.third_factor:
+            self.y = kept
+        self.weights = self._round_and_clip(accumulators["weights"])
+        if "tag_1" in accumulators:
+            self.tag_1 = np.clip(self._round(accumulators["tag_1"]), TAG_1_MIN, TAG_1_MAX)
         return a
 
-    def run(self, pre: np.ndarray, post: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Spike trains ``pre [T, I]``, ``post [T, J]`` -> (weights after every step ``[T, J, I]``,
-        activations ``[T, J]``), in weight and a_in units."""
+    def run(self, pre: np.ndarray, post: np.ndarray,
+            y: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Spike trains ``pre [T, I]``, ``post [T, J]`` (and a 3F rule's inputs ``y [T, 3, J]``) ->
+        (weights after every step ``[T, J, I]``, activations ``[T, J]``), in weight and a_in units."""
         weights, acts = [], []
-        for s_in, s_bap in zip(np.asarray(pre), np.asarray(post)):
-            acts.append(self.step(s_in, s_bap))
+        for t, (s_in, s_bap) in enumerate(zip(np.asarray(pre), np.asarray(post))):
+            acts.append(self.step(s_in, s_bap, None if y is None else tuple(np.asarray(y)[t])))
             weights.append(self.weights.copy())
         return np.stack(weights), np.stack(acts)

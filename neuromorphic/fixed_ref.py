@@ -208,27 +208,34 @@ class LearningFixedOps(FixedOps):
 
 
 def learn_online_fixed(graph: Graph, samples: np.ndarray, guard_steps: int = 2,
-                       after_sample: Optional[Callable[[int], None]] = None) -> list[Trace]:
+                       after_sample: Optional[Callable[[int], None]] = None,
+                       labels: Optional[np.ndarray] = None,
+                       feedback: Optional[dict[str, np.ndarray]] = None) -> list[Trace]:
     """Run integer ``samples [S, T, N, F]`` (``quantize.encode_fixed``) one after another through
-    the fixed ``graph`` while its STDP connections learn, exactly as the Lava fixed-point network
-    does (``lava.run.run_lava``): one ``FixedLearningDense`` per plastic connection
+    the fixed ``graph`` while its plastic connections learn, exactly as the Lava fixed-point
+    network does (``lava.run.run_lava``): one ``FixedLearningDense`` per plastic connection
     (``fixed_learning.connection_engine``), carried over every sample, guard step and random draw.
+    A three_factor connection also has its ``FixedRuleInputs`` (the y inputs, the same integer
+    code as Lava's ``RuleInputs``), and needs the samples' ``labels [S]`` and its ``feedback``
+    ``[C, target size]``.
 
     Lava's order in each step t: a plastic Dense sends the activation it computed at t - 1 (its
     weights before t - 1's learning), the populations update, then the engine takes the source's
-    and the target's spikes of t (pre and bAP), computes the activation for t + 1 with the weights
-    it holds, updates its traces and learns. Neuron and attention states start at zero for each
-    sample. After the sample's T steps come ``guard_steps`` (2 in Lava): the first has silent
-    input, the last step's spikes still arrive and neurons may fire and learn; in the others every
-    LIF also receives ``GUARD_A_IN`` (the guard neuron's Dense, lava.run), which holds it silent;
-    should one fire anyway this raises LoweringError (the Lava network would leak into the next
-    sample). The engines learn in every step, including the guard steps.
+    and the target's spikes of t (pre and bAP; a readout target's bAP is 1) and the y inputs sent
+    at t, computes the activation for t + 1 with the weights it holds, updates its traces and
+    learns; the y inputs' state then takes the target's spikes and the readout's increment of t.
+    Neuron and attention states start at zero for each sample. After the sample's T steps come
+    ``guard_steps`` (2 in Lava): the first has silent input, the last step's spikes still arrive
+    and neurons may fire and learn; in the others every LIF also receives ``GUARD_A_IN`` (the
+    guard neuron's Dense, lava.run), which holds it silent; should one fire anyway this raises
+    LoweringError (the Lava network would leak into the next sample). The engines learn in every
+    step, including the guard steps.
 
     Updates the plastic weights of ``graph`` in place (int64, after every sample, before
     ``after_sample(sample)`` runs); fixed-point rule traces are not written to the IR. Returns
     each sample's Trace (its own T steps; saturation counted over the sample and its first guard
     step)."""
-    from .fixed_learning import connection_engine
+    from .fixed_learning import connection_engine, connection_rule
     from .ir import LoweringError
     from .guard import GUARD_EXP, GUARD_MANTISSA
 
@@ -238,13 +245,22 @@ def learn_online_fixed(graph: Graph, samples: np.ndarray, guard_steps: int = 2,
     if guard_steps < 0:
         raise IRError(f"guard_steps must be >= 0, got {guard_steps}")
     plastic = [c for c in graph.connections if c.rule is not None]
-    engines = {c.name: connection_engine(graph, c) for c in plastic}
+    rules = {c.name: connection_rule(graph, c, (feedback or {}).get(c.name)) for c in plastic}
+    engines = {c.name: connection_engine(c, rules[c.name]) for c in plastic}
+    inputs = {name: rule.inputs for name, rule in rules.items() if rule.third_factor}
+    if inputs and (labels is None or guard_steps < 2):
+        raise IRError("a three_factor connection needs the samples' labels and 2 guard steps (its output error "
+                      "arrives at the second)")
+    states = {name: i.initial_state() for name, i in inputs.items()}
     ops = LearningFixedOps(set(engines), GUARD_MANTISSA << GUARD_EXP)
     lifs = [p.name for p in graph.populations if p.kind == "lif"]
+    readout = graph.readout.name
     traces = []
     for index, sample in enumerate(np.asarray(samples, np.int64)):
         steps = len(sample)
         ops.sent, ops.guard = {}, False  # at a sample's first step a Dense sends W @ 0 of the last guard step
+        if any(i.steps != steps for i in inputs.values()):
+            raise IRError(f"the samples have {steps} steps, the graph {graph.meta['steps']}")
 
         def after_step(t: int, now: dict[str, np.ndarray]) -> None:
             if t > steps:  # a guarded step
@@ -253,8 +269,16 @@ def learn_online_fixed(graph: Graph, samples: np.ndarray, guard_steps: int = 2,
                     raise LoweringError(f"population {fired[0]!r} fired through the guard after sample {index}; "
                                         "quantise with a smaller vth")
             for conn in plastic:
-                ops.sent[conn.name] = engines[conn.name].step(now[conn.source].reshape(-1),
-                                                              now[conn.target].reshape(-1))
+                post = now[conn.target].reshape(-1)
+                y = None
+                if conn.name in inputs:
+                    y = inputs[conn.name].send(states[conn.name], t, int(labels[index]))
+                    if not inputs[conn.name].spiking:
+                        post = np.ones(post.shape, bool)
+                ops.sent[conn.name] = engines[conn.name].step(now[conn.source].reshape(-1), post, y)
+                if conn.name in inputs:
+                    states[conn.name] = inputs[conn.name].receive(states[conn.name], t, post,
+                                                                  now[readout].reshape(-1))
             ops.guard = t >= steps  # from the second guard step on
 
         padded = np.concatenate([sample, np.zeros((guard_steps,) + sample.shape[1:], np.int64)])

@@ -216,16 +216,13 @@ class Graph:
     def require_spike_learning(self, backend: str) -> None:
         """What a backend's on-chip learning runs: rules from binary spikes, STDP into LIF
         neurons, three_factor into LIF neurons or the readout (whose post factor is 1 at every
-        step: an integrator has no spikes), in fixed point STDP only (``fixed_learning``);
+        step: an integrator has no spikes), in float and in fixed point (``fixed_learning``);
         anything else is an IRError (one line)."""
         for conn in self.connections:
             if conn.rule is None:
                 continue
             why = learning_refusal(self, conn)
             _need(why is None, f"connection {conn.name!r} learns by {conn.rule}{why}")
-            _need(self.precision == "float" or conn.rule in FIXED_RULES,
-                  f"connection {conn.name!r} learns by {conn.rule}, which {backend} cannot run in fixed point: "
-                  f"{FIXED_REFUSAL}")
 
     def validate(self) -> "Graph":
         """Check names, kinds, shapes and dtypes; raise IRError with one line on the first problem."""
@@ -380,12 +377,6 @@ def plastic_rules() -> dict[str, tuple[Any, Any]]:
             "three_factor": (three_factor.ThreeFactorParameters, three_factor.update)}
 
 
-# fixed-point learning (neuromorphic.fixed_learning): pair STDP as Loihi2FLearningRule strings
-FIXED_RULES = ("stdp",)
-FIXED_REFUSAL = ("fixed-point learning runs stdp only (three_factor's third factor, the output error through a "
-                 "float feedback matrix, has no integer form in Lava's 7-bit y inputs here); run it in float")
-
-
 def _validate_plasticity(c: Connection, src: Population, dst: Population, fixed: bool) -> None:
     """A plastic connection: a known rule, parameters its rule accepts, traces of the right shapes."""
     from rules.base import RuleError
@@ -394,7 +385,6 @@ def _validate_plasticity(c: Connection, src: Population, dst: Population, fixed:
     where = f"connection {c.name!r}"
     _need(isinstance(c.rule, str) and c.rule in kinds,
           f"{where} has learning rule {short_repr(c.rule)}; a connection learns by one of {', '.join(kinds)}")
-    _need(not fixed or c.rule in FIXED_RULES, f"{where} learns by {c.rule} in a fixed-point graph: {FIXED_REFUSAL}")
     _need(c.delay == 1, f"{where} learns by {c.rule} with delay {c.delay}; a plastic connection delays one step")
     # a local rule changes each synapse by its own pre and post activity; a weight shared over
     # tokens would need the sum over every token's synapses (non-local), which no chip does

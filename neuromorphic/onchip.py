@@ -13,7 +13,7 @@ the run's own fixed random feedback matrix (``rules.driver``), tiled over tokens
 
 ``validate_learn`` starts the float reference (``simulate.learn_online``) and the backend from
 the run's weights, lets both learn online from the same training samples, and compares spikes
-and every plastic weight after every sample. On lava-fixed (STDP only) the plan's graph is
+and every plastic weight after every sample. On lava-fixed the plan's graph is
 quantised as ``validate`` quantises it, and the reference is the integer one
 (``fixed_ref.learn_online_fixed``): spikes and weights must be equal, integer for integer.
 """
@@ -188,25 +188,19 @@ def learn_reference(plan: LearningPlan, x_steps: np.ndarray, labels: np.ndarray,
                                                   reward=reward, after_sample=record))
 
 
-def learn_reference_fixed(graph: Graph, x_int: np.ndarray, guard_steps: int,
-                          progress: bool = True) -> tuple[Trace, dict[str, np.ndarray], float]:
+def learn_reference_fixed(graph: Graph, x_int: np.ndarray, guard_steps: int, progress: bool = True,
+                          labels: Optional[np.ndarray] = None, feedback: Optional[dict[str, np.ndarray]] = None
+                          ) -> tuple[Trace, dict[str, np.ndarray], float]:
     """``fixed_ref.learn_online_fixed`` on the fixed ``graph`` (in place) with integer input steps
-    ``x_int [T, B, N, F]``: the trace, each plastic connection's integer weights after every
-    sample ``[B, synapses]``, and the seconds it took."""
+    ``x_int [T, B, N, F]`` (three_factor: the samples' ``labels`` and each connection's
+    ``feedback``): the trace, each plastic connection's integer weights after every sample
+    ``[B, synapses]``, and the seconds it took."""
     from .fixed_ref import learn_online_fixed
 
     plastic = [c for c in graph.connections if c.rule is not None]
     return _recording(plastic, x_int.shape[1], "fixed_ref", progress,
                       lambda record: learn_online_fixed(graph, x_int.transpose(1, 0, 2, 3), guard_steps,
-                                                        after_sample=record))
-
-
-def _refuse_fixed(rule: Optional[str]) -> None:
-    """lava-fixed learns by STDP only: a one-line SpikeformerError for any other rule."""
-    from .ir import FIXED_REFUSAL, FIXED_RULES
-
-    if rule is not None and rule not in FIXED_RULES:
-        raise SpikeformerError(f"lava-fixed --learn --rule {rule}: {FIXED_REFUSAL} (--backend lava-float or brian2)")
+                                                        after_sample=record, labels=labels, feedback=feedback))
 
 
 def weight_differences(reference: dict[str, np.ndarray], backend: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -229,16 +223,15 @@ def run_backend(backend: str, graph: Graph, x_steps: np.ndarray, labels: np.ndar
                 feedback: dict[str, np.ndarray], progress: bool) -> tuple[Trace, dict[str, Any], dict[str, np.ndarray]]:
     """Learn online on ``backend``; returns its trace, its info and its weights after every sample.
     lava-fixed takes the quantised graph (``backends.fixed_graph``) and integer input steps
-    (``quantize.encode_fixed``), and learns by STDP only."""
+    (``quantize.encode_fixed``)."""
     recorded: dict[str, np.ndarray] = {}
     if backend == "lava-fixed":
         from .lava.run import run_lava
 
-        for conn in graph.connections:
-            _refuse_fixed(conn.rule)
         if graph.precision != "fixed":
             raise SpikeformerError("lava-fixed learns a quantised graph: quantise it first (backends.fixed_graph)")
-        trace, info = run_lava(graph, x_steps, progress=progress, weights_per_sample=recorded)
+        trace, info = run_lava(graph, x_steps, progress=progress, labels=labels, feedback=feedback,
+                               weights_per_sample=recorded)
     elif backend == "lava-float":
         from .lava.run import run_lava
 
@@ -259,7 +252,7 @@ def validate_learn(run: str | Path, backend: str, samples: int = 50, rule: Optio
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Both the float reference and ``backend`` learn online from the run's weights over the first
     ``samples`` training samples; write and return ``RUN/validate-learn-<backend>.json``.
-    lava-fixed (STDP only): ``_validate_learn_fixed``, against the integer reference."""
+    lava-fixed: ``_validate_learn_fixed``, against the integer reference."""
     from spikeformer.checkpoint import atomic_write_json
     from spikeformer.train import load_run
 
@@ -268,13 +261,9 @@ def validate_learn(run: str | Path, backend: str, samples: int = 50, rule: Optio
 
     if backend not in LEARN_BACKENDS:
         raise SpikeformerError(f"--learn runs on {', '.join(LEARN_BACKENDS)}, not {backend!r}")
-    if backend == "lava-fixed":
-        _refuse_fixed(rule)  # in one line, before any work
     if samples <= 0:
         raise SpikeformerError(f"--samples must be a positive number, got {samples}")
     cfg, model, split, _ = load_run(run)
-    if backend == "lava-fixed" and (rule or cfg.rule) in ONCHIP_RULES:
-        _refuse_fixed(rule or cfg.rule)  # the run's own rule (any other: learning_graph says which run)
     plan = learning_graph(model, cfg, rule, layers, lr)
     count = min(samples, len(split.x_train))
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -330,7 +319,7 @@ def _validate_learn_fixed(run: str | Path, model: Any, split: Any, plan: Learnin
                           progress: bool) -> tuple[dict[str, Any], str]:
     """lava-fixed ``--learn``: the plan's graph quantised as ``validate`` quantises it
     (``backends.fixed_graph``); the integer reference (``fixed_ref.learn_online_fixed``) and Lava
-    fixed_pt learn by STDP from the same integer input; spikes and integer weights are compared
+    fixed_pt learn by the plan's rule from the same integer input; spikes and integer weights are compared
     after every sample (exact: agreement 1, differences 0). Accuracies on the test split are
     scored in ``fixed_ref`` with each side's learned weights; ``accuracy_after_torch`` is the float
     reference's (``simulate.learn_online`` on the float plan, scored in float), for scale.
@@ -347,14 +336,20 @@ def _validate_learn_fixed(run: str | Path, model: Any, split: Any, plan: Learnin
     plastic = [c for c in fixed.connections if c.rule is not None]
     rules = {}
     for conn in plastic:
-        realization = connection_rule(fixed, conn)
+        realization = connection_rule(fixed, conn, plan.feedback.get(conn.name))
         tag = 0 if realization.tag_2 is None else int(realization.tag_2.max())
-        rules[conn.name] = {**realization.rule, "weight_exp": conn.weight_exp, "tag_2": tag,
-                            "realized_a_plus_a_minus_weight_units": realized_amplitudes(realization.rule, tag)}
+        rules[conn.name] = {**realization.rule, "weight_exp": conn.weight_exp, "tag_2": tag}
+        if realization.third_factor:
+            gains = realization.inputs.gains
+            rules[conn.name].update(post_impulse=gains.post_impulse, post_decay_12bit=gains.post_decay,
+                                    modulator_gain=gains.modulator_gain, realized=gains.realized)
+        else:
+            rules[conn.name]["realized_a_plus_a_minus_weight_units"] = realized_amplitudes(realization.rule, tag)
     before = accuracy(fixed, x_test_int, y_test)
     reference_graph, backend_graph = copy.deepcopy(fixed), copy.deepcopy(fixed)
-    reference, ref_weights, ref_seconds = learn_reference_fixed(reference_graph, x_int, GUARD_STEPS, progress)
-    trace, info, weights = run_backend("lava-fixed", backend_graph, x_int, labels, {}, progress)
+    reference, ref_weights, ref_seconds = learn_reference_fixed(reference_graph, x_int, GUARD_STEPS, progress,
+                                                                labels, plan.feedback)
+    trace, info, weights = run_backend("lava-fixed", backend_graph, x_int, labels, plan.feedback, progress)
     score = agreement(reference, trace, labels)
     changes = [ref_weights[c.name][-1] - c.weight[c.synapses()] for c in plastic]
     before_float = accuracy(plan.graph, x_test, y_test)

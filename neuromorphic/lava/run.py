@@ -114,9 +114,10 @@ def _learning_dense(graph: Graph, conn, kwargs: dict[str, Any], folder: Path, ba
     ``RuleInputs`` (its y inputs, and the bAP 1 of a readout target), whose readout current is
     connected once every connection exists.
 
-    Fixed point (STDP only): the rule and tag_2 are ``fixed_learning.connection_rule``'s (the
-    reference's own), the model ``PyRecordingLearningDenseFixed`` (Lava's bit-approximate
-    engine), and the weights are recorded as integers."""
+    Fixed point: the rule, tag_2 and (three_factor) the y inputs' arithmetic are
+    ``fixed_learning.connection_rule``'s (the reference's own), the model
+    ``PyRecordingLearningDenseFixed`` (Lava's bit-approximate engine), and the weights are
+    recorded as integers."""
     from .learning import learning_rule
     from .plasticity.process import RecordingLearningDense, RuleInputs
 
@@ -125,35 +126,48 @@ def _learning_dense(graph: Graph, conn, kwargs: dict[str, Any], folder: Path, ba
     path = folder / f"weights-{len(rule_inputs)}-{abs(hash(conn.name))}.npy"
     np.lib.format.open_memmap(path, mode="w+", dtype=np.int64 if fixed else np.float64,
                               shape=(batch, int(conn.synapses().sum()))).flush()
+    if conn.rule == "three_factor" and (labels is None or feedback is None or conn.name not in feedback):
+        raise IRError(f"connection {conn.name!r} learns by three_factor: give the samples' labels and its feedback "
+                      "matrix (the output error is its third factor)")
+    realization = None
     if fixed:
-        from lava.magma.core.learning.learning_rule import Loihi2FLearningRule
+        from lava.magma.core.learning.learning_rule import Loihi2FLearningRule, Loihi3FLearningRule
 
         from ..fixed_learning import connection_rule
 
-        realization = connection_rule(graph, conn)
-        rule = Loihi2FLearningRule(**realization.rule)
+        realization = connection_rule(graph, conn, None if feedback is None else feedback.get(conn.name))
+        if realization.third_factor and realization.inputs.steps != period - GUARD_STEPS:
+            raise IRError(f"the input has {period - GUARD_STEPS} steps per sample, the graph {realization.inputs.steps}")
+        if realization.third_factor:
+            rule = Loihi3FLearningRule(**{k: v for k, v in realization.rule.items() if not k.startswith("y")})
+        else:
+            rule = Loihi2FLearningRule(**realization.rule)
         extra = {} if realization.tag_2 is None else {"tag_2": realization.tag_2}
     else:
         rule = learning_rule(conn.rule, params, conn.mask is not None)
         extra = {} if conn.mask is None else {"tag_2": conn.mask.astype(np.float64)}
     dense = RecordingLearningDense(weights=_weights(graph, conn), name=conn.name, path=str(path), period=period,
                                    learning_rule=rule, mask=conn.synapses(), **extra, **kwargs)
+    if fixed and realization.third_factor:
+        # the y inputs arrive whole: no decay. Set after the process exists, whose integer tau Vars
+        # cannot hold inf; the model reads the taus from the rule object (its proc_params)
+        rule.y1_tau = rule.y2_tau = rule.y3_tau = math.inf
     target = graph.population(conn.target)
     if conn.rule == "stdp":
         lifs[conn.target].s_out.connect(dense.s_in_bap)
         return dense
-    if labels is None or feedback is None or conn.name not in feedback:
-        raise IRError(f"connection {conn.name!r} learns by three_factor: give the samples' labels and its feedback "
-                      "matrix (the output error is its third factor)")
     from rules.base import decay
 
     readout = graph.readout
-    inputs = RuleInputs(size=target.size, classes=readout.size, spiking=target.kind == "lif", a_minus=params.a_minus,
-                        post_decay=decay(params.tau_post), eligibility_decay=decay(params.tau_eligibility),
-                        lr=params.lr, feedback=np.asarray(feedback[conn.name], np.float64),
-                        labels=np.asarray(labels).astype(np.int64), readout_bias=readout.bias.reshape(-1),
-                        steps=period - GUARD_STEPS, period=period, window=int(graph.meta["window"]),
-                        name=f"{conn.name}:inputs")
+    common = dict(size=target.size, classes=readout.size, labels=np.asarray(labels).astype(np.int64),
+                  steps=period - GUARD_STEPS, period=period, name=f"{conn.name}:inputs")
+    if fixed:
+        inputs = RuleInputs(spiking=target.kind == "lif", fixed=realization.inputs, **common)
+    else:
+        inputs = RuleInputs(spiking=target.kind == "lif", a_minus=params.a_minus, post_decay=decay(params.tau_post),
+                            eligibility_decay=decay(params.tau_eligibility), lr=params.lr,
+                            feedback=np.asarray(feedback[conn.name], np.float64),
+                            readout_bias=readout.bias.reshape(-1), window=int(graph.meta["window"]), **common)
     if target.kind == "lif":
         lifs[conn.target].s_out.connect(inputs.s_post)
         lifs[conn.target].s_out.connect(dense.s_in_bap)
@@ -275,7 +289,7 @@ def run_lava(graph: Graph, x_steps: np.ndarray, progress: bool = True,
              weights_per_sample: Optional[dict[str, np.ndarray]] = None) -> tuple[Trace, dict[str, Any]]:
     """Run ``graph`` (float or fixed) on ``x_steps [T, B, N, F]``; returns the ``Trace`` and timings.
     The samples run one after another; a plastic connection (docs/backends.md "On-chip
-    learning"; in fixed point STDP only, matched by ``fixed_ref.learn_online_fixed``) learns
+    learning"; in fixed point matched by ``fixed_ref.learn_online_fixed``) learns
     throughout, and its learned weight is written back into ``graph``. A
     three_factor connection needs ``labels`` and ``feedback`` (``build_network``). If given,
     ``weights_per_sample`` receives each plastic connection's weights after every sample

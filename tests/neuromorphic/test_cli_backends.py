@@ -102,7 +102,8 @@ LEARN_KEYS = {"backend", "rule", "samples", "spike_agreement", "weight_max_abs_d
 @pytest.mark.backend
 # each backend once, each rule at least once (tests/neuromorphic/test_onchip*.py cover every pair on
 # small networks; a Lava network build per case is what makes these slow)
-@pytest.mark.parametrize("backend, rule", [("lava-float", "three_factor"), ("brian2", "stdp"), ("lava-fixed", "stdp")])
+@pytest.mark.parametrize("backend, rule", [("lava-float", "three_factor"), ("brian2", "stdp"),
+                                           ("lava-fixed", "three_factor")])
 def test_validate_learn_writes_the_issue_keys(loihi_run, rule, backend):
     """``validate --learn``: the run's weights learn online on the backend beside the float
     reference (lava-fixed: the integer one, fixed_ref); spikes agree and every plastic weight
@@ -115,6 +116,7 @@ def test_validate_learn_writes_the_issue_keys(loihi_run, rule, backend):
     if backend == "lava-fixed":
         assert record["reference"] == "fixed_ref" and record["weight_max_abs_diff"] == 0
         assert record["weights_changed"] > 0 and "accuracy_after_fixed_ref" in record
+        assert all(r["modulator_gain"] >= 1 and "u0 * t" in r["dt"] for r in record["fixed_rules"].values())
     assert len(record["weight_max_rel_diff_per_sample"]) == 3
     # STDP cannot reach the readout (it does not spike); three_factor trains it, as in training
     assert ("readout->readout" in record["plastic_connections"]) == (rule == "three_factor")
@@ -127,6 +129,6 @@ def test_validate_learn_refuses_in_one_line(loihi_run):
                     "on-chip learning runs stdp or three_factor")  # the run learnt by bptt
     _one_line_error(_cli("validate", run, "--backend", "lava-float", "--learn", "--rule", "stdp", "--rule-layers",
                          "stem.*"), "can learn by stdp on a chip")
-    _one_line_error(_cli("validate", run, "--backend", "lava-fixed", "--learn", "--rule", "three_factor"),
-                    "fixed-point learning runs stdp only")
+    _one_line_error(_cli("validate", run, "--backend", "lava-fixed", "--learn", "--rule", "three_factor",
+                         "--learn-rate", "1e-12", "--samples", "1"), "too small")
     _one_line_error(_cli("validate", run, "--backend", "lava-float", "--rule", "stdp"), "go with --learn")

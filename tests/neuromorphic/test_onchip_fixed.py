@@ -1,6 +1,7 @@
-"""Fixed-point on-chip STDP inside a network: Lava's fixed_pt network (bit-approximate
-LearningDense, masked per-token copies through tag_2) against ``fixed_ref.learn_online_fixed``,
-integer for integer: spikes, and every plastic weight after every sample."""
+"""Fixed-point on-chip learning inside a network, STDP and three_factor: Lava's fixed_pt network
+(bit-approximate LearningDense, masked per-token copies through tag_2, RuleInputs' integer y
+inputs) against ``fixed_ref.learn_online_fixed``, integer for integer: spikes, and every plastic
+weight after every sample."""
 
 from __future__ import annotations
 
@@ -98,12 +99,40 @@ def test_lava_fixed_point_stdp_in_a_network_equals_the_integer_reference():
         np.testing.assert_array_equal(conn.weight, ref_conn.weight)
 
 
-def test_fixed_point_three_factor_is_refused_in_one_line():
-    graph = network()
-    conn = graph.connections[0]
-    conn.rule, conn.rule_params = "three_factor", {**STDP, "tau_eligibility": 4.0}
-    with pytest.raises(IRError, match="fixed-point learning runs stdp only") as exc:
-        graph.validate()
-    assert "\n" not in str(exc.value)
-    with pytest.raises(IRError, match="fixed-point learning runs stdp only"):
-        learn_online_fixed(graph, samples(1))
+def test_lava_fixed_point_three_factor_in_a_network_equals_the_integer_reference():
+    """Every connection three_factor (tokenwise copies into both LIF layers, and the readout), the
+    output error through each one's feedback, 5 labelled samples: spikes, readout and every plastic
+    weight after every sample equal the integer reference; the weights and the y inputs' gains
+    are real (weights moved by whole units, nothing grew outside the mask)."""
+    from neuromorphic.lava.run import GUARD_STEPS, run_lava
+    import test_onchip
+
+    float_graph, feedback = test_onchip.network("three_factor")
+    graph = quantize(float_graph)
+    x = samples(5, seed=3)
+    labels = np.array([0, 2, 1, 2, 0])
+    start = {c.name: c.weight[c.synapses()].copy() for c in graph.connections}
+    ref_graph = copy.deepcopy(graph)
+    expected: dict[str, list] = {c.name: [] for c in graph.connections}
+
+    def record(_: int) -> None:
+        for conn in ref_graph.connections:
+            expected[conn.name].append(conn.weight[conn.synapses()].copy())
+
+    traces = learn_online_fixed(ref_graph, x, GUARD_STEPS, after_sample=record, labels=labels, feedback=feedback)
+    recorded: dict[str, np.ndarray] = {}
+    trace, _ = run_lava(graph, x.transpose(1, 0, 2, 3), progress=False, labels=labels, feedback=feedback,
+                        weights_per_sample=recorded)
+    for name in ("hidden", "deep"):
+        np.testing.assert_array_equal(trace.spikes[name], np.concatenate([t.spikes[name] for t in traces], 1))
+    np.testing.assert_array_equal(trace.readout, np.concatenate([t.readout for t in traces], 1))
+    for conn in graph.connections:
+        want = np.stack(expected[conn.name])
+        np.testing.assert_array_equal(recorded[conn.name], want)
+        assert np.abs(want[-1] - start[conn.name]).max() >= 2, conn.name
+    for conn in ref_graph.connections:
+        assert conn.mask is None or not np.any(conn.weight[~conn.mask])
+    realization = connection_rule(graph, graph.connections[-1], feedback["deep->readout"])
+    assert realization.third_factor and realization.inputs.gains.modulator_gain == 127  # |m| <= 1 at the readout
+    with pytest.raises(IRError, match="labels"):
+        learn_online_fixed(copy.deepcopy(graph), x, GUARD_STEPS, feedback=feedback)

@@ -57,6 +57,36 @@ class PyRuleInputsFloat(PyLoihiProcessModel):
             self.window_sum += current + p["readout_bias"]
 
 
+@implements(proc=RuleInputs, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyRuleInputsFixed(PyLoihiProcessModel):
+    s_post: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32)
+    readout_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32)
+    y1: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=7)
+    y2: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=7)
+    y3: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=7)
+    bap: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, bool, precision=1)
+    post_trace: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=7)
+
+    def __init__(self, proc_params) -> None:
+        super().__init__(proc_params)
+        self.inputs = proc_params["fixed"]  # fixed_three_factor.FixedRuleInputs: the reference's own arithmetic
+        self.state = self.inputs.initial_state()
+
+    def run_spk(self) -> None:
+        p = self.proc_params
+        local = (self.time_step - 1) % p["period"]
+        sample = (self.time_step - 1) // p["period"]
+        for port, value in zip((self.y1, self.y2, self.y3), self.inputs.send(self.state, local, p["labels"][sample])):
+            port.send(value.astype(np.int32))
+        self.bap.send(np.ones(p["size"], bool))  # used only by a readout target (its post factor)
+        spikes = self.s_post.recv() if p["spiking"] else np.ones(p["size"])
+        increment = self.inputs.increment(self.readout_in.recv())
+        self.state = self.inputs.receive(self.state, local, spikes, increment)
+        self.post_trace = self.state["post"]
+
+
 class _Recording:  # a mixin before a stock learning model: its run_lrn, then the recording
     """After the last step of every sample, each synapse's weight into row ``sample`` of the file."""
 
