@@ -69,16 +69,17 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
 
-from rules.base import RuleError, decay
+from rules.base import RuleError
 from rules.stdp import STDPParameters
+
+from .learning_literals import TAG_1_BITS, TAG_1_MAX, TAG_1_MIN, TRACE_BITS, TRACE_MAX, max_impulse  # noqa: F401
+from .learning_literals import literal as _literal
 
 if TYPE_CHECKING:  # annotations only
     from .ir import Connection, Graph
 
 # widths and constants of magma/core/learning/constants.py (W_TRACE, W_TRACE_FRACTIONAL_PART,
 # W_S_MANT, W_ACCUMULATOR_U/S, W_WEIGHTS_U/S)
-TRACE_BITS = 7
-TRACE_MAX = 2 ** TRACE_BITS - 1
 IMPULSE_FRACTION_BITS = 8
 SCALE_MANTISSA_BITS = 4
 ACCUMULATOR_BITS = 15
@@ -90,8 +91,6 @@ WEIGHT_FRACTION = 2 ** (ACCUMULATOR_BITS - WEIGHT_BITS)  # 128 accumulator units
 WEIGHT_ROUNDING_SEED = 2  # ConnVarRandom's default seed; LearningDense never passes another (conn:692)
 TAG_2_WIDTH = 8 + 1  # W_TAG_2_S: Lava clips a d factor to 9 signed bits (applier:284-287)
 TAG_2_PRECISION = 6  # bits of the fixed-point tag_2 Var (conn:599): a mask tag must fit
-TAG_1_BITS = 8  # W_TAG_1_U: the tag t (a three-factor eligibility) lies in [-2^8 - 1, 2^8 - 1] (conn:1155-1166)
-TAG_1_MIN, TAG_1_MAX = -(2 ** TAG_1_BITS) - 1, 2 ** TAG_1_BITS - 1
 FACTOR_WIDTH = {"x0": 1, "y0": 1, "x1": TRACE_BITS, "x2": TRACE_BITS, "y1": TRACE_BITS, "y2": TRACE_BITS,
                 "y3": TRACE_BITS, "d": TAG_2_WIDTH, "t": TAG_1_BITS + 1}  # constants.py FACTOR_TO_WIDTH_DICT
 MAC_LIMIT = 2 ** 31  # the applier multiplies in int32 (applier:265), which wraps silently; refused here
@@ -173,18 +172,6 @@ def parse_dw(dw: str) -> tuple[Product, ...]:
 
 # ---------------------------------------------------------------------------------------------
 # pair STDP as a fixed-point rule
-
-
-def _literal(mantissa: int, exponent: int) -> str:
-    if exponent == 0:
-        return str(mantissa)
-    return f"2^{exponent}" if mantissa == 1 else f"{mantissa}*2^{exponent}"
-
-
-def max_impulse(tau: float) -> int:
-    """The largest integer impulse whose trace stays inside 7 bits even when the neuron spikes
-    every step (steady state ``I / (1 - exp(-1/tau))`` <= 127), at least 1."""
-    return max(1, int(math.floor(TRACE_MAX * (1.0 - decay(tau)))))
 
 
 def amplitude_form(amplitude: float, impulse_limit: int) -> tuple[int, int, int]:
@@ -353,7 +340,8 @@ def connection_rule(graph: "Graph", conn: "Connection", feedback: Optional[np.nd
 
 def _three_factor_rule(graph: "Graph", conn: "Connection", feedback: Optional[np.ndarray],
                        scale: float) -> FixedRule:
-    from .fixed_ref import effective_bias
+    from spikeformer.fixed_point import shift_array
+
     from .fixed_three_factor import FixedRuleInputs, fixed_three_factor_rule_parameters, modulator_bound
 
     target, readout = graph.population(conn.target), graph.readout
@@ -365,7 +353,8 @@ def _three_factor_rule(graph: "Graph", conn: "Connection", feedback: Optional[np
     params = conn.rule_parameters()
     rule, gains, coincidence = fixed_three_factor_rule_parameters(
         params, int(conn.weight_exp), rule_seed(conn), scale, modulator_bound(feedback), conn.mask is not None)
-    inputs = FixedRuleInputs(gains, feedback, target.kind == "lif", effective_bias(readout).reshape(-1),
+    bias = shift_array(readout.bias_mant, readout.bias_exp).reshape(-1)  # fixed_ref.effective_bias (no cycle)
+    inputs = FixedRuleInputs(gains, feedback, target.kind == "lif", bias,
                              float(graph.fixed["readout_unit"]), int(graph.meta["steps"]), int(graph.meta["window"]))
     if conn.mask is None:
         return FixedRule(rule, None, inputs)

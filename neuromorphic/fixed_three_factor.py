@@ -45,7 +45,8 @@ import numpy as np
 from rules.base import RuleError, decay
 from rules.three_factor import ThreeFactorParameters
 
-from .fixed_learning import TAG_1_MAX, TRACE_MAX, _literal, max_impulse
+from .learning_literals import TAG_1_MAX, TRACE_MAX, max_impulse
+from .learning_literals import literal as _literal
 from .reward import modulator
 
 DECAY_BITS = 12  # the post trace decays as (P D) >> 12 in RuleInputs
