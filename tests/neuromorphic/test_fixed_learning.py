@@ -22,8 +22,6 @@ def run_fixed_learning_dense(pre: np.ndarray, post: np.ndarray, w0: np.ndarray, 
     a fixed_pt LearningDense with ``rule`` (a Loihi2FLearningRule or its keyword arguments);
     returns each of ``RECORDED`` after every step (``[T, ...]``, int)."""
     from lava.magma.core.learning.learning_rule import Loihi2FLearningRule
-    from lava.magma.core.run_conditions import RunSteps
-    from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.dense.process import LearningDense
     from lava.proc.io.source import RingBuffer
 
@@ -32,11 +30,19 @@ def run_fixed_learning_dense(pre: np.ndarray, post: np.ndarray, w0: np.ndarray, 
     sources = (RingBuffer(data=pre.T.astype(float)), RingBuffer(data=post.T.astype(float)))
     sources[0].s_out.connect(dense.s_in)
     sources[1].s_out.connect(dense.s_in_bap)
-    out: dict[str, list] = {k: [] for k in RECORDED}
+    return step_and_record(dense, pre.shape[0], RECORDED)
+
+
+def step_and_record(dense, steps: int, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Run ``dense``'s network one fixed_pt step at a time; each Var in ``names`` after every step."""
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+
+    out: dict[str, list] = {k: [] for k in names}
     try:
-        for _ in range(pre.shape[0]):
+        for _ in range(steps):
             dense.run(condition=RunSteps(num_steps=1), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
-            for k in RECORDED:
+            for k in names:
                 out[k].append(np.array(getattr(dense, k).get()))
     finally:
         dense.stop()

@@ -15,6 +15,7 @@ from neuromorphic.fixed_three_factor import (FixedRuleInputs, ThreeFactorGains, 
                                              modulator_bound)
 from rules.base import RuleError
 from rules.three_factor import ThreeFactorParameters
+from test_fixed_learning import step_and_record  # tests/neuromorphic on sys.path
 
 pytestmark = pytest.mark.backend
 
@@ -27,8 +28,6 @@ def run_lava_3f(pre: np.ndarray, post: np.ndarray, y: np.ndarray, w0: np.ndarray
     """Pre ``[T, I]``, bAP ``[T, J]`` and y inputs ``[T, 3, J]`` from RingBuffers into a fixed_pt
     LearningDense with a Loihi3FLearningRule; each of ``RECORDED`` after every step."""
     from lava.magma.core.learning.learning_rule import Loihi3FLearningRule
-    from lava.magma.core.run_conditions import RunSteps
-    from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.dense.process import LearningDense
     from lava.proc.io.source import RingBuffer
 
@@ -39,15 +38,7 @@ def run_lava_3f(pre: np.ndarray, post: np.ndarray, y: np.ndarray, w0: np.ndarray
     RingBuffer(data=post.T.astype(float)).s_out.connect(dense.s_in_bap)
     for i, port in enumerate((dense.s_in_y1, dense.s_in_y2, dense.s_in_y3)):
         RingBuffer(data=y[:, i].T.astype(np.int32)).s_out.connect(port)
-    out: dict[str, list] = {k: [] for k in RECORDED}
-    try:
-        for _ in range(pre.shape[0]):
-            dense.run(condition=RunSteps(num_steps=1), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
-            for k in RECORDED:
-                out[k].append(np.array(getattr(dense, k).get()))
-    finally:
-        dense.stop()
-    return {k: np.stack(v) for k, v in out.items()}
+    return step_and_record(dense, pre.shape[0], RECORDED)
 
 
 def reference_3f(pre, post, y, w0, rule_kwargs, **kwargs) -> dict[str, np.ndarray]:
