@@ -358,8 +358,7 @@ def _three_factor_rule(graph: "Graph", conn: "Connection", feedback: Optional[np
                              float(graph.fixed["readout_unit"]), int(graph.meta["steps"]), int(graph.meta["window"]))
     if conn.mask is None:
         return FixedRule(rule, None, inputs)
-    unmasked = coincidence.replace(" * d", "")
-    return FixedRule(rule, np.where(conn.mask, mask_tag(unmasked), 0).astype(np.int64), inputs)
+    return FixedRule(rule, np.where(conn.mask, mask_tag(coincidence), 0).astype(np.int64), inputs)
 
 
 def connection_engine(conn: "Connection", fixed: FixedRule) -> "FixedLearningDense":
@@ -548,18 +547,17 @@ class FixedLearningDense:
         for _ in range(2):
             self._random["x"].advance()
             self._random["y"].advance()
-        if y is not None:
-            self.y = np.stack([np.asarray(v, np.int64).reshape(-1) for v in y])
-        # run_lrn: weight generator first (conn:431-433), then dependencies, traces (a 3F rule keeps
-        # its y inputs, conn:451-467, but reads them after the update), then dw and dt, both from
-        # the variables as they were before this step's learning (conn:936-973)
+        received = None if y is None else np.stack([np.asarray(v, np.int64).reshape(-1) for v in y])
+        if received is not None:
+            self.y = received
+        # run_lrn: weight generator first (conn:431-433), then dependencies, traces, then dw and dt,
+        # both from the variables as they were before this step's learning (conn:936-973)
         self._weight_random = self._weight_rng.random(1)[0]
         self.x = self._trace_update("x", self.x, s_in)
-        y_now = self._trace_update("y", self.y, s_bap)
-        kept, self.y = self.y, y_now
+        self.y = self._trace_update("y", self.y, s_bap)
         accumulators = {name: self._accumulate(name, s_in, s_bap) for name in self.products}
-        if self.third_factor:
-            self.y = kept
+        if received is not None:  # a 3F rule reads its inputs updated, but keeps them as received (conn:451-467)
+            self.y = received
         self.weights = self._round_and_clip(accumulators["weights"])
         if "tag_1" in accumulators:
             self.tag_1 = np.clip(self._round(accumulators["tag_1"]), TAG_1_MIN, TAG_1_MAX)

@@ -93,8 +93,9 @@ def fixed_three_factor_rule_parameters(params: ThreeFactorParameters, weight_exp
                                        weight_scale: float, bound: float, mask: bool = False
                                        ) -> tuple[dict[str, Any], ThreeFactorGains, str]:
     """Keyword arguments of ``Loihi3FLearningRule`` for ``rules.three_factor`` in fixed point (module
-    docstring), the gains of its inputs, and the coincidence part of its dt (``mask``: times ``d``;
-    ``fixed_learning.mask_tag`` of it is the synapses' tag_2)."""
+    docstring), the gains of its inputs, and the coincidence part of its dt without ``d``
+    (``mask``: the dt's coincidence products are times ``d``, and ``fixed_learning.mask_tag`` of
+    the returned part is the synapses' tag_2)."""
     if not (math.isfinite(weight_scale) and weight_scale > 0):
         raise RuleError(f"three_factor: the weight scale must be a positive number, got {weight_scale}")
     if not (math.isfinite(bound) and bound > 0):
@@ -122,7 +123,8 @@ def fixed_three_factor_rule_parameters(params: ThreeFactorParameters, weight_exp
             m_m, e_m = _largest_form_below(ceiling)
             gain = m_m * 2.0 ** e_m * i_m / params.a_minus
         terms.append(f"- {_literal(m_m, e_m)} * x0 * y1")
-    coincidence = " ".join(f"{t} * d" if mask else t for t in terms).removeprefix("+ ")
+    coincidence = " ".join(terms).removeprefix("+ ")
+    learned = " ".join(f"{t} * d" if mask else t for t in terms).removeprefix("+ ")
     m_gain = max(1, int(math.floor(TRACE_MAX / bound)))
     target = 2 ** PRODUCT_SHIFT * params.lr * scale / gain  # c_w M
     if target / m_gain >= _FORMS[0][0]:
@@ -137,7 +139,7 @@ def fixed_three_factor_rule_parameters(params: ThreeFactorParameters, weight_exp
     if _FORMS[-1][0] < target / m_gain:
         raise RuleError(f"three_factor: rate {params.lr:g} is too large for this connection in fixed point")
     c_w = m_w * 2.0 ** e_w
-    rule = dict(dt=f"{coincidence} - {_literal(m_e, e_e)} * u0 * t",
+    rule = dict(dt=f"{learned} - {_literal(m_e, e_e)} * u0 * t",
                 dw=f"{_literal(m_w, e_w)} * u0 * t * y2 - {_literal(m_w, e_w)} * u0 * t * y3",
                 x1_impulse=i_p if params.a_plus > 0 else 0, x1_tau=params.tau_pre,
                 y1_tau=math.inf, y2_tau=math.inf, y3_tau=math.inf, t_epoch=1, rng_seed=int(rng_seed))

@@ -96,7 +96,29 @@ def learning_rule(kind: str, params: Any, mask: bool = False) -> Any:
     if kind == "three_factor":
         kwargs = three_factor_rule_parameters(params)
         rule = Loihi3FLearningRule(**{**kwargs, "dw": masked(kwargs["dw"]) if mask else kwargs["dw"]})
-        rule.y1_tau = rule.y2_tau = rule.y3_tau = math.inf
+        hold_y_inputs(rule)  # float tau Vars hold inf
         return rule
     raise RuleError(f"rule {kind!r} has no Lava learning rule (e-prop's pseudo-derivative and perturbation's "
                     "noise have no trace form in Lava's learning engine); export stdp or three_factor")
+
+
+def fixed_learning_rule(kwargs: dict[str, Any], third_factor: bool) -> Any:
+    """The Lava rule object of a fixed-point realization (``fixed_learning.connection_rule``):
+    a ``Loihi2FLearningRule``, or a ``Loihi3FLearningRule`` built with Lava's default y taus (its
+    fixed-point tau Vars are integers and cannot hold inf). Call ``hold_y_inputs`` on a 3F rule
+    once its process exists."""
+    from . import require_lava
+
+    require_lava()
+    from lava.magma.core.learning.learning_rule import Loihi2FLearningRule, Loihi3FLearningRule
+
+    if not third_factor:
+        return Loihi2FLearningRule(**kwargs)
+    return Loihi3FLearningRule(**{k: v for k, v in kwargs.items() if not k.startswith("y")})
+
+
+def hold_y_inputs(rule: Any) -> None:
+    """The y inputs of a 3F rule arrive whole every step: no decay (the model reads the taus from
+    the rule object in its proc_params, not from the process's integer Vars)."""
+    rule.y1_tau = rule.y2_tau = rule.y3_tau = math.inf
+

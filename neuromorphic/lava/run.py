@@ -118,7 +118,7 @@ def _learning_dense(graph: Graph, conn, kwargs: dict[str, Any], folder: Path, ba
     ``fixed_learning.connection_rule``'s (the reference's own), the model
     ``PyRecordingLearningDenseFixed`` (Lava's bit-approximate engine), and the weights are
     recorded as integers."""
-    from .learning import learning_rule
+    from .learning import hold_y_inputs, learning_rule
     from .plasticity.process import RecordingLearningDense, RuleInputs
 
     params = conn.rule_parameters()
@@ -131,17 +131,13 @@ def _learning_dense(graph: Graph, conn, kwargs: dict[str, Any], folder: Path, ba
                       "matrix (the output error is its third factor)")
     realization = None
     if fixed:
-        from lava.magma.core.learning.learning_rule import Loihi2FLearningRule, Loihi3FLearningRule
-
         from ..fixed_learning import connection_rule
+        from .learning import fixed_learning_rule
 
         realization = connection_rule(graph, conn, None if feedback is None else feedback.get(conn.name))
         if realization.third_factor and realization.inputs.steps != period - GUARD_STEPS:
             raise IRError(f"the input has {period - GUARD_STEPS} steps per sample, the graph {realization.inputs.steps}")
-        if realization.third_factor:
-            rule = Loihi3FLearningRule(**{k: v for k, v in realization.rule.items() if not k.startswith("y")})
-        else:
-            rule = Loihi2FLearningRule(**realization.rule)
+        rule = fixed_learning_rule(realization.rule, realization.third_factor)
         extra = {} if realization.tag_2 is None else {"tag_2": realization.tag_2}
     else:
         rule = learning_rule(conn.rule, params, conn.mask is not None)
@@ -149,9 +145,7 @@ def _learning_dense(graph: Graph, conn, kwargs: dict[str, Any], folder: Path, ba
     dense = RecordingLearningDense(weights=_weights(graph, conn), name=conn.name, path=str(path), period=period,
                                    learning_rule=rule, mask=conn.synapses(), **extra, **kwargs)
     if fixed and realization.third_factor:
-        # the y inputs arrive whole: no decay. Set after the process exists, whose integer tau Vars
-        # cannot hold inf; the model reads the taus from the rule object (its proc_params)
-        rule.y1_tau = rule.y2_tau = rule.y3_tau = math.inf
+        hold_y_inputs(rule)  # after the process exists (fixed_learning_rule)
     target = graph.population(conn.target)
     if conn.rule == "stdp":
         lifs[conn.target].s_out.connect(dense.s_in_bap)
