@@ -28,8 +28,12 @@ Shapes: ``q, k, v, o``: ``[T, B, N, H, d]``; ``decay``: ``[H]``; ``modulator``: 
 state tensors: memory/eligibility ``[B, H, d, d]``, traces ``[B, N, H, d]``.
 
 Implementations: ``naive`` (textbook per-step loop with explicit broadcasting, the reference),
-``recurrent`` (per-step einsum, the fast default) and ``parallel`` (hebbian only: the closed
-form ``o_t = scale * sum_{tau<=t} lambda^(t-tau) (q_t . k_tau) v_tau``, quadratic in T).
+``recurrent`` (per-step einsum), ``chunked`` (intra-chunk matmuls plus the carried state, as
+flash-linear-attention: ``spikeformer/attention_chunked.py``; the fast form for training),
+``event`` (inference only: a compiled kernel whose work grows with the spike count,
+``spikeformer/attention_event.py``) and ``parallel`` (hebbian only: the closed form
+``o_t = scale * sum_{tau<=t} lambda^(t-tau) (q_t . k_tau) v_tau``, quadratic in T).
+``auto`` picks ``event`` for CPU inference without gradients, else ``chunked``.
 Token modes are handled by the caller: ``global`` passes all N tokens at every step;
 ``causal`` passes N = 1 and puts the sequence on the time axis, so the state carries over tokens.
 """
@@ -46,7 +50,8 @@ from .plasticity import Traces, eligibility_step, stdp_step
 from .variants import VARIANTS as _TABLE
 
 VARIANTS = tuple(_TABLE)  # the variant table: spikeformer/variants.py
-IMPLEMENTATIONS = ("naive", "recurrent", "parallel")
+IMPLEMENTATIONS = ("naive", "recurrent", "parallel", "chunked", "event", "auto")
+CHUNK_SIZE = 64  # steps per chunk of the chunked form
 
 
 class AttentionState(NamedTuple):
@@ -115,8 +120,18 @@ def spiking_attention(
     plasticity = plasticity or {}
     _check(q, k, v, decay, variant, impl, plasticity, modulator)
     state = initial_state if initial_state is not None else initial_attention_state(q, variant)
+    if impl == "auto":
+        impl = choose_implementation(q, k, v, decay, plasticity, modulator, state)
     if impl == "parallel":
         return _parallel_hebbian(q, k, v, decay, scale, state)
+    if impl == "chunked":
+        from .attention_chunked import chunked_attention  # noqa: PLC0415
+
+        return chunked_attention(q, k, v, decay, scale, variant, state, plasticity, modulator, CHUNK_SIZE)
+    if impl == "event":
+        from .attention_event import event_attention  # noqa: PLC0415
+
+        return event_attention(q, k, v, decay, scale, variant, state, plasticity, modulator)
     step = _naive_step if impl == "naive" else _recurrent_step
     mods = modulator.unbind(0) if modulator is not None else [None] * q.shape[0]
     out = []
@@ -124,6 +139,15 @@ def spiking_attention(
         o_t, state = step(q_t, k_t, v_t, m_t, state, decay, scale, variant, plasticity)
         out.append(o_t)
     return torch.stack(out, 0), state
+
+
+def choose_implementation(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, plasticity: dict,
+                          modulator: Optional[Tensor], state: AttentionState) -> str:
+    """``auto``: the event-driven kernel for CPU inference (no tensor needs a gradient), the
+    chunked form otherwise (training, CUDA)."""
+    tensors = [q, k, v, decay, *plasticity.values(), *state, *([modulator] if modulator is not None else [])]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return "event" if q.device.type == "cpu" and not needs_grad else "chunked"
 
 
 def _per_head(x: Tensor) -> Tensor:

@@ -27,7 +27,8 @@ CHOICES: dict[str, tuple] = {
     "model": ("spikeformer", "ann"),
     "mode": ("global", "causal"),
     "variant": tuple(VARIANTS),  # spikeformer/variants.py
-    "attention_impl": ("naive", "recurrent", "parallel"),
+    "attention_impl": ("naive", "recurrent", "parallel", "chunked", "event", "auto"),
+    "lif_impl": ("fused", "loop"),
     "encoder": ("direct", "poisson"),
     "stem": ("linear", "conv1d"),
     "delays": ("none", "loihi"),
@@ -75,7 +76,8 @@ class Config:
     model: str = "spikeformer"  # spikeformer | ann (softmax baseline of the same width/depth)
     mode: str = "global"  # global (all tokens every step) | causal (one token per step, streaming)
     variant: str = "hebbian"  # attention state update: hebbian | stdp | three_factor | delta
-    attention_impl: str = "recurrent"  # naive | recurrent | parallel (hebbian only)
+    attention_impl: str = "recurrent"  # naive | recurrent | chunked | event (inference) | auto | parallel (hebbian)
+    lif_impl: str = "fused"  # fused (one pass over all steps, compiled kernel on CPU) | loop (lif_step per step)
     dim: int = 64  # residual width D
     heads: int = 4  # attention heads H
     head_dim: int = 16  # per-head width d (state is d x d per head)

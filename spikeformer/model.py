@@ -192,7 +192,7 @@ class SpikingNeurons(nn.Module):
     def __init__(self, cfg: Config, features: int) -> None:
         super().__init__()
         params = LIFParameters(cfg.beta, cfg.alpha, cfg.threshold, cfg.surrogate, cfg.slope)
-        self.lif = LIF(params, features, cfg.learn_beta, cfg.learn_threshold)
+        self.lif = LIF(params, features, cfg.learn_beta, cfg.learn_threshold, cfg.lif_impl)
 
     def forward(self, x: Drive, state, probe: Optional[Probe], name: str):
         """``x``: the population's ``Drive``; returns spikes ``[T, B, N, F]`` and the LIF state."""

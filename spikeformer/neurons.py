@@ -151,12 +151,18 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
+LIF_IMPLEMENTATIONS = ("fused", "loop")
+
+
 class LIF(nn.Module):
     """A LIF population over time: ``[T, ...] -> [T, ...]`` spikes, state explicit.
 
     With ``learn_beta`` the decay is a per-feature parameter squashed by a sigmoid into (0, 1);
     with ``learn_threshold`` the threshold is a per-feature parameter kept positive by abs.
     ``features`` is the size of the last input dimension (needed only when learning).
+    ``impl``: ``fused`` (one autograd node over all steps, ``spikeformer/lif_fused.py``; float32
+    and float64, other dtypes use the loop) or ``loop`` (``lif_step`` per step, the reference).
+    Both give the same spikes, states and gradients.
     """
 
     def __init__(
@@ -165,9 +171,13 @@ class LIF(nn.Module):
         features: int = 1,
         learn_beta: bool = False,
         learn_threshold: bool = False,
+        impl: str = "fused",
     ) -> None:
         super().__init__()
+        if impl not in LIF_IMPLEMENTATIONS:
+            raise ConfigError(f"unknown LIF implementation {impl!r}; choose one of {LIF_IMPLEMENTATIONS}")
         self.params = params
+        self.impl = impl
         self.spike_fn = spike_function(params.surrogate, params.slope)
         if learn_beta:
             self.beta_logit = nn.Parameter(torch.full((features,), _logit(params.beta)))
@@ -205,6 +215,15 @@ class LIF(nn.Module):
         if state is None:
             state = lif_initial_state(input_current[0])
         beta, alpha, threshold = self.beta, self.params.alpha, self.threshold
+        if self.impl == "fused" and input_current.dtype in (torch.float32, torch.float64):
+            from .lif_fused import lif_sequence  # noqa: PLC0415 - keeps kernels out of plain imports
+
+            spikes, membranes, last = lif_sequence(input_current, state, beta, alpha, threshold,
+                                                   self.params.surrogate, self.params.slope,
+                                                   self.spike_fn, bias)
+            if record_membrane is not None:
+                record_membrane.extend(membranes.unbind(0))
+            return spikes, LIFState(*last)
         out = []
         # unbind, not x[t]: indexing inside the loop makes the backward pass O(T^2)
         for x_t in input_current.unbind(0):

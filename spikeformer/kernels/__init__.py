@@ -1,0 +1,97 @@
+"""Compiled CPU kernels, built once with the system C compiler and loaded with ctypes.
+
+Why not a torch C++ extension: the kernels touch only raw contiguous buffers, so plain C with
+OpenMP is enough. It builds in about a second with no torch headers and no ninja, and the
+library is cached per user (``$XDG_CACHE_HOME/spikeformer/kernels``), keyed by a hash of its
+source and flags. ``make setup`` builds it (``python -m spikeformer.kernels``). Without a
+compiler, or with ``SPIKEFORMER_KERNELS=off``, callers fall back to their torch code, which
+computes the same values.
+
+``-ffp-contract=off`` keeps the compiler from fusing a multiply and an add into one FMA: each
+operation rounds exactly as torch's eager elementwise ops do, so results are bit-identical.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+SOURCES = Path(__file__).parent
+FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared", "-std=c99"]
+KERNELS = ("lif",)  # spikeformer/kernels/<name>.c
+
+
+def cache_dir() -> Path:
+    """Where built libraries live: ``$XDG_CACHE_HOME/spikeformer/kernels`` (default ~/.cache)."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "spikeformer" / "kernels"
+
+
+def enabled() -> bool:
+    """False when ``SPIKEFORMER_KERNELS=off`` (force the torch fallbacks)."""
+    return os.environ.get("SPIKEFORMER_KERNELS", "on").lower() not in ("off", "0", "no", "false")
+
+
+def library_path(name: str) -> Path:
+    """The cached library of kernel ``name``: its file name carries a hash of source and flags."""
+    source = (SOURCES / f"{name}.c").read_bytes()
+    key = hashlib.sha256(source + " ".join(FLAGS).encode() + sys.platform.encode()).hexdigest()[:16]
+    return cache_dir() / f"{name}-{key}.so"
+
+
+def build(name: str) -> Path:
+    """Compile kernel ``name`` into the cache (atomically: a temp file, then a rename) and return
+    its path; a no-op when it is there. Raises RuntimeError with the compiler's message."""
+    target = library_path(name)
+    if target.exists():
+        return target
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        cmd = [compiler, *FLAGS, str(SOURCES / f"{name}.c"), "-o", tmp, "-lm"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"building kernel {name!r} failed: {' '.join(cmd)}\n{done.stderr.strip()}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@lru_cache(maxsize=None)
+def load(name: str) -> Optional[ctypes.CDLL]:
+    """The loaded library of kernel ``name``, building it on first use; None (with one warning)
+    when kernels are disabled or cannot be built, so callers use their torch code."""
+    if not enabled():
+        return None
+    try:
+        return ctypes.CDLL(str(build(name)))
+    except (OSError, RuntimeError) as err:
+        warnings.warn(f"spikeformer: compiled kernel {name!r} unavailable, using the torch fallback ({err})",
+                      RuntimeWarning, stacklevel=2)
+        return None
+
+
+def main() -> int:
+    """``python -m spikeformer.kernels``: build every kernel now (``make setup`` calls this)."""
+    for name in KERNELS:
+        print(f"spikeformer kernel {name}: {build(name)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

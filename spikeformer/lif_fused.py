@@ -1,0 +1,208 @@
+"""Fused multi-step LIF: the whole ``[T, ...]`` sequence in one forward and one backward pass.
+
+It computes exactly what a loop of ``spikeformer.neurons.lif_step`` computes (SPEC §2.1), values
+and gradients, but autograd sees one node instead of about ten per step. It saves only the
+spikes and membranes for the backward pass. On CPU, for float32 and float64, it runs the
+compiled kernel ``spikeformer/kernels/lif.c``. Elsewhere (CUDA, or no compiler) it runs the same
+recurrences as torch ops under one autograd node.
+
+The surrogate derivative is applied inside the kernel for snnTorch's ``fast_sigmoid``, ``atan``
+and ``triangular``, written as torch evaluates them so the results are bit-identical. Others
+(``sigmoid``: torch's vectorised exp differs from libm's in the last bit) are taken from
+snnTorch in one vectorised call before the kernel's recurrence.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from . import kernels
+
+# kernel surrogate codes (spikeformer/kernels/lif.c); absent names use SURROGATE_GIVEN
+SURROGATE_GIVEN = 0
+_KERNEL_SURROGATES = {"fast_sigmoid": 1, "atan": 2, "triangular": 3}
+
+
+def _surrogate_constants(name: str, slope: float) -> tuple[int, float, float]:
+    """Kernel code and the two constants snnTorch's backward multiplies by (before torch casts
+    them to the tensor's dtype)."""
+    kind = _KERNEL_SURROGATES.get(name, SURROGATE_GIVEN)
+    if name == "fast_sigmoid":
+        return kind, float(slope), 0.0
+    if name == "atan":  # snnTorch: alpha / 2 / (1 + (pi / 2 * alpha * x)^2)
+        return kind, math.pi / 2 * slope, slope / 2
+    if name == "triangular":  # snnTorch's triangular() has threshold 1 (slope unused)
+        return kind, 1.0, 0.0
+    return kind, 0.0, 0.0
+
+
+def _ptr(x: Optional[Tensor]) -> Optional[ctypes.c_void_p]:
+    """A C pointer to ``x``'s buffer; the caller keeps ``x`` referenced until the call returns."""
+    if x is None:
+        return None
+    if not x.is_contiguous():
+        raise ValueError("internal: the LIF kernel needs contiguous buffers")
+    return ctypes.c_void_p(x.data_ptr())
+
+
+def _use_kernel(x: Tensor) -> Optional[ctypes.CDLL]:
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return None
+    return kernels.load("lif")
+
+
+def _suffix(x: Tensor) -> str:
+    return "f32" if x.dtype == torch.float32 else "f64"
+
+
+def _forward_torch(x, i0, v0, s0, beta, threshold, bias, alpha):
+    """The forward recurrence as torch ops (CUDA and the no-compiler fallback)."""
+    spikes, membrane = torch.empty_like(x), torch.empty_like(x)
+    current, mem, keep = i0, v0, 1.0 - s0
+    for t in range(x.shape[0]):
+        current = alpha * current + x[t]
+        mem = beta * mem * keep + current
+        if bias is not None:
+            mem = mem + bias
+        s = (mem - threshold > 0).to(x.dtype)
+        keep = 1.0 - s
+        spikes[t], membrane[t] = s, mem
+    return spikes, membrane, current
+
+
+def _backward_torch(G, spikes, beta, alpha, g_current, g_membrane, keep_grad_membrane: bool):
+    """The backward recurrence as torch ops; ``G`` is the surrogate-weighted spike gradient."""
+    steps = G.shape[0]
+    grad_input = torch.empty_like(G)
+    grad_membrane = torch.empty_like(G) if keep_grad_membrane else None
+    gv = G[-1] + g_membrane if g_membrane is not None else G[-1]
+    gi = gv + g_current if g_current is not None else gv
+    grad_input[-1] = gi
+    if grad_membrane is not None:
+        grad_membrane[-1] = gv
+    for t in range(steps - 2, -1, -1):
+        gv = G[t] + (gv * (1.0 - spikes[t])) * beta
+        gi = gv + gi * alpha
+        grad_input[t] = gi
+        if grad_membrane is not None:
+            grad_membrane[t] = gv
+    return grad_input, grad_membrane, gv
+
+
+class _FusedLIF(torch.autograd.Function):
+    """``(x [T, M], i0, v0, s0 [M], beta, threshold, bias [M]) -> (spikes, membranes [T, M],
+    last current, last membrane [M])``; ``alpha`` a float, the surrogate given by name, slope and
+    function. The membranes are for recording (no gradient); the last ones carry the state's."""
+
+    @staticmethod
+    def forward(ctx, x, i0, v0, s0, beta, threshold, bias, alpha, surrogate, slope, spike_fn):
+        steps, size = x.shape
+        lib = _use_kernel(x)
+        if lib is not None:
+            spikes, membrane, current = torch.empty_like(x), torch.empty_like(x), torch.empty_like(i0)
+            getattr(lib, f"lif_forward_{_suffix(x)}")(
+                _ptr(x), _ptr(spikes), _ptr(membrane), _ptr(current), _ptr(i0), _ptr(v0), _ptr(s0),
+                _ptr(beta), _ptr(threshold), _ptr(bias), ctypes.c_double(alpha),
+                ctypes.c_long(steps), ctypes.c_long(size), ctypes.c_int(torch.get_num_threads()))
+        else:
+            spikes, membrane, current = _forward_torch(x, i0, v0, s0, beta, threshold, bias, alpha)
+        ctx.save_for_backward(spikes, membrane, s0, v0, beta, threshold)
+        ctx.alpha, ctx.surrogate, ctx.slope, ctx.spike_fn = alpha, surrogate, slope, spike_fn
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(membrane)
+        ctx.set_materialize_grads(False)
+        return spikes, membrane, current, membrane[-1].clone()
+
+    @staticmethod
+    def backward(ctx, g_spikes, _g_membrane_all, g_current, g_membrane):
+        spikes, membrane, s0, v0, beta, threshold = ctx.saved_tensors
+        alpha = ctx.alpha
+        need_x, need_i0, need_v0, _, need_beta, need_th, need_bias = ctx.needs_input_grad[:7]
+        if g_spikes is None:
+            g_spikes = torch.zeros_like(spikes)
+        g_spikes = g_spikes.contiguous()
+        # keep every buffer handed to C referenced here (a temporary would be freed before the call)
+        g_membrane = g_membrane.contiguous() if g_membrane is not None else None
+        g_current = g_current.contiguous() if g_current is not None else None
+        keep_grad_membrane = need_beta or need_bias
+        lib = _use_kernel(spikes)
+        kind, c1, c2 = _surrogate_constants(ctx.surrogate, ctx.slope)
+        if lib is None or kind == SURROGATE_GIVEN or need_th:
+            G = _surrogate_backward(membrane - threshold, g_spikes, ctx.spike_fn)
+            kind, given = SURROGATE_GIVEN, G
+        else:
+            G, given = None, g_spikes
+        if lib is not None:
+            steps, size = spikes.shape
+            grad_input = torch.empty_like(spikes)
+            grad_membrane = torch.empty_like(spikes) if keep_grad_membrane else None
+            gv_first = torch.empty_like(s0)
+            getattr(lib, f"lif_backward_{_suffix(spikes)}")(
+                _ptr(given), _ptr(spikes), _ptr(membrane), _ptr(beta), _ptr(threshold),
+                ctypes.c_double(alpha), _ptr(g_current),
+                _ptr(g_membrane), _ptr(grad_input), _ptr(grad_membrane), _ptr(gv_first), ctypes.c_int(kind),
+                ctypes.c_double(c1), ctypes.c_double(c2), ctypes.c_long(steps), ctypes.c_long(size),
+                ctypes.c_int(torch.get_num_threads()))
+        else:
+            grad_input, grad_membrane, gv_first = _backward_torch(
+                G, spikes, beta, alpha, g_current, g_membrane, keep_grad_membrane)
+        keep_first = 1.0 - s0
+        g_i0 = grad_input[0] * alpha if need_i0 else None
+        g_v0 = (gv_first * keep_first) * beta if need_v0 else None
+        g_beta = None
+        if need_beta:  # d/dbeta of (beta * v[t-1]) * keep[t-1], summed over time
+            previous = torch.cat([v0.unsqueeze(0), membrane[:-1]], 0)
+            keep = 1.0 - torch.cat([s0.unsqueeze(0), spikes[:-1]], 0)
+            g_beta = ((grad_membrane * keep) * previous).sum(0)
+        g_threshold = -G.sum(0) if need_th else None
+        g_bias = grad_membrane.sum(0) if need_bias and ctx.has_bias else None
+        return (grad_input if need_x else None, g_i0, g_v0, None, g_beta, g_threshold, g_bias,
+                None, None, None, None)
+
+
+def _surrogate_backward(x: Tensor, grad: Tensor, spike_fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """snnTorch's surrogate backward at ``x`` applied to ``grad``, as autograd would call it."""
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        (out,) = torch.autograd.grad(spike_fn(leaf), leaf, grad_outputs=grad)
+    return out
+
+
+def lif_sequence(
+    x: Tensor,
+    state: tuple[Tensor, Tensor, Tensor],
+    beta: Tensor | float,
+    alpha: float,
+    threshold: Tensor | float,
+    surrogate: str,
+    slope: float,
+    spike_fn: Callable[[Tensor], Tensor],
+    bias: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """Run the LIF over all steps of ``x`` ``[T, ...]`` from ``state = (current, membrane,
+    spikes)`` (each ``[...]``). ``beta``, ``threshold`` and ``bias`` broadcast to one step.
+
+    Returns spikes ``[T, ...]``, membranes ``[T, ...]`` (detached, for recording) and the last
+    state ``(current, membrane, spikes)``, with gradients as the ``lif_step`` loop has them.
+    """
+    step_shape = x.shape[1:]
+    steps = x.shape[0]
+
+    def per_neuron(value: Tensor | float) -> Tensor:  # [...] -> [M], contiguous, autograd-tracked
+        if not isinstance(value, Tensor):
+            value = torch.tensor(value, dtype=x.dtype, device=x.device)
+        return torch.broadcast_to(value.to(x.dtype), step_shape).reshape(-1).contiguous()
+
+    current0, membrane0, spikes0 = (per_neuron(s) for s in state)
+    spikes, membranes, current, membrane = _FusedLIF.apply(
+        x.reshape(steps, -1).contiguous(), current0, membrane0, spikes0.detach(),
+        per_neuron(beta), per_neuron(threshold), per_neuron(bias) if bias is not None else None,
+        float(alpha), surrogate, float(slope), spike_fn)
+    spikes = spikes.view(steps, *step_shape)  # [T, M] -> [T, ...]
+    last = (current.view(step_shape), membrane.view(step_shape), spikes[-1])
+    return spikes, membranes.view(steps, *step_shape), last
