@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN ?= runs/digits-loihi
 
-.PHONY: setup demo test test-fast clean-venv
+.PHONY: setup demo test test-fast gpu-check clean-venv
 
 setup: $(STAMP)
 
@@ -31,6 +31,12 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -n 2 -m "not slow"
+
+# on a machine with CUDA (under 5 minutes): the CUDA tests, then the quick benchmark on the GPU
+gpu-check: setup
+	$(PY) -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "error: gpu-check needs a CUDA device; torch sees none")'
+	$(PY) -m pytest -q -p no:xdist -m cuda tests/spikeformer/test_cuda.py
+	$(PY) -m spikeformer bench --quick --device cuda --out gpu-bench.json
 
 clean-venv:
 	rm -rf $(VENV)

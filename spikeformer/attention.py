@@ -131,7 +131,11 @@ def spiking_attention(
     if impl == "event":
         from .attention_event import event_attention  # noqa: PLC0415
 
-        return event_attention(q, k, v, decay, scale, variant, state, plasticity, modulator)
+        done = event_attention(q, k, v, decay, scale, variant, state, plasticity, modulator)
+        if done is not None:
+            return done
+        with torch.no_grad():  # no kernel here (CUDA, other dtypes): the recurrent form, same values
+            return spiking_attention(q, k, v, decay, scale, variant, "recurrent", state, plasticity, modulator)
     step = _naive_step if impl == "naive" else _recurrent_step
     mods = modulator.unbind(0) if modulator is not None else [None] * q.shape[0]
     out = []

@@ -42,8 +42,8 @@ def chunked_attention(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, scale: flo
         raise ConfigError(f"chunk_size must be a positive number of steps, got {chunk_size}")
     if variant not in _CHUNKS:
         raise ConfigError(f"unknown attention variant {variant!r}; choose one of {tuple(_CHUNKS)}")
-    # [T, B, N, H, d] -> [B, H, T, N, d]
-    q, k, v = (x.permute(1, 3, 0, 2, 4) for x in (q, k, v))
+    # [T, B, N, H, d] -> [B, H, T, N, d], contiguous so that chunks flatten to [B, H, c*N, d] views
+    q, k, v = (x.permute(1, 3, 0, 2, 4).contiguous() for x in (q, k, v))
     mods = modulator.permute(1, 2, 0) if modulator is not None else None  # [T, B, H] -> [B, H, T]
     memory, pre, post, elig = state.memory, state.pre_trace, state.post_trace, state.eligibility
     if variant == "stdp":
@@ -88,9 +88,18 @@ def _decay_matrix(base: Tensor, c: int, strict: bool = False) -> Tensor:
     return _powers(base, lag.clamp(min=0)) * mask
 
 
+# Products are written as batched matmuls over [B, H] with (step, token) flattened into one
+# axis: einsum over the 5-d layouts permutes and copies its operands on every call.
+
+
+def _flat(x: Tensor) -> Tensor:
+    """``[B, H, c, N, d]`` -> ``[B, H, c*N, d]`` (a view of contiguous input)."""
+    return x.reshape(*x.shape[:2], -1, x.shape[-1])
+
+
 def _read(q: Tensor, matrix: Tensor, coef: Tensor) -> Tensor:
     """``coef_i q_{i,n} matrix`` with ``matrix [B, H, d, d]``, ``coef [B or 1, H, c]``: ``[B, H, c, N, d]``."""
-    return torch.einsum("bhinx,bhxy->bhiny", q, matrix) * coef[..., None, None]
+    return (_flat(q) @ matrix).view(q.shape) * coef[..., None, None]
 
 
 def _intra(q: Tensor, k: Tensor, v: Tensor, w: Tensor) -> Tensor:
@@ -98,13 +107,22 @@ def _intra(q: Tensor, k: Tensor, v: Tensor, w: Tensor) -> Tensor:
 
     ``q [B, H, c, N, d]``, ``k, v [B, H, c, M, d]`` (M may differ from N: stdp doubles the keys),
     ``w [B or 1, H, c, c]`` (causal, zero above the diagonal) -> ``[B, H, c, N, d]``."""
-    scores = torch.einsum("bhinx,bhjmx->bhinjm", q, k)  # [B, H, c, N, c, M]: the only [C*N, C*N] term
-    return torch.einsum("bhinjm,bhjmy->bhiny", scores * w[:, :, :, None, :, None], v)
+    scores = _flat(q) @ _flat(k).transpose(-1, -2)  # [B, H, cN, cM]: the only [C*N, C*M] term
+    weighted = scores * _per_token(w, q.shape[3], k.shape[3])  # [B, H, cN, cM]
+    return (weighted @ _flat(v)).view(q.shape[:-1] + v.shape[-1:])
+
+
+def _per_token(w: Tensor, tokens: int, keys: int) -> Tensor:
+    """A per-step weight ``w [B or 1, H, c, c]`` repeated over the tokens of each step:
+    ``[B or 1, H, c*N, c*M]``. Materialising it (it is small) keeps the product with the scores
+    a plain 4-d broadcast; a 6-d broadcast is several times slower on CPU, forward and backward."""
+    *lead, c, _ = w.shape
+    return w[..., :, None, :, None].expand(*lead, c, tokens, c, keys).reshape(*lead, c * tokens, c * keys)
 
 
 def _write(k: Tensor, v: Tensor, w: Tensor) -> Tensor:
     """``sum_{j, m} w[j] k_{j,m}^T v_{j,m}`` with ``w [B or 1, H, c]``: ``[B, H, d, d]``."""
-    return torch.einsum("bhjmx,bhjmy->bhxy", k * w[..., None, None], v)
+    return _flat(k * w[..., None, None]).transpose(-1, -2) @ _flat(v)
 
 
 def _linear(q: Tensor, k: Tensor, v: Tensor, memory: Tensor, decay: Tensor, scale: float) -> tuple[Tensor, Tensor]:
@@ -176,8 +194,8 @@ def _delta(q, k, v, m, carry, decay, scale, p):
     beta = p["delta_rate"].view(1, -1, 1, 1)  # [H] -> [1, H, 1, 1]
     norm = k.sum(-1, keepdim=True).clamp(min=1.0)  # max(1, |k_n|), exactly as the reference: [B, H, c, N, 1]
     strict = _decay_matrix(decay, c, strict=True)  # lambda^(i-j), j < i: [H, c, c]
-    gram = torch.einsum("bhinx,bhjmx->bhinjm", k, k) * strict[None, :, :, None, :, None]  # [B, H, c, N, c, N]
-    gram = gram.reshape(batch, heads, c * tokens, c * tokens)  # [B, H, cN, cN], rows/cols (step, token)
+    flat = _flat(k)  # [B, H, cN, d], rows (step, token)
+    gram = (flat @ flat.transpose(-1, -2)) * _per_token(strict[None], tokens, tokens)  # [B, H, cN, cN]
     inv_norm = 1.0 / norm.reshape(batch, heads, c * tokens, 1)  # D as a row scale: [B, H, cN, 1]
     system = torch.eye(c * tokens, dtype=k.dtype, device=k.device) + beta * inv_norm * gram  # [B, H, cN, cN]
     first = _powers(decay, _steps(c, decay) + 1)  # lambda^(i+1): [H, c]

@@ -13,9 +13,6 @@ from typing import Optional, Sequence
 
 from .errors import SpikeformerError
 
-NOT_YET = {
-    "bench": "the benchmark suite is not built yet",
-}
 PLUGIN_GROUP = "spikeformer.commands"  # other packages (neuromorphic: export, validate) add commands here
 
 
@@ -74,11 +71,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a config key (TOML value syntax), repeatable")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("bench", help="time our kernels against baselines and peer libraries -> bench.json, "
+                       ".md and .png")
+    p.add_argument("--out", required=True, help="bench.json to write (the .md table and .png plot go beside it)")
+    p.add_argument("--quick", action="store_true", help="smaller shapes and 3 repeats: about a minute on 2 cores")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement, median reported "
+                   "(default 5; --quick: 3); one warm-up call is never counted")
+    p.add_argument("--only", default=None, metavar="SUBSTRING", help="run only the entries whose name contains it")
+    p.add_argument("--sizes", default=None, choices=["full", "quick", "tiny"], help=argparse.SUPPRESS)  # tests
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     for name, (text, add_arguments, _) in _plugins().items():
         add_arguments(sub.add_parser(name, help=text))
-    for name, text in NOT_YET.items():
-        p = sub.add_parser(name, help=f"(not yet) {text}")
-        p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -162,12 +167,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import check_device, check_out, format_table, run_bench, summary_line, write_outputs
+
+    check_out(args.out)
+    check_device(args.device)
+    sizes = args.sizes or ("quick" if args.quick else "full")
+    result = run_bench(sizes=sizes, repeats=args.repeats, device=args.device, only=args.only,
+                       progress=not args.quiet)
+    json_path, md_path, png_path = write_outputs(result, args.out)
+    print(format_table(result))
+    print(f"table {md_path}, plot {png_path}")
+    print(summary_line(result, json_path))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command in NOT_YET:
-            raise SpikeformerError(f"'spikeformer {args.command}' is not available yet: {NOT_YET[args.command]}")
-        handlers = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "study": cmd_study}
+        handlers = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "study": cmd_study,
+                    "bench": cmd_bench}
         handlers.update({name: handler for name, (_, _, handler) in _plugins().items()})
         return handlers[args.command](args)
     except SpikeformerError as exc:

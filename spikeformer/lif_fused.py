@@ -60,10 +60,20 @@ def _suffix(x: Tensor) -> str:
     return "f32" if x.dtype == torch.float32 else "f64"
 
 
+def _expand(value: Optional[Tensor], size: int) -> Optional[Tensor]:
+    """A periodic per-neuron value ``[P]`` (P divides M) -> ``[M]``."""
+    return None if value is None or value.numel() == size else value.repeat(size // value.numel())
+
+
 def _forward_torch(x, i0, v0, s0, beta, threshold, bias, alpha):
     """The forward recurrence as torch ops (CUDA and the no-compiler fallback)."""
+    size = x.shape[1]
+    beta, threshold, bias = _expand(beta, size), _expand(threshold, size), _expand(bias, size)
+    zero = x.new_zeros(size)
     spikes, membrane = torch.empty_like(x), torch.empty_like(x)
-    current, mem, keep = i0, v0, 1.0 - s0
+    current = i0 if i0 is not None else zero
+    mem = v0 if v0 is not None else zero
+    keep = 1.0 - s0 if s0 is not None else 1.0 - zero
     for t in range(x.shape[0]):
         current = alpha * current + x[t]
         mem = beta * mem * keep + current
@@ -77,7 +87,8 @@ def _forward_torch(x, i0, v0, s0, beta, threshold, bias, alpha):
 
 def _backward_torch(G, spikes, beta, alpha, g_current, g_membrane, keep_grad_membrane: bool):
     """The backward recurrence as torch ops; ``G`` is the surrogate-weighted spike gradient."""
-    steps = G.shape[0]
+    steps, size = G.shape
+    beta = _expand(beta, size)
     grad_input = torch.empty_like(G)
     grad_membrane = torch.empty_like(G) if keep_grad_membrane else None
     gv = G[-1] + g_membrane if g_membrane is not None else G[-1]
@@ -94,26 +105,35 @@ def _backward_torch(G, spikes, beta, alpha, g_current, g_membrane, keep_grad_mem
     return grad_input, grad_membrane, gv
 
 
+def _fold(per_neuron: Tensor, period: int) -> Tensor:
+    """Sum a per-neuron gradient ``[M]`` onto a periodic value ``[P]``."""
+    return per_neuron.view(-1, period).sum(0)
+
+
 class _FusedLIF(torch.autograd.Function):
-    """``(x [T, M], i0, v0, s0 [M], beta, threshold, bias [M]) -> (spikes, membranes [T, M],
-    last current, last membrane [M])``; ``alpha`` a float, the surrogate given by name, slope and
-    function. The membranes are for recording (no gradient); the last ones carry the state's."""
+    """``(x [T, M], i0, v0, s0 [M] or None (zero), beta [P], threshold [P'], bias [P''] or None)
+    -> (spikes, membranes [T, M], last current, last membrane [M])``. beta, threshold and bias are
+    periodic over the neurons (neuron j reads index j % P). ``alpha`` is a float; the surrogate
+    is given by name, slope and function. The membranes are for recording (no gradient); the
+    last ones carry the state's gradient."""
 
     @staticmethod
     def forward(ctx, x, i0, v0, s0, beta, threshold, bias, alpha, surrogate, slope, spike_fn):
         steps, size = x.shape
         lib = _use_kernel(x)
         if lib is not None:
-            spikes, membrane, current = torch.empty_like(x), torch.empty_like(x), torch.empty_like(i0)
+            spikes, membrane, current = torch.empty_like(x), torch.empty_like(x), x.new_empty(size)
             getattr(lib, f"lif_forward_{_suffix(x)}")(
                 _ptr(x), _ptr(spikes), _ptr(membrane), _ptr(current), _ptr(i0), _ptr(v0), _ptr(s0),
-                _ptr(beta), _ptr(threshold), _ptr(bias), ctypes.c_double(alpha),
-                ctypes.c_long(steps), ctypes.c_long(size), ctypes.c_int(torch.get_num_threads()))
+                _ptr(beta), _ptr(threshold), _ptr(bias),
+                *(ctypes.c_long(p.numel() if p is not None else 1) for p in (beta, threshold, bias)),
+                ctypes.c_double(alpha), ctypes.c_long(steps), ctypes.c_long(size),
+                ctypes.c_int(torch.get_num_threads()))
         else:
             spikes, membrane, current = _forward_torch(x, i0, v0, s0, beta, threshold, bias, alpha)
         ctx.save_for_backward(spikes, membrane, s0, v0, beta, threshold)
         ctx.alpha, ctx.surrogate, ctx.slope, ctx.spike_fn = alpha, surrogate, slope, spike_fn
-        ctx.has_bias = bias is not None
+        ctx.bias_period = bias.numel() if bias is not None else None
         ctx.mark_non_differentiable(membrane)
         ctx.set_materialize_grads(False)
         return spikes, membrane, current, membrane[-1].clone()
@@ -123,44 +143,45 @@ class _FusedLIF(torch.autograd.Function):
         spikes, membrane, s0, v0, beta, threshold = ctx.saved_tensors
         alpha = ctx.alpha
         need_x, need_i0, need_v0, _, need_beta, need_th, need_bias = ctx.needs_input_grad[:7]
-        if g_spikes is None:
-            g_spikes = torch.zeros_like(spikes)
-        g_spikes = g_spikes.contiguous()
+        steps, size = spikes.shape
         # keep every buffer handed to C referenced here (a temporary would be freed before the call)
+        g_spikes = g_spikes.contiguous() if g_spikes is not None else torch.zeros_like(spikes)
         g_membrane = g_membrane.contiguous() if g_membrane is not None else None
         g_current = g_current.contiguous() if g_current is not None else None
         keep_grad_membrane = need_beta or need_bias
         lib = _use_kernel(spikes)
         kind, c1, c2 = _surrogate_constants(ctx.surrogate, ctx.slope)
+        G = None
         if lib is None or kind == SURROGATE_GIVEN or need_th:
-            G = _surrogate_backward(membrane - threshold, g_spikes, ctx.spike_fn)
+            G = _surrogate_backward(membrane - _expand(threshold, size), g_spikes, ctx.spike_fn)
             kind, given = SURROGATE_GIVEN, G
         else:
-            G, given = None, g_spikes
+            given = g_spikes
         if lib is not None:
-            steps, size = spikes.shape
             grad_input = torch.empty_like(spikes)
             grad_membrane = torch.empty_like(spikes) if keep_grad_membrane else None
-            gv_first = torch.empty_like(s0)
+            gv_first = spikes.new_empty(size)
             getattr(lib, f"lif_backward_{_suffix(spikes)}")(
                 _ptr(given), _ptr(spikes), _ptr(membrane), _ptr(beta), _ptr(threshold),
-                ctypes.c_double(alpha), _ptr(g_current),
-                _ptr(g_membrane), _ptr(grad_input), _ptr(grad_membrane), _ptr(gv_first), ctypes.c_int(kind),
-                ctypes.c_double(c1), ctypes.c_double(c2), ctypes.c_long(steps), ctypes.c_long(size),
-                ctypes.c_int(torch.get_num_threads()))
+                ctypes.c_long(beta.numel()), ctypes.c_long(threshold.numel()), ctypes.c_double(alpha),
+                _ptr(g_current), _ptr(g_membrane), _ptr(grad_input), _ptr(grad_membrane), _ptr(gv_first),
+                ctypes.c_int(kind), ctypes.c_double(c1), ctypes.c_double(c2), ctypes.c_long(steps),
+                ctypes.c_long(size), ctypes.c_int(torch.get_num_threads()))
         else:
             grad_input, grad_membrane, gv_first = _backward_torch(
                 G, spikes, beta, alpha, g_current, g_membrane, keep_grad_membrane)
-        keep_first = 1.0 - s0
+        beta_full = _expand(beta, size)
+        keep_first = 1.0 - s0 if s0 is not None else torch.ones_like(gv_first)
         g_i0 = grad_input[0] * alpha if need_i0 else None
-        g_v0 = (gv_first * keep_first) * beta if need_v0 else None
+        g_v0 = (gv_first * keep_first) * beta_full if need_v0 else None
         g_beta = None
         if need_beta:  # d/dbeta of (beta * v[t-1]) * keep[t-1], summed over time
-            previous = torch.cat([v0.unsqueeze(0), membrane[:-1]], 0)
-            keep = 1.0 - torch.cat([s0.unsqueeze(0), spikes[:-1]], 0)
-            g_beta = ((grad_membrane * keep) * previous).sum(0)
-        g_threshold = -G.sum(0) if need_th else None
-        g_bias = grad_membrane.sum(0) if need_bias and ctx.has_bias else None
+            first = v0 if v0 is not None else torch.zeros_like(gv_first)
+            previous = torch.cat([first.unsqueeze(0), membrane[:-1]], 0)
+            keep = torch.cat([keep_first.unsqueeze(0), 1.0 - spikes[:-1]], 0)
+            g_beta = _fold(((grad_membrane * keep) * previous).sum(0), beta.numel())
+        g_threshold = _fold(-G.sum(0), threshold.numel()) if need_th else None
+        g_bias = _fold(grad_membrane.sum(0), ctx.bias_period) if need_bias and ctx.bias_period else None
         return (grad_input if need_x else None, g_i0, g_v0, None, g_beta, g_threshold, g_bias,
                 None, None, None, None)
 
@@ -173,9 +194,24 @@ def _surrogate_backward(x: Tensor, grad: Tensor, spike_fn: Callable[[Tensor], Te
     return out
 
 
+def _periodic(value: Tensor | float, step_shape: torch.Size, like: Tensor) -> Tensor:
+    """A value broadcastable to one step ``[...]`` as the ``[P]`` vector the kernel repeats over
+    the flattened neurons: P = 1 for a scalar, F for ``[F]``, N * F for ``[N, F]``; a value that
+    varies over a leading dimension is expanded to all M neurons. Autograd-tracked."""
+    if not isinstance(value, Tensor):
+        value = torch.tensor(value, dtype=like.dtype, device=like.device)
+    value = value.to(like.dtype)
+    shape = tuple(value.shape)
+    while shape and shape[0] == 1:  # leading ones broadcast anyway
+        shape = shape[1:]
+    if len(shape) <= len(step_shape) and tuple(step_shape[len(step_shape) - len(shape):]) == shape:
+        return value.reshape(-1).contiguous()
+    return torch.broadcast_to(value, step_shape).reshape(-1).contiguous()
+
+
 def lif_sequence(
     x: Tensor,
-    state: tuple[Tensor, Tensor, Tensor],
+    state: Optional[tuple[Tensor, Tensor, Tensor]],
     beta: Tensor | float,
     alpha: float,
     threshold: Tensor | float,
@@ -185,23 +221,24 @@ def lif_sequence(
     bias: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
     """Run the LIF over all steps of ``x`` ``[T, ...]`` from ``state = (current, membrane,
-    spikes)`` (each ``[...]``). ``beta``, ``threshold`` and ``bias`` broadcast to one step.
+    spikes)`` (each ``[...]``; None: all zero). ``beta``, ``threshold`` and ``bias`` broadcast to
+    one step.
 
     Returns spikes ``[T, ...]``, membranes ``[T, ...]`` (detached, for recording) and the last
     state ``(current, membrane, spikes)``, with gradients as the ``lif_step`` loop has them.
     """
     step_shape = x.shape[1:]
     steps = x.shape[0]
-
-    def per_neuron(value: Tensor | float) -> Tensor:  # [...] -> [M], contiguous, autograd-tracked
-        if not isinstance(value, Tensor):
-            value = torch.tensor(value, dtype=x.dtype, device=x.device)
-        return torch.broadcast_to(value.to(x.dtype), step_shape).reshape(-1).contiguous()
-
-    current0, membrane0, spikes0 = (per_neuron(s) for s in state)
+    if state is None:
+        current0 = membrane0 = spikes0 = None
+    else:  # [...] -> [M]
+        current0, membrane0, spikes0 = (torch.broadcast_to(s.to(x.dtype), step_shape).reshape(-1).contiguous()
+                                        for s in state)
+        spikes0 = spikes0.detach()
     spikes, membranes, current, membrane = _FusedLIF.apply(
-        x.reshape(steps, -1).contiguous(), current0, membrane0, spikes0.detach(),
-        per_neuron(beta), per_neuron(threshold), per_neuron(bias) if bias is not None else None,
+        x.reshape(steps, -1).contiguous(), current0, membrane0, spikes0,
+        _periodic(beta, step_shape, x), _periodic(threshold, step_shape, x),
+        _periodic(bias, step_shape, x) if bias is not None else None,
         float(alpha), surrogate, float(slope), spike_fn)
     spikes = spikes.view(steps, *step_shape)  # [T, M] -> [T, ...]
     last = (current.view(step_shape), membrane.view(step_shape), spikes[-1])

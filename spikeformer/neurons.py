@@ -212,8 +212,6 @@ class LIF(nn.Module):
         ``record_membrane``: when a list is given, the membrane ``[...]`` of every step is appended.
         ``bias``: the membrane bias b, broadcastable to one step ``[...]`` (None = 0).
         """
-        if state is None:
-            state = lif_initial_state(input_current[0])
         beta, alpha, threshold = self.beta, self.params.alpha, self.threshold
         if self.impl == "fused" and input_current.dtype in (torch.float32, torch.float64):
             from .lif_fused import lif_sequence  # noqa: PLC0415 - keeps kernels out of plain imports
@@ -224,6 +222,8 @@ class LIF(nn.Module):
             if record_membrane is not None:
                 record_membrane.extend(membranes.unbind(0))
             return spikes, LIFState(*last)
+        if state is None:
+            state = lif_initial_state(input_current[0])
         out = []
         # unbind, not x[t]: indexing inside the loop makes the backward pass O(T^2)
         for x_t in input_current.unbind(0):

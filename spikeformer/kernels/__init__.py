@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -26,8 +27,9 @@ from pathlib import Path
 from typing import Optional
 
 SOURCES = Path(__file__).parent
-FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared", "-std=c99"]
-KERNELS = ("lif",)  # spikeformer/kernels/<name>.c
+# -march=native: the library is built on the machine that runs it (and keyed by its CPU below)
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared", "-std=c99"]
+KERNELS = ("lif", "attention_event")  # spikeformer/kernels/<name>.c
 
 
 def cache_dir() -> Path:
@@ -41,10 +43,22 @@ def enabled() -> bool:
     return os.environ.get("SPIKEFORMER_KERNELS", "on").lower() not in ("off", "0", "no", "false")
 
 
+def _cpu_features() -> bytes:
+    """The CPU's feature flags (Linux), so that a cache shared between machines never hands a
+    -march=native library to a CPU without those instructions."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine().encode()
+    flags = [line for line in text.splitlines() if line.startswith(("flags", "Features"))]
+    return (flags[0] if flags else platform.machine()).encode()
+
+
 def library_path(name: str) -> Path:
-    """The cached library of kernel ``name``: its file name carries a hash of source and flags."""
+    """The cached library of kernel ``name``: its file name carries a hash of source, flags and
+    the CPU's features."""
     source = (SOURCES / f"{name}.c").read_bytes()
-    key = hashlib.sha256(source + " ".join(FLAGS).encode() + sys.platform.encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + " ".join(FLAGS).encode() + sys.platform.encode() + _cpu_features()).hexdigest()[:16]
     return cache_dir() / f"{name}-{key}.so"
 
 

@@ -8,82 +8,105 @@
        G    = surrogate'(v - threshold) applied to dL/ds[t]
        gv_t = G_t + (gv_{t+1} * keep_t) * beta
        gi_t = gv_t + gi_{t+1} * alpha              dL/dx[t] = gi_t
-   Buffers are contiguous [T, M] (time, neurons); per-neuron constants are [M].
-   Threads split the neurons into blocks; each block runs its time loop alone. */
+   Buffers are contiguous [T, M] (time, neurons). beta, threshold and bias repeat with periods
+   p_beta, p_threshold, p_bias (neuron j reads index j % p: a scalar has period 1, a per-feature
+   value period F). A NULL initial state (i0, v0, s0) is zero.
+   Threads split the neurons into blocks; each block runs its time loop alone. Blocks are long
+   (BLOCK neurons = 8 KiB of float32 per step) so that the hardware prefetcher sees long runs,
+   and every inner loop is branch-free so that the compiler vectorises it. */
 #include <math.h>
 #include <stddef.h>
+#include <string.h>
 
-#define BLOCK 256
+#define BLOCK 2048
 
 enum { SURROGATE_GIVEN = 0, FAST_SIGMOID = 1, ATAN = 2, TRIANGULAR = 3 };
 
 /* snnTorch's surrogate backward applied to the gradient g at x = v - threshold, written as
-   torch evaluates it. float32 (REAL=float): the surrogate's own backward on g.
-   float64: spikeformer's _Float64Spike multiplies g by the derivative taken with a unit
-   gradient. c1, c2: the constants torch casts to the tensor's dtype. */
-static inline float surrogate_f32(int kind, float x, float g, float c1, float c2) {
-    switch (kind) {
-    case FAST_SIGMOID: { float a = c1 * fabsf(x) + 1.0f; return g / (a * a); }
-    case ATAN: { float y = c1 * x; float r = 1.0f / (y * y + 1.0f); return (r * c2) * g; }
-    case TRIANGULAR: { float d = g * c1; return x >= 0.0f ? -d : d; }
-    default: return g;
-    }
-}
+   torch evaluates it. float32: the surrogate's own backward on g. float64: spikeformer's
+   _Float64Spike multiplies g by the derivative taken with a unit gradient. c1, c2: the
+   constants torch casts to the tensor's dtype. */
+#define GIVEN_f32(x, g) (g)
+#define FAST_SIGMOID_f32(x, g) ((g) / ((c1 * fabsf(x) + 1.0f) * (c1 * fabsf(x) + 1.0f)))
+#define ATAN_f32(x, g) (((1.0f / ((c1 * (x)) * (c1 * (x)) + 1.0f)) * c2) * (g))
+#define TRIANGULAR_f32(x, g) ((x) >= 0.0f ? -((g) * c1) : (g) * c1)
+#define GIVEN_f64(x, g) (g)
+#define FAST_SIGMOID_f64(x, g) ((g) * (1.0 / ((c1 * fabs(x) + 1.0) * (c1 * fabs(x) + 1.0))))
+#define ATAN_f64(x, g) ((g) * ((1.0 / ((c1 * (x)) * (c1 * (x)) + 1.0)) * c2))
+#define TRIANGULAR_f64(x, g) ((g) * ((x) >= 0.0 ? -c1 : c1))
 
-static inline double surrogate_f64(int kind, double x, double g, double c1, double c2) {
-    switch (kind) {
-    case FAST_SIGMOID: { double a = c1 * fabs(x) + 1.0; return g * (1.0 / (a * a)); }
-    case ATAN: { double y = c1 * x; double r = 1.0 / (y * y + 1.0); return g * (r * c2); }
-    case TRIANGULAR: { double d = x >= 0.0 ? -c1 : c1; return g * d; }
-    default: return g;
+/* One step of the backward recurrence over the block, with the surrogate SURR. */
+#define BACKWARD_STEP(REAL, SURR)                                                                  \
+    for (long j = 0; j < n; ++j) {                                                                 \
+        const REAL xj = vt[j] - th[j];                                                             \
+        const REAL G = SURR(xj, gs[j]);                                                            \
+        const REAL gv = G + (gv_next[j] * ((REAL)1 - st[j])) * be[j];                              \
+        const REAL gi = gv + gi_next[j] * alpha;                                                   \
+        gx[j] = gi; gv_next[j] = gv; gi_next[j] = gi;                                              \
     }
-}
 
-#define DEFINE_LIF(REAL, SUFFIX, SURROGATE)                                                        \
-void lif_forward_##SUFFIX(const REAL *x, REAL *spikes, REAL *membrane, REAL *current_last,         \
-                          const REAL *i0, const REAL *v0, const REAL *s0, const REAL *beta,        \
-                          const REAL *threshold, const REAL *bias, double alpha_d, long T, long M, \
-                          int threads) {                                                           \
+#define DEFINE_LIF(REAL, SUFFIX)                                                                   \
+/* out[j] = value[(start + j) % period], j < n, with one division per block */                     \
+static void periodic_##SUFFIX(REAL *restrict out, const REAL *restrict value, long period,         \
+                              long start, long n) {                                                \
+    long k = start % period;                                                                       \
+    for (long j = 0; j < n; ++j) {                                                                 \
+        out[j] = value[k];                                                                         \
+        if (++k == period) k = 0;                                                                  \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+void lif_forward_##SUFFIX(const REAL *restrict x, REAL *restrict spikes, REAL *restrict membrane,  \
+                          REAL *restrict current_last, const REAL *restrict i0,                    \
+                          const REAL *restrict v0, const REAL *restrict s0,                        \
+                          const REAL *restrict beta, const REAL *restrict threshold,               \
+                          const REAL *restrict bias, long p_beta, long p_threshold, long p_bias,  \
+                          double alpha_d, long T, long M, int threads) {                           \
     const REAL alpha = (REAL)alpha_d;                                                             \
     const long blocks = (M + BLOCK - 1) / BLOCK;                                                   \
     _Pragma("omp parallel for num_threads(threads) schedule(static)")                              \
     for (long b = 0; b < blocks; ++b) {                                                            \
         const long start = b * BLOCK;                                                              \
         const long n = M - start < BLOCK ? M - start : BLOCK;                                      \
-        REAL cur[BLOCK], mem[BLOCK], keep[BLOCK];                                                  \
+        REAL cur[BLOCK], mem[BLOCK], keep[BLOCK], be[BLOCK], th[BLOCK], bi[BLOCK];                 \
         for (long j = 0; j < n; ++j) {                                                             \
-            cur[j] = i0[start + j]; mem[j] = v0[start + j]; keep[j] = (REAL)1 - s0[start + j];     \
+            cur[j] = i0 ? i0[start + j] : (REAL)0;                                                 \
+            mem[j] = v0 ? v0[start + j] : (REAL)0;                                                 \
+            keep[j] = (REAL)1 - (s0 ? s0[start + j] : (REAL)0);                                    \
         }                                                                                          \
+        periodic_##SUFFIX(be, beta, p_beta, start, n);                                             \
+        periodic_##SUFFIX(th, threshold, p_threshold, start, n);                                   \
+        if (bias) periodic_##SUFFIX(bi, bias, p_bias, start, n);                                   \
         for (long t = 0; t < T; ++t) {                                                             \
-            const REAL *xt = x + t * M + start;                                                    \
-            REAL *st = spikes + t * M + start, *vt = membrane + t * M + start;                     \
-            const REAL *be = beta + start, *th = threshold + start;                                \
+            const REAL *restrict xt = x + t * M + start;                                           \
+            REAL *restrict st = spikes + t * M + start, *restrict vt = membrane + t * M + start;    \
             if (bias) {                                                                            \
-                const REAL *bi = bias + start;                                                     \
                 for (long j = 0; j < n; ++j) {                                                     \
-                    REAL c = alpha * cur[j] + xt[j];                                               \
-                    REAL v = be[j] * mem[j] * keep[j] + c;                                         \
-                    v = v + bi[j];                                                                 \
-                    REAL s = (v - th[j]) > (REAL)0 ? (REAL)1 : (REAL)0;                            \
+                    const REAL c = alpha * cur[j] + xt[j];                                         \
+                    const REAL v = (be[j] * mem[j] * keep[j] + c) + bi[j];                         \
+                    const REAL s = (v - th[j]) > (REAL)0 ? (REAL)1 : (REAL)0;                      \
                     cur[j] = c; mem[j] = v; keep[j] = (REAL)1 - s; st[j] = s; vt[j] = v;           \
                 }                                                                                  \
             } else {                                                                               \
                 for (long j = 0; j < n; ++j) {                                                     \
-                    REAL c = alpha * cur[j] + xt[j];                                               \
-                    REAL v = be[j] * mem[j] * keep[j] + c;                                         \
-                    REAL s = (v - th[j]) > (REAL)0 ? (REAL)1 : (REAL)0;                            \
+                    const REAL c = alpha * cur[j] + xt[j];                                         \
+                    const REAL v = be[j] * mem[j] * keep[j] + c;                                   \
+                    const REAL s = (v - th[j]) > (REAL)0 ? (REAL)1 : (REAL)0;                      \
                     cur[j] = c; mem[j] = v; keep[j] = (REAL)1 - s; st[j] = s; vt[j] = v;           \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
-        for (long j = 0; j < n; ++j) current_last[start + j] = cur[j];                             \
+        memcpy(current_last + start, cur, n * sizeof(REAL));                                       \
     }                                                                                              \
 }                                                                                                  \
                                                                                                    \
-void lif_backward_##SUFFIX(const REAL *grad_spikes, const REAL *spikes, const REAL *membrane,     \
-                           const REAL *beta, const REAL *threshold, double alpha_d,                \
-                           const REAL *grad_current_last, const REAL *grad_membrane_last,          \
-                           REAL *grad_input, REAL *grad_membrane, REAL *grad_membrane_first,       \
+void lif_backward_##SUFFIX(const REAL *restrict grad_spikes, const REAL *restrict spikes,         \
+                           const REAL *restrict membrane, const REAL *restrict beta,               \
+                           const REAL *restrict threshold, long p_beta, long p_threshold,          \
+                           double alpha_d,                                                         \
+                           const REAL *restrict grad_current_last,                                 \
+                           const REAL *restrict grad_membrane_last, REAL *restrict grad_input,     \
+                           REAL *restrict grad_membrane, REAL *restrict grad_membrane_first,       \
                            int kind, double c1_d, double c2_d, long T, long M, int threads) {      \
     const REAL alpha = (REAL)alpha_d, c1 = (REAL)c1_d, c2 = (REAL)c2_d;                          \
     const long blocks = (M + BLOCK - 1) / BLOCK;                                                   \
@@ -91,30 +114,45 @@ void lif_backward_##SUFFIX(const REAL *grad_spikes, const REAL *spikes, const RE
     for (long b = 0; b < blocks; ++b) {                                                            \
         const long start = b * BLOCK;                                                              \
         const long n = M - start < BLOCK ? M - start : BLOCK;                                      \
-        const REAL *be = beta + start, *th = threshold + start;                                    \
-        REAL gv_next[BLOCK], gi_next[BLOCK];                                                       \
-        for (long t = T - 1; t >= 0; --t) {                                                        \
-            const long o = t * M + start;                                                          \
-            const REAL *gs = grad_spikes + o, *vt = membrane + o, *st = spikes + o;                \
-            REAL *gx = grad_input + o;                                                             \
-            REAL *gm = grad_membrane ? grad_membrane + o : NULL;                                   \
+        REAL gv_next[BLOCK], gi_next[BLOCK], be[BLOCK], th[BLOCK];                                 \
+        periodic_##SUFFIX(be, beta, p_beta, start, n);                                             \
+        periodic_##SUFFIX(th, threshold, p_threshold, start, n);                                   \
+        /* the last step: the final state's gradients, no later step */                            \
+        {                                                                                          \
+            const long o = (T - 1) * M + start;                                                    \
+            const REAL *restrict gs = grad_spikes + o, *restrict vt = membrane + o;                \
             for (long j = 0; j < n; ++j) {                                                         \
-                REAL G = SURROGATE(kind, vt[j] - th[j], gs[j], c1, c2);                            \
-                REAL gv, gi;                                                                       \
-                if (t == T - 1) { /* the final state's gradients, no later step */                 \
-                    gv = grad_membrane_last ? G + grad_membrane_last[start + j] : G;               \
-                    gi = grad_current_last ? gv + grad_current_last[start + j] : gv;               \
-                } else {                                                                           \
-                    gv = G + (gv_next[j] * ((REAL)1 - st[j])) * be[j];                             \
-                    gi = gv + gi_next[j] * alpha;                                                  \
+                const REAL xj = vt[j] - th[j];                                                     \
+                REAL G;                                                                            \
+                switch (kind) {                                                                    \
+                case FAST_SIGMOID: G = FAST_SIGMOID_##SUFFIX(xj, gs[j]); break;                    \
+                case ATAN: G = ATAN_##SUFFIX(xj, gs[j]); break;                                    \
+                case TRIANGULAR: G = TRIANGULAR_##SUFFIX(xj, gs[j]); break;                        \
+                default: G = gs[j];                                                                \
                 }                                                                                  \
-                gx[j] = gi; gv_next[j] = gv; gi_next[j] = gi;                                      \
-                if (gm) gm[j] = gv;                                                                \
+                const REAL gv = grad_membrane_last ? G + grad_membrane_last[start + j] : G;        \
+                gv_next[j] = gv;                                                                   \
+                gi_next[j] = grad_current_last ? gv + grad_current_last[start + j] : gv;           \
+                grad_input[o + j] = gi_next[j];                                                    \
             }                                                                                      \
+            if (grad_membrane) memcpy(grad_membrane + o, gv_next, n * sizeof(REAL));               \
         }                                                                                          \
-        for (long j = 0; j < n; ++j) grad_membrane_first[start + j] = gv_next[j];                  \
+        for (long t = T - 2; t >= 0; --t) {                                                        \
+            const long o = t * M + start;                                                          \
+            const REAL *restrict gs = grad_spikes + o, *restrict vt = membrane + o;                \
+            const REAL *restrict st = spikes + o;                                                  \
+            REAL *restrict gx = grad_input + o;                                                    \
+            switch (kind) {                                                                        \
+            case FAST_SIGMOID: BACKWARD_STEP(REAL, FAST_SIGMOID_##SUFFIX) break;                   \
+            case ATAN: BACKWARD_STEP(REAL, ATAN_##SUFFIX) break;                                   \
+            case TRIANGULAR: BACKWARD_STEP(REAL, TRIANGULAR_##SUFFIX) break;                       \
+            default: BACKWARD_STEP(REAL, GIVEN_##SUFFIX)                                           \
+            }                                                                                      \
+            if (grad_membrane) memcpy(grad_membrane + o, gv_next, n * sizeof(REAL));               \
+        }                                                                                          \
+        memcpy(grad_membrane_first + start, gv_next, n * sizeof(REAL));                            \
     }                                                                                              \
 }
 
-DEFINE_LIF(float, f32, surrogate_f32)
-DEFINE_LIF(double, f64, surrogate_f64)
+DEFINE_LIF(float, f32)
+DEFINE_LIF(double, f64)

@@ -99,5 +99,7 @@ def test_out_that_is_a_file_is_one_line_before_training(tmp_path):
     assert not list(tmp_path.rglob("metrics.json")) and not list(tmp_path.rglob("checkpoint.json"))
 
 
-def test_not_yet_commands_say_so():
-    assert_one_line_error(run_cli("bench"), "not available yet")
+def test_bench_with_an_unavailable_device_is_one_line():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert_one_line_error(run_cli("bench", "--device", "cuda", "--out", "bench.json"), "cuda")
