@@ -76,7 +76,7 @@ class Config:
     model: str = "spikeformer"  # spikeformer | ann (softmax baseline of the same width/depth)
     mode: str = "global"  # global (all tokens every step) | causal (one token per step, streaming)
     variant: str = "hebbian"  # attention state update: hebbian | stdp | three_factor | delta
-    attention_impl: str = "recurrent"  # naive | recurrent | chunked | event (inference) | auto | parallel (hebbian)
+    attention_impl: str = "auto"  # auto (chunked to train, event for CPU inference) | chunked | event | recurrent | naive | parallel (hebbian)
     lif_impl: str = "fused"  # fused (one pass over all steps, compiled kernel on CPU) | loop (lif_step per step)
     dim: int = 64  # residual width D
     heads: int = 4  # attention heads H
