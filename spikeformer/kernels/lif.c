@@ -4,7 +4,8 @@
        i = alpha * i + x[t]
        v = beta * v * keep + i  (+ bias)       keep = 1 - s[t-1]: reset to zero after a spike
        s = (v - threshold) > 0
-   Backward (what autograd does through lif_step, with the reset detached):
+   Backward (what autograd does through lif_step, with the reset detached; the spikes are
+   recomputed from the saved membranes, one stream less to read):
        G    = surrogate'(v - threshold) applied to dL/ds[t]
        gv_t = G_t + (gv_{t+1} * keep_t) * beta
        gi_t = gv_t + gi_{t+1} * alpha              dL/dx[t] = gi_t
@@ -40,7 +41,8 @@ enum { SURROGATE_GIVEN = 0, FAST_SIGMOID = 1, ATAN = 2, TRIANGULAR = 3 };
     for (long j = 0; j < n; ++j) {                                                                 \
         const REAL xj = vt[j] - th[j];                                                             \
         const REAL G = SURR(xj, gs[j]);                                                            \
-        const REAL gv = G + (gv_next[j] * ((REAL)1 - st[j])) * be[j];                              \
+        const REAL keep = xj > (REAL)0 ? (REAL)0 : (REAL)1; /* 1 - s[t], s[t] as the forward set it */\
+        const REAL gv = G + (gv_next[j] * keep) * be[j];                                           \
         const REAL gi = gv + gi_next[j] * alpha;                                                   \
         gx[j] = gi; gv_next[j] = gv; gi_next[j] = gi;                                              \
     }
@@ -145,7 +147,6 @@ void lif_backward_##SUFFIX(const REAL *restrict grad_spikes, const REAL *restric
         for (long t = T - 2; t >= 0; --t) {                                                        \
             const long o = t * M + start;                                                          \
             const REAL *restrict gs = grad_spikes + o, *restrict vt = membrane + o;                \
-            const REAL *restrict st = spikes + o;                                                  \
             REAL *restrict gx = grad_input + o;                                                    \
             switch (kind) {                                                                        \
             case FAST_SIGMOID: BACKWARD_STEP(REAL, FAST_SIGMOID_##SUFFIX) break;                   \
