@@ -115,32 +115,45 @@ class _FusedLIF(torch.autograd.Function):
     -> (spikes, membranes [T, M], last current, last membrane [M])``. beta, threshold and bias are
     periodic over the neurons (neuron j reads index j % P). ``alpha`` is a float; the surrogate
     is given by name, slope and function. The membranes are for recording (no gradient); the
-    last ones carry the state's gradient."""
+    last ones carry the state's gradient.
+
+    What the backward pass keeps: with the compiled kernel, a kernel surrogate and no gradient for
+    beta or the threshold, only the input (which autograd holds anyway) and the initial state;
+    the kernel recomputes the membranes block by block. Otherwise the membranes ``[T, M]``
+    (``record``: the caller wants them too)."""
 
     @staticmethod
-    def forward(ctx, x, i0, v0, s0, beta, threshold, bias, alpha, surrogate, slope, spike_fn):
+    def forward(ctx, x, i0, v0, s0, beta, threshold, bias, alpha, surrogate, slope, spike_fn, record):
         steps, size = x.shape
         lib = _use_kernel(x)
+        kind, _, _ = _surrogate_constants(surrogate, slope)
+        need_beta, need_th = ctx.needs_input_grad[4:6]
+        ctx.recompute = lib is not None and kind != SURROGATE_GIVEN and not (need_beta or need_th or record)
         if lib is not None:
-            spikes, membrane, current = torch.empty_like(x), torch.empty_like(x), x.new_empty(size)
+            spikes, current, last = torch.empty_like(x), x.new_empty(size), x.new_empty(size)
+            membrane = x.new_empty(0) if ctx.recompute else torch.empty_like(x)
             getattr(lib, f"lif_forward_{_suffix(x)}")(
-                _ptr(x), _ptr(spikes), _ptr(membrane), _ptr(current), _ptr(i0), _ptr(v0), _ptr(s0),
-                _ptr(beta), _ptr(threshold), _ptr(bias),
+                _ptr(x), _ptr(spikes), None if ctx.recompute else _ptr(membrane), _ptr(current), _ptr(last),
+                _ptr(i0), _ptr(v0), _ptr(s0), _ptr(beta), _ptr(threshold), _ptr(bias),
                 *(ctypes.c_long(p.numel() if p is not None else 1) for p in (beta, threshold, bias)),
                 ctypes.c_double(alpha), ctypes.c_long(steps), ctypes.c_long(size),
                 ctypes.c_int(torch.get_num_threads()))
         else:
             spikes, membrane, current = _forward_torch(x, i0, v0, s0, beta, threshold, bias, alpha)
-        ctx.save_for_backward(spikes, membrane, s0, v0, beta, threshold)
+            last = membrane[-1].clone()
+        if ctx.recompute:
+            ctx.save_for_backward(spikes, x, i0, v0, s0, beta, threshold, bias)
+        else:
+            ctx.save_for_backward(spikes, membrane, i0, v0, s0, beta, threshold, bias)
         ctx.alpha, ctx.surrogate, ctx.slope, ctx.spike_fn = alpha, surrogate, slope, spike_fn
-        ctx.bias_period = bias.numel() if bias is not None else None
         ctx.mark_non_differentiable(membrane)
         ctx.set_materialize_grads(False)
-        return spikes, membrane, current, membrane[-1].clone()
+        return spikes, membrane, current, last
 
     @staticmethod
     def backward(ctx, g_spikes, _g_membrane_all, g_current, g_membrane):
-        spikes, membrane, s0, v0, beta, threshold = ctx.saved_tensors
+        spikes, saved, i0, v0, s0, beta, threshold, bias = ctx.saved_tensors
+        x, membrane = (saved, None) if ctx.recompute else (None, saved)
         alpha = ctx.alpha
         need_x, need_i0, need_v0, _, need_beta, need_th, need_bias = ctx.needs_input_grad[:7]
         steps, size = spikes.shape
@@ -152,7 +165,7 @@ class _FusedLIF(torch.autograd.Function):
         lib = _use_kernel(spikes)
         kind, c1, c2 = _surrogate_constants(ctx.surrogate, ctx.slope)
         G = None
-        if lib is None or kind == SURROGATE_GIVEN or need_th:
+        if lib is None or kind == SURROGATE_GIVEN or need_th:  # membranes were kept for these
             G = _surrogate_backward(membrane - _expand(threshold, size), g_spikes, ctx.spike_fn)
             kind, given = SURROGATE_GIVEN, G
         else:
@@ -161,12 +174,16 @@ class _FusedLIF(torch.autograd.Function):
             grad_input = torch.empty_like(spikes)
             grad_membrane = torch.empty_like(spikes) if keep_grad_membrane else None
             gv_first = spikes.new_empty(size)
-            getattr(lib, f"lif_backward_{_suffix(spikes)}")(
-                _ptr(given), _ptr(spikes), _ptr(membrane), _ptr(beta), _ptr(threshold),
-                ctypes.c_long(beta.numel()), ctypes.c_long(threshold.numel()), ctypes.c_double(alpha),
-                _ptr(g_current), _ptr(g_membrane), _ptr(grad_input), _ptr(grad_membrane), _ptr(gv_first),
-                ctypes.c_int(kind), ctypes.c_double(c1), ctypes.c_double(c2), ctypes.c_long(steps),
-                ctypes.c_long(size), ctypes.c_int(torch.get_num_threads()))
+            status = getattr(lib, f"lif_backward_{_suffix(spikes)}")(
+                _ptr(given), _ptr(membrane), _ptr(x), _ptr(i0), _ptr(v0), _ptr(s0), _ptr(beta),
+                _ptr(threshold), _ptr(bias),
+                *(ctypes.c_long(p.numel() if p is not None else 1) for p in (beta, threshold, bias)),
+                ctypes.c_double(alpha), _ptr(g_current), _ptr(g_membrane), _ptr(grad_input),
+                _ptr(grad_membrane), _ptr(gv_first), ctypes.c_int(kind), ctypes.c_double(c1),
+                ctypes.c_double(c2), ctypes.c_long(steps), ctypes.c_long(size),
+                ctypes.c_int(torch.get_num_threads()))
+            if status != 0:
+                raise MemoryError("the LIF kernel could not allocate its scratch buffer")
         else:
             grad_input, grad_membrane, gv_first = _backward_torch(
                 G, spikes, beta, alpha, g_current, g_membrane, keep_grad_membrane)
@@ -181,9 +198,9 @@ class _FusedLIF(torch.autograd.Function):
             keep = torch.cat([keep_first.unsqueeze(0), 1.0 - spikes[:-1]], 0)
             g_beta = _fold(((grad_membrane * keep) * previous).sum(0), beta.numel())
         g_threshold = _fold(-G.sum(0), threshold.numel()) if need_th else None
-        g_bias = _fold(grad_membrane.sum(0), ctx.bias_period) if need_bias and ctx.bias_period else None
+        g_bias = _fold(grad_membrane.sum(0), bias.numel()) if need_bias and bias is not None else None
         return (grad_input if need_x else None, g_i0, g_v0, None, g_beta, g_threshold, g_bias,
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 def _surrogate_backward(x: Tensor, grad: Tensor, spike_fn: Callable[[Tensor], Tensor]) -> Tensor:
@@ -219,13 +236,14 @@ def lif_sequence(
     slope: float,
     spike_fn: Callable[[Tensor], Tensor],
     bias: Optional[Tensor] = None,
-) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+    record: bool = False,
+) -> tuple[Tensor, Optional[Tensor], tuple[Tensor, Tensor, Tensor]]:
     """Run the LIF over all steps of ``x`` ``[T, ...]`` from ``state = (current, membrane,
     spikes)`` (each ``[...]``; None: all zero). ``beta``, ``threshold`` and ``bias`` broadcast to
     one step.
 
-    Returns spikes ``[T, ...]``, membranes ``[T, ...]`` (detached, for recording) and the last
-    state ``(current, membrane, spikes)``, with gradients as the ``lif_step`` loop has them.
+    Returns spikes ``[T, ...]``, membranes ``[T, ...]`` (detached; None unless ``record``) and the
+    last state ``(current, membrane, spikes)``, with gradients as the ``lif_step`` loop has them.
     """
     step_shape = x.shape[1:]
     steps = x.shape[0]
@@ -239,7 +257,7 @@ def lif_sequence(
         x.reshape(steps, -1).contiguous(), current0, membrane0, spikes0,
         _periodic(beta, step_shape, x), _periodic(threshold, step_shape, x),
         _periodic(bias, step_shape, x) if bias is not None else None,
-        float(alpha), surrogate, float(slope), spike_fn)
+        float(alpha), surrogate, float(slope), spike_fn, record)
     spikes = spikes.view(steps, *step_shape)  # [T, M] -> [T, ...]
     last = (current.view(step_shape), membrane.view(step_shape), spikes[-1])
-    return spikes, membranes.view(steps, *step_shape), last
+    return spikes, membranes.view(steps, *step_shape) if record else None, last

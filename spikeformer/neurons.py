@@ -218,7 +218,7 @@ class LIF(nn.Module):
 
             spikes, membranes, last = lif_sequence(input_current, state, beta, alpha, threshold,
                                                    self.params.surrogate, self.params.slope,
-                                                   self.spike_fn, bias)
+                                                   self.spike_fn, bias, record=record_membrane is not None)
             if record_membrane is not None:
                 record_membrane.extend(membranes.unbind(0))
             return spikes, LIFState(*last)

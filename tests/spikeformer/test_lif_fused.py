@@ -19,7 +19,7 @@ DTYPES = (torch.float32, torch.float64)
 TOLERANCE = {torch.float32: dict(rtol=2e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-12)}
 
 
-def _run(impl, x, params, learn, bias, state):
+def _run(impl, x, params, learn, bias, state, record=True):
     torch.manual_seed(1)  # the same learnable initial values for both implementations
     lif = LIF(params, x.shape[-1], learn_beta=learn, learn_threshold=learn, impl=impl).to(x.dtype)
     x = x.clone().requires_grad_(True)
@@ -32,15 +32,23 @@ def _run(impl, x, params, learn, bias, state):
         leaves.append(bias)
     leaves += list(lif.parameters())
     membranes: list = []
-    spikes, last = lif(x, state, membranes, bias)
+    spikes, last = lif(x, state, membranes if record else None, bias)
     weights = torch.randn(spikes.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype)
     loss = (spikes * weights).sum() + 1.3 * last.membrane.sum() + 0.7 * last.current.sum() + 0.3 * last.spikes.sum()
-    return spikes, last, torch.stack(membranes), torch.autograd.grad(loss, leaves)
+    return spikes, last, torch.stack(membranes) if record else None, torch.autograd.grad(loss, leaves)
 
 
 def _compare(x, params, learn=False, bias=None, state=None):
     ref = _run("loop", x, params, learn, bias, state)
     got = _run("fused", x, params, learn, bias, state)
+    # without recording, the kernel keeps no membranes and recomputes them in the backward pass
+    unrecorded = _run("fused", x, params, learn, bias, state, record=False)
+    assert torch.equal(unrecorded[0], ref[0])
+    for a, b in zip(unrecorded[1], ref[1]):
+        assert torch.equal(a, b)
+    assert torch.equal(unrecorded[3][0], ref[3][0])
+    for a, b in zip(unrecorded[3][1:], ref[3][1:]):
+        torch.testing.assert_close(a, b, **TOLERANCE[x.dtype])
     assert torch.equal(got[0], ref[0])  # spikes
     for a, b in zip(got[1], ref[1]):  # final current, membrane, spikes
         assert torch.equal(a, b)
