@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
+from spikeformer.bench import cpu_name
 from spikeformer.checkpoint import atomic_write_json
 from spikeformer.config import load_config
 from spikeformer.errors import SpikeformerError
@@ -34,17 +34,6 @@ def run_one(config: Path, model: str, seed: int, out: Path, threads: int) -> dic
         if metrics.get("config") == cfg.to_dict():
             return metrics
     return train(cfg, out, resume=(out / "checkpoint.json").is_file())
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one (platform.processor() is often empty)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def row(name: str, m: dict) -> str:

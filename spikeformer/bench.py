@@ -637,7 +637,8 @@ def plan(sizes: Sizes) -> list[tuple[str, Callable[[_Bench], dict]]]:
     return items
 
 
-def _cpu_model() -> str:
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one (platform.processor() is often empty)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -666,7 +667,7 @@ def _version(dist: str) -> Optional[str]:
 
 def machine_info(device: str, sizes_name: str, repeats: int) -> dict:
     info = {
-        "cpu": _cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "device": device, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(), "sizes": sizes_name, "repeats": repeats,
         "peak_memory": PEAK_MEMORY_METHOD[device],
@@ -796,7 +797,8 @@ def write_outputs(result: dict, out: Union[str, Path]) -> tuple[Path, Path, Path
     from .checkpoint import atomic_write_json
 
     json_path, md_path, png_path = output_paths(out)
-    atomic_write_json(json_path, result)
+    # SPEC §4: bench.json is a list of entries; each carries the machine it was measured on
+    atomic_write_json(json_path, [dict(entry, machine=result["machine"]) for entry in result["entries"]])
     md_path.write_text(render_markdown(result))
     plot_ratios(result, png_path)
     return json_path, md_path, png_path

@@ -139,7 +139,9 @@ def test_markdown_and_plot(tiny_result, tmp_path):
         assert f"| {name} |" in text
     paths = bench.write_outputs(tiny_result, tmp_path / "bench.json")
     assert [p.name for p in paths] == ["bench.json", "bench.md", "bench.png"]
-    assert json.loads(paths[0].read_text())["entries"][0]["name"] == _names(tiny_result)[0]
+    written = json.loads(paths[0].read_text())  # SPEC §4: a list of entries, each with its machine
+    assert isinstance(written, list) and written[0]["name"] == _names(tiny_result)[0]
+    assert written[0]["machine"] == tiny_result["machine"]
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -148,8 +150,8 @@ def test_cli_writes_json_markdown_and_plot(tmp_path, capsys):
     args = ["bench", "--sizes", "tiny", "--only", "lif_floor", "--repeats", "2", "--quiet", "--out", str(out)]
     assert main(args) == 0
     data = json.loads(out.read_text())
-    assert [e["name"] for e in data["entries"]] == ["lif_floor_n16_t8"] and data["entries"][0]["repeats"] == 2
-    assert len(data["entries"][0]["ours_all_seconds"]) == 2 and math.isfinite(data["entries"][0]["ours_seconds"])
+    assert [e["name"] for e in data] == ["lif_floor_n16_t8"] and data[0]["repeats"] == 2
+    assert len(data[0]["ours_all_seconds"]) == 2 and math.isfinite(data[0]["ours_seconds"])
     assert (tmp_path / "b.md").is_file() and (tmp_path / "b.png").is_file()
     printed = capsys.readouterr().out
     assert "lif_floor_n16_t8" in printed and printed.strip().splitlines()[-1].startswith("bench: 1 entries")
