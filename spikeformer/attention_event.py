@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
+from .kernels import pointer as _ptr
 from .errors import ConfigError, ShapeError
 
 # variant codes and the order of the per-head parameters p0..p3 in the kernel
@@ -35,10 +36,6 @@ def _library(q: Tensor) -> Optional[ctypes.CDLL]:
     if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64):
         return None
     return kernels.load("attention_event")
-
-
-def _ptr(x: Optional[Tensor]) -> Optional[ctypes.c_void_p]:
-    return None if x is None else ctypes.c_void_p(x.data_ptr())
 
 
 def event_attention(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, scale: float, variant: str,

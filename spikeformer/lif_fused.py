@@ -1,10 +1,10 @@
 """Fused multi-step LIF: the whole ``[T, ...]`` sequence in one forward and one backward pass.
 
 It computes exactly what a loop of ``spikeformer.neurons.lif_step`` computes (SPEC §2.1), values
-and gradients, but autograd sees one node instead of about ten per step. It saves only the
-spikes and membranes for the backward pass. On CPU, for float32 and float64, it runs the
-compiled kernel ``spikeformer/kernels/lif.c``. Elsewhere (CUDA, or no compiler) it runs the same
-recurrences as torch ops under one autograd node.
+and gradients, but autograd sees one node instead of about ten per step. For training it keeps
+the spikes and its input; the backward pass recomputes the membranes. On CPU, for float32 and
+float64, it runs the compiled kernel ``spikeformer/kernels/lif.c``. Elsewhere (CUDA, or no
+compiler) it runs the same recurrences as torch ops under one autograd node.
 
 The surrogate derivative is applied inside the kernel for snnTorch's ``fast_sigmoid``, ``atan``
 and ``triangular``, written as torch evaluates them so the results are bit-identical. Others
@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
+from .kernels import pointer as _ptr
 
 # kernel surrogate codes (spikeformer/kernels/lif.c); absent names use SURROGATE_GIVEN
 SURROGATE_GIVEN = 0
@@ -39,15 +40,6 @@ def _surrogate_constants(name: str, slope: float) -> tuple[int, float, float]:
     if name == "triangular":  # snnTorch's triangular() has threshold 1 (slope unused)
         return kind, 1.0, 0.0
     return kind, 0.0, 0.0
-
-
-def _ptr(x: Optional[Tensor]) -> Optional[ctypes.c_void_p]:
-    """A C pointer to ``x``'s buffer; the caller keeps ``x`` referenced until the call returns."""
-    if x is None:
-        return None
-    if not x.is_contiguous():
-        raise ValueError("internal: the LIF kernel needs contiguous buffers")
-    return ctypes.c_void_p(x.data_ptr())
 
 
 def _use_kernel(x: Tensor) -> Optional[ctypes.CDLL]:

@@ -24,7 +24,10 @@ import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import torch
 
 SOURCES = Path(__file__).parent
 # -march=native: the library is built on the machine that runs it (and keyed by its CPU below)
@@ -98,6 +101,17 @@ def load(name: str) -> Optional[ctypes.CDLL]:
         warnings.warn(f"spikeformer: compiled kernel {name!r} unavailable, using the torch fallback ({err})",
                       RuntimeWarning, stacklevel=2)
         return None
+
+
+def pointer(x: Optional["torch.Tensor"]) -> Optional[ctypes.c_void_p]:
+    """A C pointer to a contiguous tensor's buffer (None stays NULL). The caller must keep ``x``
+    referenced until the C call returns: a temporary (``t.contiguous()`` in the argument list)
+    would be freed before it."""
+    if x is None:
+        return None
+    if not x.is_contiguous():
+        raise ValueError("internal: a compiled kernel needs contiguous buffers")
+    return ctypes.c_void_p(x.data_ptr())
 
 
 def main() -> int:
