@@ -34,7 +34,6 @@ one more call, see ``peak_memory_mb``. A peer that cannot be imported or fails i
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import importlib
 import math
@@ -408,40 +407,32 @@ def _softmax_bytes(sizes: Sizes, length: int) -> int:
 
 
 def _train_models(name: str, config_dir: Optional[Path]) -> dict:
-    """ours / ann / before models of ``name``'s demo config and one batch of digits."""
-    from .config import Config, load_config
+    """The ours / ann / before configs of ``name``'s demo config, the overrides that make them,
+    and its data (loaded once for all three)."""
+    from .config import load_config
     from .data import load_task
-    from .model import build_model
-    from .neurons import LIF
 
     folder = config_dir or Path(__file__).resolve().parents[1] / "demos"
     path = folder / CONFIGS[name]
     if not path.is_file():
         raise SpikeformerError(f"config {path} not found; run bench from a source checkout")
-    fields = {f.name for f in dataclasses.fields(Config)}
-    fast = {k: v for k, v in (("lif_impl", "fused"), ("attention_impl", "chunked")) if k in fields}
-    slow = {k: v for k, v in (("lif_impl", "loop"), ("attention_impl", "recurrent")) if k in fields}
-    return {"path": path, "ours": (load_config(path, fast), None),
-            "ann": (load_config(path, {"model": "ann"}), None),
-            "before": (load_config(path, slow), "loop"),
-            "load_task": load_task, "build_model": build_model, "LIF": LIF,
-            "overrides": {"ours": fast, "before": {**slow, "every LIF module's impl": "loop"}, "ann": {"model": "ann"}}}
+    overrides = {"ours": {"lif_impl": "fused", "attention_impl": "chunked"}, "ann": {"model": "ann"},
+                 "before": {"lif_impl": "loop", "attention_impl": "recurrent"}}  # the code path before the kernels
+    configs = {which: load_config(path, values) for which, values in overrides.items()}
+    return {"path": path, "configs": configs, "split": load_task(configs["ours"]), "overrides": overrides}
 
 
 def _make_train_step(parts: dict, which: str, sizes: Sizes, device: str) -> Callable[[], Callable[[], None]]:
     """One training step on ``sizes.train_batch`` digits: forward, cross-entropy, backward, gradient clipping
     and AdamW, as ``spikeformer train`` does (the gradients are freed at the end of the step)."""
     def make() -> Callable[[], None]:
-        cfg, lif_impl = parts[which]
-        split = parts["load_task"](cfg)
+        from .train import make_model
+
+        cfg, split = parts["configs"][which], parts["split"]
         xb = split.x_train[:sizes.train_batch].to(device)
         yb = split.y_train[:sizes.train_batch].to(device)
         torch.manual_seed(cfg.seed)
-        model = parts["build_model"](cfg, split.tokens, split.features, split.num_classes).to(device)
-        if lif_impl is not None:  # today's code path: every LIF steps in a Python loop
-            for module in model.modules():
-                if isinstance(module, parts["LIF"]):
-                    module.impl = lif_impl
+        model = make_model(cfg, split).to(device)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -596,7 +587,7 @@ class _Bench:
                               "could not build the models")
         ms = {w: self.m(("train", name, w), _make_train_step(parts, w, self.sizes, self.device))
               for w in ("ours", "ann", "before")}
-        cfg = parts["ours"][0]
+        cfg = parts["configs"]["ours"]
         shape = {"batch": self.sizes.train_batch, "tokens": cfg.task_shape()[0], "features": cfg.task_shape()[1],
                  "time_steps": cfg.time_steps, "dim": cfg.dim, "depth": cfg.depth, "heads": cfg.heads,
                  "head_dim": cfg.head_dim, "config": parts["path"].name}

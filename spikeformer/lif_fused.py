@@ -58,7 +58,9 @@ def _expand(value: Optional[Tensor], size: int) -> Optional[Tensor]:
 
 
 def _forward_torch(x, i0, v0, s0, beta, threshold, bias, alpha):
-    """The forward recurrence as torch ops (CUDA and the no-compiler fallback)."""
+    """The forward recurrence as torch ops (CUDA and the no-compiler fallback). It restates
+    ``neurons.lif_step`` op for op (importing it would close an import cycle with neurons.py);
+    tests/spikeformer/test_lif_fused.py holds the two equal bit for bit."""
     size = x.shape[1]
     beta, threshold, bias = _expand(beta, size), _expand(threshold, size), _expand(bias, size)
     zero = x.new_zeros(size)
@@ -97,6 +99,11 @@ def _backward_torch(G, spikes, beta, alpha, g_current, g_membrane, keep_grad_mem
     return grad_input, grad_membrane, gv
 
 
+def _periods(*values: Optional[Tensor]) -> list[ctypes.c_long]:
+    """The kernel's period arguments of periodic values (1 for an absent bias)."""
+    return [ctypes.c_long(v.numel() if v is not None else 1) for v in values]
+
+
 def _fold(per_neuron: Tensor, period: int) -> Tensor:
     """Sum a per-neuron gradient ``[M]`` onto a periodic value ``[P]``."""
     return per_neuron.view(-1, period).sum(0)
@@ -127,7 +134,7 @@ class _FusedLIF(torch.autograd.Function):
             getattr(lib, f"lif_forward_{_suffix(x)}")(
                 _ptr(x), _ptr(spikes), None if ctx.recompute else _ptr(membrane), _ptr(current), _ptr(last),
                 _ptr(i0), _ptr(v0), _ptr(s0), _ptr(beta), _ptr(threshold), _ptr(bias),
-                *(ctypes.c_long(p.numel() if p is not None else 1) for p in (beta, threshold, bias)),
+                *_periods(beta, threshold, bias),
                 ctypes.c_double(alpha), ctypes.c_long(steps), ctypes.c_long(size),
                 ctypes.c_int(torch.get_num_threads()))
         else:
@@ -169,7 +176,7 @@ class _FusedLIF(torch.autograd.Function):
             status = getattr(lib, f"lif_backward_{_suffix(spikes)}")(
                 _ptr(given), _ptr(membrane), _ptr(x), _ptr(i0), _ptr(v0), _ptr(s0), _ptr(beta),
                 _ptr(threshold), _ptr(bias),
-                *(ctypes.c_long(p.numel() if p is not None else 1) for p in (beta, threshold, bias)),
+                *_periods(beta, threshold, bias),
                 ctypes.c_double(alpha), _ptr(g_current), _ptr(g_membrane), _ptr(grad_input),
                 _ptr(grad_membrane), _ptr(gv_first), ctypes.c_int(kind), ctypes.c_double(c1),
                 ctypes.c_double(c2), ctypes.c_long(steps), ctypes.c_long(size),
