@@ -50,7 +50,7 @@ from .plasticity import Traces, eligibility_step, stdp_step
 from .variants import VARIANTS as _TABLE
 
 VARIANTS = tuple(_TABLE)  # the variant table: spikeformer/variants.py
-IMPLEMENTATIONS = ("naive", "recurrent", "parallel", "chunked", "event", "auto")
+IMPLEMENTATIONS = ("naive", "recurrent", "parallel", "chunked", "fused", "event", "auto")
 CHUNK_SIZE = 64  # steps per chunk of the chunked form
 
 
@@ -121,9 +121,16 @@ def spiking_attention(
     _check(q, k, v, decay, variant, impl, plasticity, modulator)
     state = initial_state if initial_state is not None else initial_attention_state(q, variant)
     if impl == "auto":
-        impl = choose_implementation(q, k, v, decay, plasticity, modulator, state)
+        impl = choose_implementation(q, k, v, decay, variant, plasticity, modulator, state)
     if impl == "parallel":
         return _parallel_hebbian(q, k, v, decay, scale, state)
+    if impl == "fused":
+        from .attention_fused import fused_attention  # noqa: PLC0415
+
+        done = fused_attention(q, k, v, decay, scale, variant, state)
+        if done is not None:
+            return done
+        impl = "chunked"  # no kernel for this variant, device or dtype: the chunked form, same values
     if impl == "chunked":
         from .attention_chunked import chunked_attention  # noqa: PLC0415
 
@@ -145,13 +152,19 @@ def spiking_attention(
     return torch.stack(out, 0), state
 
 
-def choose_implementation(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, plasticity: dict,
+def choose_implementation(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, variant: str, plasticity: dict,
                           modulator: Optional[Tensor], state: AttentionState) -> str:
-    """``auto``: the event-driven kernel for CPU inference (no tensor needs a gradient), the
-    chunked form otherwise (training, CUDA)."""
+    """``auto``: the event-driven kernel for CPU inference (no tensor needs a gradient); to train
+    on CPU, the fused kernel for hebbian attention over several tokens per step (global mode) and
+    the chunked form otherwise (other variants, causal mode, CUDA); measured in
+    docs/benchmarks.md."""
     tensors = [q, k, v, decay, *plasticity.values(), *state, *([modulator] if modulator is not None else [])]
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    return "event" if q.device.type == "cpu" and not needs_grad else "chunked"
+    if q.device.type != "cpu":
+        return "chunked"
+    if not needs_grad:
+        return "event"
+    return "fused" if variant == "hebbian" and q.shape[2] > 1 else "chunked"
 
 
 def _per_head(x: Tensor) -> Tensor:

@@ -416,7 +416,7 @@ def _train_models(name: str, config_dir: Optional[Path]) -> dict:
     path = folder / CONFIGS[name]
     if not path.is_file():
         raise SpikeformerError(f"config {path} not found; run bench from a source checkout")
-    overrides = {"ours": {"lif_impl": "fused", "attention_impl": "chunked"}, "ann": {"model": "ann"},
+    overrides = {"ours": {"lif_impl": "fused", "attention_impl": "auto"}, "ann": {"model": "ann"},
                  "before": {"lif_impl": "loop", "attention_impl": "recurrent"}}  # the code path before the kernels
     configs = {which: load_config(path, values) for which, values in overrides.items()}
     return {"path": path, "configs": configs, "split": load_task(configs["ours"]), "overrides": overrides}

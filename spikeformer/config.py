@@ -27,7 +27,7 @@ CHOICES: dict[str, tuple] = {
     "model": ("spikeformer", "ann"),
     "mode": ("global", "causal"),
     "variant": tuple(VARIANTS),  # spikeformer/variants.py
-    "attention_impl": ("naive", "recurrent", "parallel", "chunked", "event", "auto"),
+    "attention_impl": ("naive", "recurrent", "parallel", "chunked", "fused", "event", "auto"),
     "lif_impl": ("fused", "loop"),
     "encoder": ("direct", "poisson"),
     "stem": ("linear", "conv1d"),
@@ -76,7 +76,7 @@ class Config:
     model: str = "spikeformer"  # spikeformer | ann (softmax baseline of the same width/depth)
     mode: str = "global"  # global (all tokens every step) | causal (one token per step, streaming)
     variant: str = "hebbian"  # attention state update: hebbian | stdp | three_factor | delta
-    attention_impl: str = "auto"  # auto (chunked to train, event for CPU inference) | chunked | event | recurrent | naive | parallel (hebbian)
+    attention_impl: str = "auto"  # auto (fused/chunked to train, event for CPU inference) | fused (hebbian, CPU) | chunked | event | recurrent | naive | parallel (hebbian)
     lif_impl: str = "fused"  # fused (one pass over all steps, compiled kernel on CPU) | loop (lif_step per step)
     dim: int = 64  # residual width D
     heads: int = 4  # attention heads H

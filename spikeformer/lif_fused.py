@@ -186,10 +186,9 @@ class _FusedLIF(torch.autograd.Function):
         else:
             grad_input, grad_membrane, gv_first = _backward_torch(
                 G, spikes, beta, alpha, g_current, g_membrane, keep_grad_membrane)
-        beta_full = _expand(beta, size)
         keep_first = 1.0 - s0 if s0 is not None else torch.ones_like(gv_first)
         g_i0 = grad_input[0] * alpha if need_i0 else None
-        g_v0 = (gv_first * keep_first) * beta_full if need_v0 else None
+        g_v0 = (gv_first * keep_first) * _expand(beta, size) if need_v0 else None
         g_beta = None
         if need_beta:  # d/dbeta of (beta * v[t-1]) * keep[t-1], summed over time
             first = v0 if v0 is not None else torch.zeros_like(gv_first)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 SOURCES = Path(__file__).parent
 # -march=native: the library is built on the machine that runs it (and keyed by its CPU below)
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared", "-std=c99"]
-KERNELS = ("lif", "attention_event")  # spikeformer/kernels/<name>.c
+KERNELS = ("lif", "attention_event", "attention_train")  # spikeformer/kernels/<name>.c
 
 
 def cache_dir() -> Path:

@@ -241,3 +241,11 @@ def test_same_key_in_two_sections_is_an_error(tmp_path):
     except ConfigError:
         return
     pytest.fail(f"key 'dim' given twice was silently resolved to {cfg.dim}")
+
+
+def test_attention_impl_choices_are_the_attention_modules():
+    """config.py stays free of torch, so it lists the implementations itself; they must be the same."""
+    from spikeformer.attention import IMPLEMENTATIONS
+    from spikeformer.config import CHOICES
+
+    assert CHOICES["attention_impl"] == IMPLEMENTATIONS
