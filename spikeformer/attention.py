@@ -154,17 +154,19 @@ def spiking_attention(
 
 def choose_implementation(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, variant: str, plasticity: dict,
                           modulator: Optional[Tensor], state: AttentionState) -> str:
-    """``auto``: the event-driven kernel for CPU inference (no tensor needs a gradient); to train
-    on CPU, the fused kernel for hebbian attention over several tokens per step (global mode) and
-    the chunked form otherwise (other variants, causal mode, CUDA); measured in
-    docs/benchmarks.md."""
+    """``auto``: the event-driven kernel for CPU inference (no tensor needs a gradient). To train
+    on CPU, hebbian attention runs the fused kernel where it is faster than the chunked form, as
+    measured (docs/benchmarks.md): its work per token grows as d^2, the chunked form's as the
+    chunk's tokens times d, so it wins for head sizes up to 32 and, at d = 64, from 4 tokens a
+    step. Everything else (other variants, CUDA) trains with the chunked form."""
     tensors = [q, k, v, decay, *plasticity.values(), *state, *([modulator] if modulator is not None else [])]
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     if q.device.type != "cpu":
         return "chunked"
     if not needs_grad:
         return "event"
-    return "fused" if variant == "hebbian" and q.shape[2] > 1 else "chunked"
+    tokens, dim = q.shape[2], q.shape[4]
+    return "fused" if variant == "hebbian" and (dim <= 32 or tokens >= 4) else "chunked"
 
 
 def _per_head(x: Tensor) -> Tensor:

@@ -21,6 +21,8 @@ Groups of entries (shapes for the full run; ``--quick`` and the tests' ``tiny`` 
 - ``attention_l{L}``: causal hebbian spiking attention fwd+bwd; ours ``impl="chunked"``, baseline
   the materialised softmax attention; peers SDPA and ``impl="recurrent"``.
   ``attention_crossover``: the smallest L of a sweep where chunked beats SDPA.
+- ``attention_global_train``: global-mode hebbian attention fwd+bwd at a digits-loihi step's shape;
+  ours ``impl="auto"`` (the fused CPU kernel), baseline ``impl="chunked"``, peer ``impl="recurrent"``.
 - ``event_rate{r}``: causal hebbian inference at spike rate r; ours ``impl="event"``, baseline
   ``impl="recurrent"``, peer ``impl="chunked"``.
 - ``train_batch_digits[_loihi]``: one training step of the demos/digits*.toml models; baseline
@@ -80,6 +82,7 @@ class Sizes:
     head_dim: int = 64
     train_batch: int = 64
     repeats: int = 5
+    global_shape: tuple[int, int, int, int, int] = (14, 64, 4, 8, 16)  # attention_global: T, B, N, H, d
 
 
 SIZES: dict[str, Sizes] = {
@@ -88,7 +91,8 @@ SIZES: dict[str, Sizes] = {
     "quick": Sizes(4, 100, (512,), (256, 1024), (64, 128, 256, 512, 1024), 512, (0.01, 0.05, 0.10, 0.30),
                    repeats=3),
     # the tests' size: everything runs, nothing is meaningful
-    "tiny": Sizes(2, 8, (16,), (16, 32), (16, 32), 32, (0.10,), heads=2, head_dim=8, train_batch=4, repeats=1),
+    "tiny": Sizes(2, 8, (16,), (16, 32), (16, 32), 32, (0.10,), heads=2, head_dim=8, train_batch=4, repeats=1,
+                  global_shape=(4, 2, 2, 2, 8)),
 }
 
 PEER_NOTE = ("peers: snnTorch Leaky(beta=0.9) stepped on x[t] in a loop as its tutorials do (its default "
@@ -400,6 +404,27 @@ def _make_attention(sizes: Sizes, length: int, impl: str, device: str, rate: flo
     return make
 
 
+def _make_global_attention(sizes: Sizes, impl: str, device: str) -> Callable[[], Callable[[], None]]:
+    """Global-mode hebbian attention fwd+bwd at ``sizes.global_shape`` (all N tokens every step,
+    spikes at rate 0.2, a learnable decay): the attention of a digits-loihi training step."""
+    def make() -> Callable[[], None]:
+        from .attention import spiking_attention
+
+        gen = torch.Generator().manual_seed(3)
+        shape = sizes.global_shape
+        q, k, v = ((torch.rand(shape, generator=gen) < 0.2).float().to(device).requires_grad_(True) for _ in range(3))
+        logit = torch.full((shape[3],), 2.0, device=device, requires_grad=True)
+        weight = torch.randn(shape, generator=gen).to(device)
+
+        def step() -> None:
+            o, _ = spiking_attention(q, k, v, torch.sigmoid(logit), 1.0 / shape[4], "hebbian", impl=impl)
+            _grads((o * weight).sum(), [q, k, v, logit])
+
+        return step
+
+    return make
+
+
 def _softmax_bytes(sizes: Sizes, length: int) -> int:
     """Memory the materialised softmax needs at once: about four float32 [H, L, L] matrices
     (scores, masked scores, probabilities, and their gradient in the backward pass)."""
@@ -566,6 +591,17 @@ class _Bench:
                           note + "; seconds and memory are those at L = crossover_length (or the longest L)",
                           crossover_length=found, sweep=sweep)
 
+    def attention_global(self) -> dict:
+        impls = ("auto", "chunked", "recurrent")
+        auto, chunked, recurrent = (self.m(("global", impl), _make_global_attention(self.sizes, impl, self.device))
+                                    for impl in impls)
+        t, b, n, h, d = self.sizes.global_shape
+        return make_entry("attention_global_train", {"T": t, "B": b, "N": n, "H": h, "d": d, "spike_rate": 0.2},
+                          auto, "chunked", chunked, {"recurrent": recurrent}, self.repeats,
+                          "global-mode hebbian attention fwd+bwd into q, k, v and a learnable decay, at the shape of "
+                          "a digits-loihi training step; ours impl='auto' (on CPU: the fused kernel), baseline "
+                          "impl='chunked', peer impl='recurrent'")
+
     def event_rate(self, rate: float) -> dict:
         length, impls = self.sizes.event_length, ("event", "recurrent", "chunked")
         event, recurrent, chunked = (
@@ -598,7 +634,7 @@ class _Bench:
         if not (_missing(ms["ours"]) or _missing(ms["before"])):
             extra["speedup_over_before"] = ms["before"]["seconds"] / ms["ours"]["seconds"]
         note = (f"one training step (forward, cross-entropy, backward, grad clip, AdamW) on {self.sizes.train_batch} "
-                f"digits samples with {parts['path'].name}; ours: lif_impl fused, attention_impl chunked; baseline: "
+                f"digits samples with {parts['path'].name}; ours: lif_impl fused, attention_impl auto (the default); baseline: "
                 "the same config with model = 'ann'; peer 'before': every LIF impl='loop' and "
                 "attention_impl='recurrent' (the code path before the fused kernels)")
         if name == "train_batch_digits_loihi":
@@ -621,6 +657,7 @@ def plan(sizes: Sizes) -> list[tuple[str, Callable[[_Bench], dict]]]:
     for length in sizes.attention_lengths:
         items.append((f"attention_l{length}", lambda b, L=length: b.attention(L)))
     items.append(("attention_crossover", lambda b: b.crossover()))
+    items.append(("attention_global_train", lambda b: b.attention_global()))
     for rate in sizes.event_rates:
         items.append((f"event_rate{rate:.2f}", lambda b, r=rate: b.event_rate(r)))
     for name in CONFIGS:

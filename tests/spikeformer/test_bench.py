@@ -30,7 +30,7 @@ def _names(result):
 def test_every_entry_has_the_spec_keys_and_its_ratio(tiny_result):
     assert _names(tiny_result) == [name for name, _ in plan(TINY)]
     assert {"lif_neuron_n16_t8", "lif_fwd_bwd_n16_t8", "lif_floor_n16_t8", "attention_l32", "attention_crossover",
-            "event_rate0.10", "train_batch_digits", "train_batch_digits_loihi"} <= set(_names(tiny_result))
+            "attention_global_train", "event_rate0.10", "train_batch_digits", "train_batch_digits_loihi"} <= set(_names(tiny_result))
     machine = tiny_result["machine"]
     assert {"cpu", "cores", "torch", "threads", "device", "date"} <= set(machine)
     json.dumps(tiny_result, allow_nan=False)  # plain JSON: no NaN, no tensors
