@@ -24,3 +24,7 @@ class CheckpointError(SpikeformerError, ValueError):
 
 class TrainingDiverged(SpikeformerError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class DistributedError(SpikeformerError, RuntimeError):
+    """Multi-process training stopped: another rank failed or went away (the last checkpoint is kept)."""

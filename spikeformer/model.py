@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import distributed
 from .attention import attention_event_counts, spiking_attention
 from .config import Config
 from .errors import ShapeError
@@ -110,7 +111,10 @@ class FeatureNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
-        return self.bn(x.reshape(-1, shape[-1])).reshape(shape)  # [..., F] -> [M, F] -> [..., F]
+        rows = x.reshape(-1, shape[-1])  # [..., F] -> [M, F]
+        if self.bn.training and distributed.sync_world() is not None:  # several processes: the global batch's statistics
+            return distributed.batch_norm(rows, self.bn).reshape(shape)
+        return self.bn(rows).reshape(shape)
 
     def affine(self, x: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """The norm as ``y = gain * x + shift`` per feature ``([F], [F])``: the batch statistics of
@@ -118,7 +122,11 @@ class FeatureNorm(nn.Module):
         fold that lowering and qat use)."""
         bn = self.bn
         if x is not None and (bn.training or bn.running_var is None):
-            var, mean = torch.var_mean(x.reshape(-1, x.shape[-1]), 0, correction=0)  # as BatchNorm normalises
+            rows = x.reshape(-1, x.shape[-1])
+            if bn.training and distributed.sync_world() is not None:
+                mean, var, _ = distributed.global_moments(rows)
+            else:
+                var, mean = torch.var_mean(rows, 0, correction=0)  # as BatchNorm normalises
         else:
             mean, var = bn.running_mean, bn.running_var
         gain = torch.rsqrt(var + bn.eps)

@@ -5,7 +5,9 @@ One cell = one training run (``train`` with ``rule``, ``train_size`` and ``seed`
 processes (one torch thread each, so two workers use both cores of a 2-core machine); a cell
 whose ``metrics.json`` exists is not rerun, and a cell with only a checkpoint resumes, so an
 interrupted study continues where it stopped. ``STUDY/settings.json`` records what the study
-was started with: a rerun with other settings is refused in one line.
+was started with: a rerun with other settings is refused in one line. Under torchrun (several
+machines sharing STUDY's folder) rank r runs every world-size-th unfinished cell in its own pool,
+and rank 0 writes the summary once every rank is done (docs/scaling.md).
 
 ``STUDY/study.json`` (SPEC §4): the settings and, per rule and size, the final test accuracy
 of every seed, its mean, standard deviation and 95 % interval (Student t over seeds), the
@@ -22,6 +24,7 @@ import io
 import json
 import math
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +32,8 @@ from typing import Any, Callable, Optional
 
 from .checkpoint import atomic_write_bytes, atomic_write_json
 from .config import CHOICES, Config, config_from_dict
-from .errors import ConfigError
+from . import distributed
+from .errors import ConfigError, DistributedError, SpikeformerError
 
 # --quick: 2 seeds x 2 sizes of a tiny model (the test suite runs it)
 QUICK = {"dim": 16, "heads": 2, "head_dim": 4, "depth": 1, "mlp_ratio": 2, "time_steps": 2, "epochs": 2,
@@ -90,6 +94,12 @@ def run_cell(config: dict[str, Any], cell: Cell, folder: str) -> dict[str, Any]:
     cfg = config_from_dict({**config, "rule": cell.rule, "seed": cell.seed, "train_size": cell.train_size,
                             "num_threads": 1}, source=f"study cell {cell.name}")
     return train(cfg, out, resume=(out / "checkpoint.json").is_file(), progress=False, log=lambda s: None)
+
+
+def _one_process_per_cell() -> None:
+    """A pool worker trains its cell alone: it must not join the torchrun group of its parent."""
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE"):
+        os.environ.pop(key, None)
 
 
 def interval(values: list[float]) -> tuple[float, float, float, float]:
@@ -166,8 +176,9 @@ def study(cfg: Config, rules: tuple[str, ...], seeds: int, sizes: tuple[int, ...
     check_settings(folder, settings)
     cells = plan(rules, seeds, sizes)
     results: dict[Cell, dict[str, Any]] = {}
+    world = distributed.setup("cpu")  # under torchrun: the cells are shared out over the ranks
     bar = None
-    if progress:
+    if progress and world.main:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(cells), desc=f"study {cfg.task}", unit="cell")
     todo = []
@@ -179,18 +190,35 @@ def study(cfg: Config, rules: tuple[str, ...], seeds: int, sizes: tuple[int, ...
             todo.append(cell)
     if bar is not None:
         bar.update(len(results))
-    if todo:
+    mine = todo[world.rank::world.size]  # under torchrun each rank runs its share of the cells
+    failure: Optional[BaseException] = None
+    if mine:
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
-            futures = {pool.submit(run_cell, config, cell, str(folder)): cell for cell in todo}
-            for future in as_completed(futures):
-                cell = futures[future]
-                results[cell] = future.result()  # a cell's error (e.g. TrainingDiverged) stops the study
-                if bar is not None:
-                    bar.set_postfix(last=f"{cell.name} {results[cell]['test_accuracy']:.3f}")
-                    bar.update(1)
+        try:
+            with ProcessPoolExecutor(max_workers=min(workers, len(mine)), mp_context=context,
+                                     initializer=_one_process_per_cell) as pool:
+                futures = {pool.submit(run_cell, config, cell, str(folder)): cell for cell in mine}
+                for future in as_completed(futures):
+                    cell = futures[future]
+                    results[cell] = future.result()  # a cell's error (e.g. TrainingDiverged) stops the study
+                    if bar is not None:
+                        bar.set_postfix(last=f"{cell.name} {results[cell]['test_accuracy']:.3f}")
+                        bar.update(1)
+        except SpikeformerError as exc:
+            failure = exc
     if bar is not None:
         bar.close()
+    if not distributed.agree(failure is None, world):
+        if failure is not None:
+            raise failure
+        raise DistributedError(f"rank {world.rank}: a cell failed on another rank (its error says why); "
+                               "rerun the study to continue it")
+    for cell in todo[:]:  # the other ranks' cells, from the shared run folder
+        if cell not in results:
+            results[cell] = json.loads((folder / "cells" / cell.name / "metrics.json").read_text())
+    distributed.teardown(world)
+    if not world.main:
+        return {}
     record = {**settings, "cells": summarise(cells, results, rules, sizes,
                                              {s: s or available for s in sizes})}
     atomic_write_json(folder / "study.json", record)

@@ -15,7 +15,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -24,7 +24,8 @@ from torch.nn.functional import cross_entropy
 from .checkpoint import atomic_write_json, load_checkpoint, load_model_weights, restore_optimizer, save_checkpoint
 from .config import Config, config_from_dict
 from .data import Split, load_task, shift_augment
-from .errors import CheckpointError, ConfigError, TrainingDiverged
+from . import distributed
+from .errors import CheckpointError, ConfigError, DistributedError, SpikeformerError, TrainingDiverged
 from .metrics import ENERGY_NOTE, count_params, energy_pj, evaluate
 from .model import Probe, build_model
 
@@ -182,20 +183,30 @@ def check_out_dir(out: Path) -> None:
 
 def train(cfg: Config, out: str | Path, resume: bool = False,
           progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train ``cfg`` into the run directory ``out``; returns the metrics written to metrics.json."""
-    out = Path(out)
-    check_out_dir(out)  # fail before the first epoch, not when the first checkpoint is written
-    device = resolve_device(cfg.device)
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
-    split = subset(load_task(cfg), cfg)
-    history: list[dict[str, Any]] = []
-    start_epoch, train_seconds = 0, 0.0
+    """Train ``cfg`` into the run directory ``out``; returns the metrics written to metrics.json.
 
-    torch.manual_seed(cfg.seed)
-    model = make_model(cfg, split).to(device)
-    learner = local_learner(cfg, model) if cfg.rule != "bptt" else None
-    optimizer = torch.optim.AdamW(parameter_groups(cfg, model, learner), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    Under torchrun (``WORLD_SIZE`` > 1) every process trains its share of each global batch
+    (``spikeformer/distributed.py``); rank 0 writes the checkpoints and metrics, and the others
+    return an empty dict."""
+    out = Path(out)
+    device = resolve_device(cfg.device)
+    world = distributed.setup(device)
+    try:
+        metrics = _train(cfg, out, resume, progress and world.main, log, device, world)
+    except SpikeformerError:
+        raise
+    except (RuntimeError, OSError) as exc:
+        if world.distributed:  # a collective failed: a peer is gone (no barrier: it would wait for the dead)
+            raise distributed.lost_peer(world, exc, str(out)) from None
+        raise
+    distributed.teardown(world)
+    return metrics
+
+
+def _load_run(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], model: nn.Module,
+              optimizer: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]], float]:
+    """Resume ``out`` into model and optimizer, or check that a fresh run may start there; returns
+    ``(start_epoch, history, train_seconds)``."""
     if resume:
         meta, weights, optim = load_checkpoint(out)
         saved = config_from_dict(meta["config"], source=str(out / "checkpoint.json"))
@@ -204,13 +215,77 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
             raise ConfigError(f"--resume needs the same config as the run; these keys differ: {changed}")
         load_model_weights(model, weights)
         restore_optimizer(optimizer, meta, optim)
-        start_epoch, history, train_seconds = meta["epoch"] + 1, meta["history"], meta["train_seconds"]
+        start_epoch = meta["epoch"] + 1
         if start_epoch >= cfg.epochs:
             log(f"run {out} already finished {cfg.epochs} epochs; nothing to resume")
-    elif (out / "checkpoint.json").exists():
+        return start_epoch, meta["history"], meta["train_seconds"]
+    if (out / "checkpoint.json").exists():
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose a new --out")
-    elif cfg.init_from:
+    if cfg.init_from:
         init_weights(model, cfg)
+    return 0, [], 0.0
+
+
+def batch_gradients(model: nn.Module, forward: nn.Module, learner: Any, xb: torch.Tensor, yb: torch.Tensor,
+                    batch: int, generator: torch.Generator, cfg: Config, world: distributed.World,
+                    use_amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's part ``xb [b, N, F]``, ``yb [b]`` of a global batch of ``batch`` samples ->
+    ``(loss, logits)`` (the mean loss over ``xb``), leaving in ``.grad`` the gradient of the global
+    batch's mean loss (BPTT through ``forward``, the model or its DDP wrapper) or the local rule's
+    weight change, the same on every rank."""
+    with distributed.synced_norms(world):
+        if learner is None:
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+                logits, _ = forward(xb, generator=generator)
+            loss = cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+        else:  # a local rule: its weight changes arrive in .grad, no backward pass
+            loss, logits = learner.step(xb, yb, generator)
+    share = len(xb) / batch  # this rank's part of the global batch
+    if learner is None:
+        for p in model.parameters():
+            p.grad = None
+        # DDP averages over ranks: scaled by share * world, every sample of the batch weighs the same
+        (loss * (share * world.size) if world.distributed else loss).backward()
+    else:
+        distributed.reduce_gradients(list(model.parameters()), share, world)
+    return loss, logits
+
+
+def _agreed(world: distributed.World, step: Callable[[], Any]) -> Any:
+    """Run ``step`` on every rank; when it fails on any, every rank stops: the failing rank with
+    its own error, the others with one line saying which rank to look at."""
+    error: Optional[BaseException] = None
+    result = None
+    try:
+        result = step()
+    except SpikeformerError as exc:
+        error = exc
+    if not distributed.agree(error is None, world):
+        if error is not None:
+            raise error
+        raise DistributedError(f"rank {world.rank}: another rank could not start (its error says why); "
+                               "every rank needs the data, the config and, with --resume, the run directory")
+    return result
+
+
+def _train(cfg: Config, out: Path, resume: bool, progress: bool, log: Callable[[str], None], device: str,
+           world: distributed.World) -> dict[str, Any]:
+    # fail before the first epoch, not when the first checkpoint is written
+    _agreed(world, lambda: check_out_dir(out) if world.main else None)
+    distributed.check_batch(cfg.batch_size, world)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    split = _agreed(world, lambda: subset(load_task(cfg), cfg))
+
+    torch.manual_seed(cfg.seed)
+    model = make_model(cfg, split).to(device)
+    learner = local_learner(cfg, model) if cfg.rule != "bptt" else None
+    optimizer = torch.optim.AdamW(parameter_groups(cfg, model, learner), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_epoch, history, train_seconds = _agreed(world, lambda: _load_run(cfg, out, resume, log, model, optimizer))
+    # BPTT under several processes: DDP averages the gradients as backward produces them
+    forward = model
+    if world.distributed and learner is None:
+        forward = nn.parallel.DistributedDataParallel(model, forward_sync_buffers=False)
 
     steps_per_epoch = math.ceil(len(split.x_train) / cfg.batch_size)
     use_amp = cfg.amp and device == "cuda"
@@ -228,38 +303,42 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
         for i in range(steps_per_epoch):
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             xb, yb = split.x_train[idx], split.y_train[idx]
-            xb = augment(xb, cfg, gen)
+            xb = augment(xb, cfg, gen)  # the whole global batch, so every rank draws what one process draws
+            if world.distributed:
+                part = distributed.shard(len(idx), world)
+                if len(idx) < world.size:  # a last batch too short to give every rank a sample
+                    continue
+                xb, yb = xb[part], yb[part]
             xb, yb = xb.to(device), yb.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, epoch * steps_per_epoch + i, steps_per_epoch) * group["lr_scale"]
-            if learner is None:
-                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                    logits, _ = model(xb, generator=gen)
-                loss = cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
-            else:  # a local rule: its weight changes arrive in .grad, no backward pass
-                loss, logits = learner.step(xb, yb, gen)
-            if not torch.isfinite(loss):
+            loss, logits = batch_gradients(model, forward, learner, xb, yb, len(idx), gen, cfg, world, use_amp)
+            finite = bool(torch.isfinite(loss))
+            if not distributed.agree(finite, world):
                 if bar is not None:
                     bar.close()
                 kept = f"epoch {epoch - 1}" if epoch > 0 else "none (no epoch finished)"
+                where = f" on rank {world.rank}" if world.distributed and not finite else ""
+                value = loss.item() if not finite else "non-finite on another rank"
                 raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch} step {i}; training stopped, last good checkpoint: "
-                    f"{kept} in {out}; lower lr or raise grad_clip"
+                    f"loss became {value} at epoch {epoch} step {i}{where}; training stopped, last good "
+                    f"checkpoint: {kept} in {out}; lower lr or raise grad_clip"
                 )
-            if learner is None:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            loss_sum += loss.item() * len(idx)
+            loss_sum += loss.item() * len(xb)
             correct += int((logits.argmax(-1) == yb).sum())
-        # the statistics must describe what training showed the model: augmented inputs
-        calib = augment(split.x_train[torch.randperm(len(split.x_train), generator=gen)[:CALIBRATION_SAMPLES]],
-                        cfg, gen)
-        if not cfg.qat:  # qat folds the norms at their running statistics: they stay frozen
-            recalibrate_norms(model, calib, device, 256, gen)
+        loss_sum, correct = distributed.all_sum([loss_sum, float(correct)], world)
+        if world.main:
+            # the statistics must describe what training showed the model: augmented inputs
+            calib = augment(split.x_train[torch.randperm(len(split.x_train), generator=gen)[:CALIBRATION_SAMPLES]],
+                            cfg, gen)
+            if not cfg.qat:  # qat folds the norms at their running statistics: they stay frozen
+                recalibrate_norms(model, calib, device, 256, gen)
         train_seconds += time.perf_counter() - t0
+        if not world.main:  # rank 0 alone evaluates, logs and checkpoints
+            continue
         test = evaluate(model, split.x_test, split.y_test, device=device,
                         generator=torch.Generator().manual_seed(cfg.seed))
         row = {"epoch": epoch, "train_loss": loss_sum / len(split.x_train),
@@ -277,14 +356,18 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
             bar.update(1)
     if bar is not None:
         bar.close()
+    if not world.main:
+        return {}
     if not history:
         raise CheckpointError(f"no finished epoch in {out}; nothing to report")
 
     metrics = run_metrics(cfg, model, split, device, history, train_seconds)
+    metrics.update(world_size=world.size, global_batch=cfg.batch_size)
     atomic_write_json(out / "metrics.json", metrics)
     name = f"{cfg.task}/{cfg.model}" + (f"/{cfg.variant}" if cfg.model == "spikeformer" else "")
     log(f"{name}: test accuracy {metrics['test_accuracy']:.4f}, "
-        f"{metrics['energy_pj_per_sample'] / 1e6:.3f} uJ/sample (estimate), {train_seconds:.0f} s training -> {out}")
+        f"{metrics['energy_pj_per_sample'] / 1e6:.3f} uJ/sample (estimate), {train_seconds:.0f} s training -> {out}"
+        + (f" ({world.size} processes)" if world.distributed else ""))
     return metrics
 
 
