@@ -62,6 +62,7 @@ class Job:
     torch_ref: Trace
     torch_seconds: float
     progress: bool = True
+    codegen: str = "numpy"  # Brian2's code generation target (numpy | cython)
     _fixed: Optional[tuple[Graph, np.ndarray, int]] = field(default=None, init=False, repr=False)
 
     def fixed(self) -> tuple[Graph, np.ndarray, int]:
@@ -153,7 +154,7 @@ def _brian2(mode: str) -> Callable[[Job], tuple[Trace, dict[str, Any]]]:
     def run(job: Job) -> tuple[Trace, dict[str, Any]]:
         from .brian2_ref import run_brian2
 
-        return run_brian2(job.graph, job.x_steps, mode=mode)
+        return run_brian2(job.graph, job.x_steps, mode=mode, codegen=job.codegen)
 
     return run
 

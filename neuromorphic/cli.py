@@ -50,6 +50,9 @@ def _validate_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --learn: the layers that learn, comma-separated globs (default: the run's rule_layers)")
     p.add_argument("--learn-rate", type=float, default=None,
                    help="with --learn: the online learning rate (default 1e-4)")
+    p.add_argument("--codegen", choices=["numpy", "cython"], default="numpy",
+                   help="Brian2 backends: numpy (default, no compile step) or cython (compiled once and "
+                        "cached: faster for long runs; build_seconds and run_seconds are reported apart)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -66,7 +69,8 @@ def _validate(args: argparse.Namespace) -> int:
         raise SpikeformerError("--rule, --rule-layers and --learn-rate go with --learn")
     from .validate import validate
 
-    validate(args.run, args.backend, 100 if args.samples is None else args.samples, progress=not args.quiet)
+    validate(args.run, args.backend, 100 if args.samples is None else args.samples, progress=not args.quiet,
+             codegen=args.codegen)
     return 0
 
 

@@ -54,11 +54,15 @@ def export(run: str | Path, to: str, out: str | Path, fixed_point: bool = False)
 
 
 def validate(run: str | Path, backend: str, samples: int = 100, progress: bool = True,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run ``samples`` test samples on ``backend``; write and return ``RUN/validate-<backend>.json``."""
+             log: Callable[[str], None] = print, codegen: str = "numpy") -> dict[str, Any]:
+    """Run ``samples`` test samples on ``backend``; write and return ``RUN/validate-<backend>.json``.
+    ``codegen``: Brian2's target, ``numpy`` (no compile step) or ``cython`` (compiled once and cached,
+    faster for long runs; build and run seconds are reported apart)."""
     spec = get_backend(backend)
     if samples <= 0:
         raise SpikeformerError(f"--samples must be a positive number, got {samples}")
+    if codegen != "numpy" and not backend.startswith("brian2"):
+        raise SpikeformerError(f"--codegen {codegen} is for the Brian2 backends, not {backend!r}")
     cfg, model, split = _load(run)
     graph = lower(model)
     count = min(samples, len(split.x_test))
@@ -70,7 +74,7 @@ def validate(run: str | Path, backend: str, samples: int = 100, progress: bool =
     record: dict[str, Any] = {"backend": backend, "run": str(run), "samples": count,
                               "latency_steps": int(graph.meta["latency"]), "steps_per_sample": int(x_steps.shape[0]),
                               "torch_seconds": torch_seconds, "saturation_events": 0}
-    job = Job(model, split, graph, x_steps, labels, torch_ref, torch_seconds, progress)
+    job = Job(model, split, graph, x_steps, labels, torch_ref, torch_seconds, progress, codegen)
     reference, ref_seconds = spec.reference_trace(job)
     trace, info = spec.runner(job)
     score = agreement(reference, trace, labels)

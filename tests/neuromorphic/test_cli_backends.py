@@ -70,6 +70,14 @@ def test_validate_rejects_a_run_without_loihi_delays(tmp_path):
 def test_validate_bad_samples_and_missing_run(loihi_run, tmp_path):
     _one_line_error(_cli("validate", str(loihi_run), "--backend", "lava-float", "--samples", "0"), "--samples")
     _one_line_error(_cli("validate", str(tmp_path / "none"), "--backend", "lava-float"))
+    _one_line_error(_cli("validate", str(loihi_run), "--backend", "lava-float", "--codegen", "cython"), "Brian2")
+
+
+def test_validate_brian2_reports_its_codegen_target(loihi_run):
+    assert main(["validate", str(loihi_run), "--backend", "brian2", "--samples", "2", "--codegen", "numpy",
+                 "--quiet"]) == 0
+    record = json.loads((loihi_run / "validate-brian2.json").read_text())
+    assert record["codegen"] == "numpy" and record["build_seconds"] > 0 and record["run_seconds"] > 0
 
 
 @pytest.fixture(scope="module")
