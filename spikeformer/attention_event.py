@@ -33,9 +33,7 @@ _REFUSAL = "attention impl 'event' is for inference (no gradients); use 'chunked
 
 def _library(q: Tensor) -> Optional[ctypes.CDLL]:
     """The compiled kernel for ``q``'s device and dtype, or None (use the torch form)."""
-    if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64):
-        return None
-    return kernels.load("attention_event")
+    return kernels.for_tensor("attention_event", q)
 
 
 def event_attention(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, scale: float, variant: str,
@@ -80,7 +78,7 @@ def event_attention(q: Tensor, k: Tensor, v: Tensor, decay: Tensor, scale: float
     post = owned(state.post_trace) if stdp else state.post_trace
     elig = owned(state.eligibility) if variant == "three_factor" else state.eligibility
     o = torch.empty_like(q_)
-    status = getattr(lib, f"event_attention_{'f32' if dtype == torch.float32 else 'f64'}")(
+    status = kernels.function(lib, "event_attention", q_)(
         _ptr(q_), _ptr(k_), _ptr(v_), _ptr(o), _ptr(memory), _ptr(pre if stdp else None),
         _ptr(post if stdp else None), _ptr(elig if variant == "three_factor" else None), _ptr(decay_),
         *(_ptr(p) for p in params), _ptr(mod), ctypes.c_double(scale), ctypes.c_int(code),

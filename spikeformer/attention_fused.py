@@ -24,13 +24,7 @@ from .kernels import pointer as _ptr
 
 
 def _library(q: Tensor) -> Optional[ctypes.CDLL]:
-    if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64):
-        return None
-    return kernels.load("attention_train")
-
-
-def _suffix(x: Tensor) -> str:
-    return "f32" if x.dtype == torch.float32 else "f64"
+    return kernels.for_tensor("attention_train", q)
 
 
 class _FusedHebbian(torch.autograd.Function):
@@ -42,7 +36,7 @@ class _FusedHebbian(torch.autograd.Function):
         steps, batch, tokens, heads, dim = q.shape
         out = torch.empty_like(q)
         final = q.new_empty(batch, heads, dim, dim)
-        getattr(_library(q), f"hebbian_forward_{_suffix(q)}")(
+        kernels.function(_library(q), "hebbian_forward", q)(
             _ptr(q), _ptr(k), _ptr(v), _ptr(decay), ctypes.c_double(scale), _ptr(memory0), _ptr(out),
             _ptr(final), *_sizes(q), ctypes.c_int(torch.get_num_threads()))
         ctx.save_for_backward(q, k, v, decay, memory0)
@@ -60,7 +54,7 @@ class _FusedHebbian(torch.autograd.Function):
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         grad_memory0 = q.new_empty(batch, heads, dim, dim)
         grad_decay = q.new_empty(batch, heads)
-        status = getattr(_library(q), f"hebbian_backward_{_suffix(q)}")(
+        status = kernels.function(_library(q), "hebbian_backward", q)(
             _ptr(q), _ptr(k), _ptr(v), _ptr(decay), ctypes.c_double(ctx.scale), _ptr(memory0),
             _ptr(grad_out), _ptr(grad_final), _ptr(grad_q), _ptr(grad_k), _ptr(grad_v),
             _ptr(grad_memory0), _ptr(grad_decay), *_sizes(q), ctypes.c_int(torch.get_num_threads()))

@@ -43,13 +43,7 @@ def _surrogate_constants(name: str, slope: float) -> tuple[int, float, float]:
 
 
 def _use_kernel(x: Tensor) -> Optional[ctypes.CDLL]:
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-        return None
-    return kernels.load("lif")
-
-
-def _suffix(x: Tensor) -> str:
-    return "f32" if x.dtype == torch.float32 else "f64"
+    return kernels.for_tensor("lif", x)
 
 
 def _expand(value: Optional[Tensor], size: int) -> Optional[Tensor]:
@@ -131,7 +125,7 @@ class _FusedLIF(torch.autograd.Function):
         if lib is not None:
             spikes, current, last = torch.empty_like(x), x.new_empty(size), x.new_empty(size)
             membrane = x.new_empty(0) if ctx.recompute else torch.empty_like(x)
-            getattr(lib, f"lif_forward_{_suffix(x)}")(
+            kernels.function(lib, "lif_forward", x)(
                 _ptr(x), _ptr(spikes), None if ctx.recompute else _ptr(membrane), _ptr(current), _ptr(last),
                 _ptr(i0), _ptr(v0), _ptr(s0), _ptr(beta), _ptr(threshold), _ptr(bias),
                 *_periods(beta, threshold, bias),
@@ -173,7 +167,7 @@ class _FusedLIF(torch.autograd.Function):
             grad_input = torch.empty_like(spikes)
             grad_membrane = torch.empty_like(spikes) if keep_grad_membrane else None
             gv_first = spikes.new_empty(size)
-            status = getattr(lib, f"lif_backward_{_suffix(spikes)}")(
+            status = kernels.function(lib, "lif_backward", spikes)(
                 _ptr(given), _ptr(membrane), _ptr(x), _ptr(i0), _ptr(v0), _ptr(s0), _ptr(beta),
                 _ptr(threshold), _ptr(bias),
                 *_periods(beta, threshold, bias),

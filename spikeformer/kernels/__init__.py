@@ -103,6 +103,23 @@ def load(name: str) -> Optional[ctypes.CDLL]:
         return None
 
 
+def for_tensor(name: str, x: "torch.Tensor") -> Optional[ctypes.CDLL]:
+    """Kernel ``name`` when it can run on ``x`` (a float32 or float64 CPU tensor), else None: the
+    caller then uses its torch code."""
+    import torch
+
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return None
+    return load(name)
+
+
+def function(lib: ctypes.CDLL, name: str, x: "torch.Tensor") -> ctypes._CFuncPtr:
+    """The entry point ``<name>_f32`` or ``<name>_f64`` of ``lib`` for ``x``'s dtype."""
+    import torch
+
+    return getattr(lib, f"{name}_{'f32' if x.dtype == torch.float32 else 'f64'}")
+
+
 def pointer(x: Optional["torch.Tensor"]) -> Optional[ctypes.c_void_p]:
     """A C pointer to a contiguous tensor's buffer (None stays NULL). The caller must keep ``x``
     referenced until the C call returns: a temporary (``t.contiguous()`` in the argument list)
