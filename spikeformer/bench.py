@@ -27,6 +27,9 @@ Groups of entries (shapes for the full run; ``--quick`` and the tests' ``tiny`` 
   ``impl="recurrent"``, peer ``impl="chunked"``.
 - ``train_batch_digits[_loihi]``: one training step of the demos/digits*.toml models; baseline
   the same-size ANN; peer ``before`` = the spiking model on the loop LIF and recurrent attention.
+- ``lava_steps_per_s_digits_loihi``: digits-loihi (one epoch of training) on Lava fixed point, run
+  seconds (compile apart) against the exact Brian2 rebuild on the same samples; ``steps_per_second``.
+  ``fixed_ref_vs_lava``: the integer reference against that Lava run (ratio = how many times faster).
 
 Time: the median of ``repeats`` calls after one warm-up call that is not counted. Peak memory:
 one more call, see ``peak_memory_mb``. A peer that cannot be imported or fails is recorded as
@@ -83,16 +86,17 @@ class Sizes:
     train_batch: int = 64
     repeats: int = 5
     global_shape: tuple[int, int, int, int, int] = (14, 64, 4, 8, 16)  # attention_global: T, B, N, H, d
+    lava_samples: int = 20  # test samples of the Lava / fixed_ref / Brian2 runs
 
 
 SIZES: dict[str, Sizes] = {
     "full": Sizes(16, 500, (1024, 4096), (1024, 4096, 16384), (256, 512, 1024, 2048, 4096, 8192, 16384),
                   4096, (0.01, 0.05, 0.10, 0.30)),
     "quick": Sizes(4, 100, (512,), (256, 1024), (64, 128, 256, 512, 1024), 512, (0.01, 0.05, 0.10, 0.30),
-                   repeats=3),
+                   repeats=3, lava_samples=5),
     # the tests' size: everything runs, nothing is meaningful
     "tiny": Sizes(2, 8, (16,), (16, 32), (16, 32), 32, (0.10,), heads=2, head_dim=8, train_batch=4, repeats=1,
-                  global_shape=(4, 2, 2, 2, 8)),
+                  global_shape=(4, 2, 2, 2, 8), lava_samples=1),
 }
 
 PEER_NOTE = ("peers: snnTorch Leaky(beta=0.9) stepped on x[t] in a loop as its tutorials do (its default "
@@ -197,6 +201,12 @@ def measure(make: Callable[[], Callable[[], Any]], repeats: int, device: str = "
         return {"missing": _reason(exc)}
     return {"seconds": statistics.median(times), "peak_mem_mb": None if peak is None else round(peak, 3),
             "all_seconds": times, **({} if peak is not None else {"peak_mem_note": PEER_MEMORY_NOTE})}
+
+
+def _once(seconds: float) -> Measurement:
+    """A measurement taken once (memory not profiled)."""
+    return {"seconds": seconds, "peak_mem_mb": None, "all_seconds": [seconds],
+            "peak_mem_note": "not measured (a whole simulator run)"}
 
 
 def _missing(m: Measurement) -> bool:
@@ -476,6 +486,30 @@ def _make_train_step(parts: dict, which: str, sizes: Sizes, device: str) -> Call
     return make
 
 
+BEFORE_ISSUE_LAVA_STEPS_PER_S = 33  # digits-loihi on Lava fixed point before issue 13 (this machine, issue text)
+
+
+def _neuromorphic_runs(sizes: Sizes, config_dir: Optional[Path]) -> dict:
+    """A digits-loihi model trained for one epoch (speed does not depend on accuracy), then the
+    same ``sizes.lava_samples`` test samples on Lava fixed point (beside the integer reference,
+    ``fixed_ref``) and on the exact Brian2 rebuild: their ``validate`` records."""
+    import tempfile
+
+    from neuromorphic.validate import validate
+
+    from .config import load_config
+    from .train import train
+
+    folder = config_dir or Path(__file__).resolve().parents[1] / "demos"
+    cfg = load_config(folder / "digits-loihi.toml", {"epochs": 1})
+    with tempfile.TemporaryDirectory(prefix="spikeformer-bench-") as tmp:
+        run = Path(tmp) / "digits-loihi"
+        train(cfg, run, progress=False, log=lambda _: None)
+        quiet = dict(progress=False, log=lambda _: None)
+        return {"lava": validate(run, "lava-fixed", sizes.lava_samples, **quiet),
+                "brian2": validate(run, "brian2", sizes.lava_samples, **quiet)}
+
+
 # ---------------------------------------------------------------- the runner
 
 
@@ -602,6 +636,44 @@ class _Bench:
                           "a digits-loihi training step; ours impl='auto' (on CPU: the fused kernel), baseline "
                           "impl='chunked', peer impl='recurrent'")
 
+    # -- neuromorphic backends (one run each: a Lava run is too slow to repeat)
+
+    def _neuromorphic(self) -> dict:
+        if ("neuromorphic",) not in self.cache:
+            try:
+                self.cache[("neuromorphic",)] = _neuromorphic_runs(self.sizes, self.config_dir)
+            except Exception as exc:  # noqa: BLE001 - a backend that cannot run is recorded as missing
+                self.cache[("neuromorphic",)] = {"missing": _reason(exc)}
+        return self.cache[("neuromorphic",)]
+
+    def lava_steps(self) -> dict:
+        runs = self._neuromorphic()
+        name, shape = "lava_steps_per_s_digits_loihi", {"samples": self.sizes.lava_samples, "config": "digits-loihi.toml"}
+        note = ("digits-loihi (one epoch of training) on Lava fixed point (lava-nc, bit-accurate models): run seconds "
+                "without the compile step; baseline: the exact Brian2 rebuild (numpy target) on the same samples; "
+                f"before_issue_steps_per_second: {BEFORE_ISSUE_LAVA_STEPS_PER_S}, measured before issue 13 on this "
+                "machine (a historical number, not measured in this run); one run each")
+        if _missing(runs):
+            return make_entry(name, shape, runs, "brian2", runs, {}, 1, note)
+        lava, brian2 = runs["lava"], runs["brian2"]
+        return make_entry(name, shape, _once(lava["run_seconds"]), "brian2", _once(brian2["run_seconds"]), {}, 1, note,
+                          steps_per_second=lava["steps_per_second"], brian2_steps_per_second=brian2["steps_per_second"],
+                          compile_seconds=lava.get("compile_seconds"), lava_processes=lava.get("lava_processes"),
+                          spike_agreement=lava["spike_agreement"], brian2_spike_agreement=brian2["spike_agreement"],
+                          before_issue_steps_per_second=BEFORE_ISSUE_LAVA_STEPS_PER_S,
+                          speedup_over_before_issue=lava["steps_per_second"] / BEFORE_ISSUE_LAVA_STEPS_PER_S)
+
+    def fixed_ref(self) -> dict:
+        runs = self._neuromorphic()
+        name, shape = "fixed_ref_vs_lava", {"samples": self.sizes.lava_samples, "config": "digits-loihi.toml"}
+        note = ("the integer reference neuromorphic.fixed_ref against the Lava fixed-point run it is checked against "
+                "spike for spike, on the same samples; one run each")
+        if _missing(runs):
+            return make_entry(name, shape, runs, "lava", runs, {}, 1, note)
+        lava = runs["lava"]
+        return make_entry(name, shape, _once(lava["fixed_ref_seconds"]), "lava", _once(lava["run_seconds"]), {}, 1,
+                          note, spike_agreement=lava["spike_agreement"])
+
     def event_rate(self, rate: float) -> dict:
         length, impls = self.sizes.event_length, ("event", "recurrent", "chunked")
         event, recurrent, chunked = (
@@ -662,6 +734,8 @@ def plan(sizes: Sizes) -> list[tuple[str, Callable[[_Bench], dict]]]:
         items.append((f"event_rate{rate:.2f}", lambda b, r=rate: b.event_rate(r)))
     for name in CONFIGS:
         items.append((name, lambda b, name=name: b.train_batch(name)))
+    items.append(("lava_steps_per_s_digits_loihi", lambda b: b.lava_steps()))
+    items.append(("fixed_ref_vs_lava", lambda b: b.fixed_ref()))
     return items
 
 

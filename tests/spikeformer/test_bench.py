@@ -55,6 +55,13 @@ def test_every_entry_has_the_spec_keys_and_its_ratio(tiny_result):
     loihi = entries["train_batch_digits_loihi"]
     assert loihi["before_issue_ms_per_batch"] == 117 and "before" in loihi["peers"]
     assert "2026-11-30" in loihi["note"]
+    # the neuromorphic entries run for real: Lava fixed point beside its integer reference, and Brian2
+    lava, fixed = entries["lava_steps_per_s_digits_loihi"], entries["fixed_ref_vs_lava"]
+    assert "ours_missing" not in lava, lava.get("ours_missing")
+    assert lava["steps_per_second"] > 0 and lava["spike_agreement"] == 1.0 and lava["brian2_spike_agreement"] == 1.0
+    assert lava["ours_seconds"] > 0 and lava["baseline_seconds"] > 0
+    assert fixed["ratio"] > 0 and fixed["spike_agreement"] == 1.0
+    assert fixed["baseline_seconds"] == lava["ours_seconds"]  # the same Lava run
 
 
 def test_median_of_the_timed_repeats_after_one_warmup():
