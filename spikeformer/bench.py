@@ -27,9 +27,8 @@ Groups of entries (shapes for the full run; ``--quick`` and the tests' ``tiny`` 
   ``impl="recurrent"``, peer ``impl="chunked"``.
 - ``train_batch_digits[_loihi]``: one training step of the demos/digits*.toml models; baseline
   the same-size ANN; peer ``before`` = the spiking model on the loop LIF and recurrent attention.
-- ``lava_steps_per_s_digits_loihi``: digits-loihi (one epoch of training) on Lava fixed point, run
-  seconds (compile apart) against the exact Brian2 rebuild on the same samples; ``steps_per_second``.
-  ``fixed_ref_vs_lava``: the integer reference against that Lava run (ratio = how many times faster).
+- entries other packages register under the ``spikeformer.bench`` entry point: the neuromorphic
+  backends' ``lava_steps_per_s_digits_loihi`` and ``fixed_ref_vs_lava`` (neuromorphic/bench.py).
 
 Time: the median of ``repeats`` calls after one warm-up call that is not counted. Peak memory:
 one more call, see ``peak_memory_mb``. A peer that cannot be imported or fails is recorded as
@@ -175,7 +174,7 @@ def peak_memory_mb(fn: Callable[[], Any], device: str = "cpu") -> float:
     return peak / 1e6
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """One line naming an exception."""
     text = str(exc).strip().splitlines()
     line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -198,24 +197,24 @@ def measure(make: Callable[[], Callable[[], Any]], repeats: int, device: str = "
         times = time_callable(fn, repeats, warmup=1, device=device)
         peak = peak_memory_mb(fn, device) if memory or device == "cuda" else None
     except Exception as exc:  # noqa: BLE001 - any failure of a peer is recorded, not raised
-        return {"missing": _reason(exc)}
+        return {"missing": reason(exc)}
     return {"seconds": statistics.median(times), "peak_mem_mb": None if peak is None else round(peak, 3),
             "all_seconds": times, **({} if peak is not None else {"peak_mem_note": PEER_MEMORY_NOTE})}
 
 
-def _once(seconds: float) -> Measurement:
-    """A measurement taken once (memory not profiled)."""
+def once(seconds: float) -> Measurement:
+    """A measurement taken once (a whole simulator run: memory not profiled)."""
     return {"seconds": seconds, "peak_mem_mb": None, "all_seconds": [seconds],
             "peak_mem_note": "not measured (a whole simulator run)"}
 
 
-def _missing(m: Measurement) -> bool:
+def missing(m: Measurement) -> bool:
     return "missing" in m
 
 
 def _peer(m: Measurement) -> dict:
     """A peer's record: seconds and peak memory, or why it is missing."""
-    if _missing(m):
+    if missing(m):
         return {"missing": m["missing"]}
     return {k: m[k] for k in ("seconds", "peak_mem_mb", "peak_mem_note", "all_seconds", "spike_rate") if k in m}
 
@@ -224,19 +223,19 @@ def make_entry(name: str, shape: dict, ours: Measurement, baseline_name: str, ba
                peers: Optional[dict[str, Measurement]] = None, repeats: int = 0, note: str = "",
                **extra: Any) -> dict:
     """One bench.json entry with the SPEC keys; seconds and memory are None where missing."""
-    ours_s = None if _missing(ours) else ours["seconds"]
-    base_s = None if _missing(baseline) else baseline["seconds"]
+    ours_s = None if missing(ours) else ours["seconds"]
+    base_s = None if missing(baseline) else baseline["seconds"]
     entry = {
         "name": name, "baseline": baseline_name, "shape": shape,
         "ours_seconds": ours_s, "baseline_seconds": base_s,
         "ratio": base_s / ours_s if ours_s and base_s is not None else None,
-        "ours_peak_mem_mb": None if _missing(ours) else ours["peak_mem_mb"],
-        "baseline_peak_mem_mb": None if _missing(baseline) else baseline["peak_mem_mb"],
+        "ours_peak_mem_mb": None if missing(ours) else ours["peak_mem_mb"],
+        "baseline_peak_mem_mb": None if missing(baseline) else baseline["peak_mem_mb"],
         "peers": {k: _peer(m) for k, m in (peers or {}).items()},
         "repeats": repeats, "note": note,
     }
     for label, m in (("ours", ours), ("baseline", baseline)):
-        if _missing(m):
+        if missing(m):
             entry[f"{label}_missing"] = m["missing"]
         else:
             entry[f"{label}_all_seconds"] = m["all_seconds"]
@@ -362,7 +361,7 @@ def _with_rates(peers: dict[str, Measurement], x: Tensor, device: str) -> dict[s
     """Each measured peer neuron's spike rate on ``x`` (the neurons differ only where a peer resets differently)."""
     out = {}
     for kind, m in peers.items():
-        out[kind] = m if _missing(m) else {**m, "spike_rate": _spike_rate(_neuron(kind, device), x)}
+        out[kind] = m if missing(m) else {**m, "spike_rate": _spike_rate(_neuron(kind, device), x)}
     return out
 
 
@@ -486,30 +485,6 @@ def _make_train_step(parts: dict, which: str, sizes: Sizes, device: str) -> Call
     return make
 
 
-BEFORE_ISSUE_LAVA_STEPS_PER_S = 33  # digits-loihi on Lava fixed point before issue 13 (this machine, issue text)
-
-
-def _neuromorphic_runs(sizes: Sizes, config_dir: Optional[Path]) -> dict:
-    """A digits-loihi model trained for one epoch (speed does not depend on accuracy), then the
-    same ``sizes.lava_samples`` test samples on Lava fixed point (beside the integer reference,
-    ``fixed_ref``) and on the exact Brian2 rebuild: their ``validate`` records."""
-    import tempfile
-
-    from neuromorphic.validate import validate
-
-    from .config import load_config
-    from .train import train
-
-    folder = config_dir or Path(__file__).resolve().parents[1] / "demos"
-    cfg = load_config(folder / "digits-loihi.toml", {"epochs": 1})
-    with tempfile.TemporaryDirectory(prefix="spikeformer-bench-") as tmp:
-        run = Path(tmp) / "digits-loihi"
-        train(cfg, run, progress=False, log=lambda _: None)
-        quiet = dict(progress=False, log=lambda _: None)
-        return {"lava": validate(run, "lava-fixed", sizes.lava_samples, **quiet),
-                "brian2": validate(run, "brian2", sizes.lava_samples, **quiet)}
-
-
 # ---------------------------------------------------------------- the runner
 
 
@@ -592,7 +567,7 @@ class _Bench:
         """Seconds the recurrent loop's measurement (warm-up, repeats, memory) would take at ``length``,
         scaled linearly from the longest shorter length measured (or a single probe call at L/8)."""
         done = [(L, m["seconds"]) for (kind, L, impl), m in self.cache.items()
-                if kind == "attention" and impl == "recurrent" and L < length and not _missing(m)]
+                if kind == "attention" and impl == "recurrent" and L < length and not missing(m)]
         if done:
             base_len, base_s = max(done)
         else:
@@ -615,7 +590,7 @@ class _Bench:
         for length in self.sizes.crossover_lengths:
             chunked, sdpa = self.attention_m(length, "chunked"), self.attention_m(length, "sdpa")
             sweep[str(length)] = {"chunked_seconds": chunked.get("seconds"), "sdpa_seconds": sdpa.get("seconds")}
-            if found is None and not _missing(chunked) and not _missing(sdpa) and chunked["seconds"] < sdpa["seconds"]:
+            if found is None and not missing(chunked) and not missing(sdpa) and chunked["seconds"] < sdpa["seconds"]:
                 found = length
         at = found if found is not None else self.sizes.crossover_lengths[-1]
         note = (f"chunked fwd+bwd is faster than SDPA from L = {found} on in this sweep" if found is not None
@@ -636,44 +611,6 @@ class _Bench:
                           "a digits-loihi training step; ours impl='auto' (on CPU: the fused kernel), baseline "
                           "impl='chunked', peer impl='recurrent'")
 
-    # -- neuromorphic backends (one run each: a Lava run is too slow to repeat)
-
-    def _neuromorphic(self) -> dict:
-        if ("neuromorphic",) not in self.cache:
-            try:
-                self.cache[("neuromorphic",)] = _neuromorphic_runs(self.sizes, self.config_dir)
-            except Exception as exc:  # noqa: BLE001 - a backend that cannot run is recorded as missing
-                self.cache[("neuromorphic",)] = {"missing": _reason(exc)}
-        return self.cache[("neuromorphic",)]
-
-    def lava_steps(self) -> dict:
-        runs = self._neuromorphic()
-        name, shape = "lava_steps_per_s_digits_loihi", {"samples": self.sizes.lava_samples, "config": "digits-loihi.toml"}
-        note = ("digits-loihi (one epoch of training) on Lava fixed point (lava-nc, bit-accurate models): run seconds "
-                "without the compile step; baseline: the exact Brian2 rebuild (numpy target) on the same samples; "
-                f"before_issue_steps_per_second: {BEFORE_ISSUE_LAVA_STEPS_PER_S}, measured before issue 13 on this "
-                "machine (a historical number, not measured in this run); one run each")
-        if _missing(runs):
-            return make_entry(name, shape, runs, "brian2", runs, {}, 1, note)
-        lava, brian2 = runs["lava"], runs["brian2"]
-        return make_entry(name, shape, _once(lava["run_seconds"]), "brian2", _once(brian2["run_seconds"]), {}, 1, note,
-                          steps_per_second=lava["steps_per_second"], brian2_steps_per_second=brian2["steps_per_second"],
-                          compile_seconds=lava.get("compile_seconds"), lava_processes=lava.get("lava_processes"),
-                          spike_agreement=lava["spike_agreement"], brian2_spike_agreement=brian2["spike_agreement"],
-                          before_issue_steps_per_second=BEFORE_ISSUE_LAVA_STEPS_PER_S,
-                          speedup_over_before_issue=lava["steps_per_second"] / BEFORE_ISSUE_LAVA_STEPS_PER_S)
-
-    def fixed_ref(self) -> dict:
-        runs = self._neuromorphic()
-        name, shape = "fixed_ref_vs_lava", {"samples": self.sizes.lava_samples, "config": "digits-loihi.toml"}
-        note = ("the integer reference neuromorphic.fixed_ref against the Lava fixed-point run it is checked against "
-                "spike for spike, on the same samples; one run each")
-        if _missing(runs):
-            return make_entry(name, shape, runs, "lava", runs, {}, 1, note)
-        lava = runs["lava"]
-        return make_entry(name, shape, _once(lava["fixed_ref_seconds"]), "lava", _once(lava["run_seconds"]), {}, 1,
-                          note, spike_agreement=lava["spike_agreement"])
-
     def event_rate(self, rate: float) -> dict:
         length, impls = self.sizes.event_length, ("event", "recurrent", "chunked")
         event, recurrent, chunked = (
@@ -690,8 +627,8 @@ class _Bench:
         try:
             parts = _train_models(name, self.config_dir)
         except Exception as exc:  # noqa: BLE001 - a config that does not load is recorded
-            missing = {"missing": _reason(exc)}
-            return make_entry(name, {"batch": self.sizes.train_batch}, missing, "ann", missing, {}, self.repeats,
+            failed = {"missing": reason(exc)}
+            return make_entry(name, {"batch": self.sizes.train_batch}, failed, "ann", failed, {}, self.repeats,
                               "could not build the models")
         ms = {w: self.m(("train", name, w), _make_train_step(parts, w, self.sizes, self.device))
               for w in ("ours", "ann", "before")}
@@ -701,9 +638,9 @@ class _Bench:
                  "head_dim": cfg.head_dim, "config": parts["path"].name}
         extra: dict[str, Any] = {"config_overrides": parts["overrides"]}
         for label, which in (("ours", "ours"), ("before", "before")):
-            if not _missing(ms[which]):
+            if not missing(ms[which]):
                 extra[f"{label}_ms_per_batch"] = round(ms[which]["seconds"] * 1e3, 3)
-        if not (_missing(ms["ours"]) or _missing(ms["before"])):
+        if not (missing(ms["ours"]) or missing(ms["before"])):
             extra["speedup_over_before"] = ms["before"]["seconds"] / ms["ours"]["seconds"]
         note = (f"one training step (forward, cross-entropy, backward, grad clip, AdamW) on {self.sizes.train_batch} "
                 f"digits samples with {parts['path'].name}; ours: lif_impl fused, attention_impl auto (the default); baseline: "
@@ -715,6 +652,19 @@ class _Bench:
                      "kernels (a historical number, not measured in this run)")
         return make_entry(name, shape, ms["ours"], "ann", ms["ann"], {"before": ms["before"]}, self.repeats, note,
                           **extra)
+
+
+PLUGIN_GROUP = "spikeformer.bench"  # entry points: lists of (name, build(sizes, config_dir, cache) -> entry)
+
+
+def plugin_entries() -> list[tuple[str, Callable[[Sizes, Optional[Path], dict], dict]]]:
+    """Entries other packages add (spikeformer never imports them: it finds them by entry point)."""
+    from importlib.metadata import entry_points
+
+    found: list[tuple[str, Callable[[Sizes, Optional[Path], dict], dict]]] = []
+    for point in sorted(entry_points(group=PLUGIN_GROUP), key=lambda p: p.name):
+        found += point.load()
+    return found
 
 
 def plan(sizes: Sizes) -> list[tuple[str, Callable[[_Bench], dict]]]:
@@ -734,8 +684,8 @@ def plan(sizes: Sizes) -> list[tuple[str, Callable[[_Bench], dict]]]:
         items.append((f"event_rate{rate:.2f}", lambda b, r=rate: b.event_rate(r)))
     for name in CONFIGS:
         items.append((name, lambda b, name=name: b.train_batch(name)))
-    items.append(("lava_steps_per_s_digits_loihi", lambda b: b.lava_steps()))
-    items.append(("fixed_ref_vs_lava", lambda b: b.fixed_ref()))
+    for name, build in plugin_entries():  # e.g. the neuromorphic backends' (neuromorphic/bench.py)
+        items.append((name, lambda b, build=build: build(b.sizes, b.config_dir, b.cache)))
     return items
 
 
@@ -918,12 +868,12 @@ def format_table(result: dict) -> str:
 
 def summary_line(result: dict, json_path: Path) -> str:
     entries = result["entries"]
-    missing = sorted({name for e in entries for name, p in e.get("peers", {}).items() if "missing" in p})
+    absent = sorted({name for e in entries for name, p in e.get("peers", {}).items() if "missing" in p})
     no_ours = [e["name"] for e in entries if e["ours_seconds"] is None]
     text = (f"bench: {len(entries)} entries in {result['machine']['seconds']:.1f} s on "
             f"{result['machine']['device']} -> {json_path}")
     if no_ours:
         text += f"; ours missing in {len(no_ours)}"
-    if missing:
-        text += f"; peers missing somewhere: {', '.join(missing)}"
+    if absent:
+        text += f"; peers missing somewhere: {', '.join(absent)}"
     return text
