@@ -2,7 +2,8 @@
 
 These are the equations of Lava's bit-accurate models (``PyLifModelBitAcc``,
 ``PyDenseModelBitAcc``, lava-nc 0.10.0) plus the project's integer spiking attention; the
-Lava fixed-point run is tested against this module bit for bit. All arithmetic is int64.
+Lava fixed-point run is tested against this module bit for bit. All arithmetic is int64 (matrix
+products run in float64 BLAS where provably exact: "Speed" below).
 
     decay12(x, d)  = sign(x (4096 - d)) * (|x (4096 - d)| >> 12)     # Lava's sign-magnitude decay
     mul12(x, r)    = sign(x r) * (|x r| >> 12)                        # a 12-bit fraction r / 4096
@@ -29,6 +30,14 @@ coincidence adds ``one`` = 2^frac_bits to S; rates are 12-bit fractions (``mul12
 Overflow is never silent: ``FixedOps.saturation_events`` counts clipped attention cells,
 clipped membranes and wrapped currents.
 
+Speed: every matrix product (Dense, and the attention's sums over tokens and head dimensions)
+runs through float64 BLAS where a bound proves each partial sum below 2^53 in magnitude:
+float64 holds every such integer exactly, so the result is the int64 one bit for bit
+(``exact_matmul``). The bound is max |a| * max |b| * the inner length: for a Dense, max |w| *
+fan-in * 2^max(weight_exp, 0) once per connection (``DensePlan``) times the source's largest
+message (spikes: 1, the input: its peak over the run, once per run); for attention, spikes
+times the declared ``state_bits``/``trace_bits``. Where it fails, the product stays int64.
+
 Online STDP (``learn_online_fixed``): each plastic connection is a ``fixed_learning.
 FixedLearningDense`` (Lava's fixed-point learning engine, integer for integer) whose
 activation replaces the connection's Dense, stepped in Lava's order and with Lava's guard
@@ -37,6 +46,7 @@ steps between samples (``neuromorphic.lava.run``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -47,18 +57,92 @@ from .trace import Trace
 
 # the arithmetic itself is spikeformer.fixed_point's (one definition for export, qat and Lava)
 from spikeformer.fixed_point import (ACT_SHIFT, DECAY_SHIFT, UV_BITS, decay12, mul12,  # noqa: F401 (public)
-                                     saturate, shift, shift_array)
+                                     DECAY_UNITY, saturate, shift, shift_array)
 
 
-def dense_fixed(conn: Connection, spikes: np.ndarray, tokens_out: int) -> np.ndarray:
-    """``[B, N_in, F_in]`` integer spikes or graded values -> ``[B, N_out, F_out]`` a_in."""
+EXACT_FLOAT_LIMIT = 2 ** 53  # float64 holds every integer of smaller magnitude exactly
+FLOAT_EXP_MIN = -1022  # 2^e * (integer below 2^53) stays exactly representable down to here
+
+
+def peak_abs(x: np.ndarray) -> int:
+    """``max |x|`` as a Python int (no int64 overflow at -2^63); 0 for an empty array."""
+    x = np.asarray(x)
+    if x.size == 0:
+        return 0
+    return max(int(x.max()), -int(x.min()))
+
+
+def message_peak(x: np.ndarray) -> int:
+    """The largest |value| of a message: 1 for spikes (bool, no pass over the data), else ``peak_abs``."""
+    return 1 if np.asarray(x).dtype == np.bool_ else peak_abs(x)
+
+
+def exact_matmul(a: np.ndarray, b: np.ndarray, bound: int, blas: bool = True) -> np.ndarray:
+    """``a @ b`` (numpy broadcasting) of integer or bool arrays, as int64.
+
+    ``bound`` must bound every |partial sum| (max |a| * max |b| * the inner length does). Below
+    2^53 the product runs in float64 BLAS: every operand and partial sum is an integer float64
+    represents exactly, in any summation order, so the result equals the int64 one bit for bit.
+    Otherwise (or with ``blas=False``) it runs in int64."""
+    if blas and bound < EXACT_FLOAT_LIMIT:
+        return np.matmul(a, b, dtype=np.float64).astype(np.int64)
+    return np.matmul(np.asarray(a, np.int64), np.asarray(b, np.int64))
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: holds arrays
+class DensePlan:
+    """One connection's Dense, prepared once: ``a = (W @ s) << weight_exp`` (floor ``>>`` when negative).
+
+    ``unit_bound`` bounds every |partial sum| of ``(W @ s) 2^max(exp, 0)`` per unit of input
+    magnitude (max |w| * fan-in * 2^max(exp, 0)); ``scaled`` = ``(W 2^exp)^T [F_in, F_out]`` in
+    float64, None where even spikes could pass 2^53 (then only the int64 path is left).
+    ``weight`` is the array the plan was made from: learning replaces it, then plan again."""
+
+    weight: np.ndarray
+    kind: str
+    exp: int
+    w_int: np.ndarray  # int64 [F_out, F_in]
+    unit_bound: int
+    scaled: Optional[np.ndarray]
+
+    def exact(self, input_peak: int) -> bool:
+        """Whether inputs with |s| <= ``input_peak`` keep every sum below 2^53 (the BLAS path is exact)."""
+        return self.scaled is not None and self.unit_bound * input_peak < EXACT_FLOAT_LIMIT
+
+
+def plan_dense(conn: Connection) -> DensePlan:
+    """The int64 weights, the bound and (where the bound allows) the float64 weights of ``conn``."""
     w = conn.weight.astype(np.int64)
-    s = np.asarray(spikes, np.int64)
-    if conn.kind == "tokenwise":
-        acc = s @ w.T
+    exp = int(conn.weight_exp)
+    unit_bound = (peak_abs(w) * w.shape[1]) << max(exp, 0)  # Python ints: no overflow
+    scaled = None
+    if unit_bound < EXACT_FLOAT_LIMIT and exp >= FLOAT_EXP_MIN:
+        # 2^exp folded into the weights: exact (a power of two), and for exp < 0 floor() below is the >>
+        scaled = np.ascontiguousarray((w * 2.0 ** exp).T)
+    return DensePlan(conn.weight, conn.kind, exp, w, unit_bound, scaled)
+
+
+def dense_planned(plan: DensePlan, spikes: np.ndarray, input_peak: int, tokens_out: int,
+                  blas: bool = True) -> np.ndarray:
+    """``[B, N_in, F_in]`` messages with |s| <= ``input_peak`` -> ``[B, N_out, F_out]`` a_in."""
+    b = spikes.shape[0]
+    flat = spikes if plan.kind == "tokenwise" else spikes.reshape(b, -1)  # full: [B, N_in*F_in]
+    if flat.dtype.kind == "f":  # float messages: truncated to int64 first, as the int64 path does
+        flat = flat.astype(np.int64)
+    if blas and plan.exact(input_peak):
+        acc = np.matmul(flat, plan.scaled, dtype=np.float64)
+        if plan.exp < 0:
+            np.floor(acc, out=acc)  # Lava's >> -exp rounds toward -inf
+        out = acc.astype(np.int64)
     else:
-        acc = (s.reshape(s.shape[0], -1) @ w.T).reshape(s.shape[0], tokens_out, -1)
-    return shift(acc, int(conn.weight_exp))
+        out = shift(np.asarray(flat, np.int64) @ plan.w_int.T, plan.exp)
+    return out if plan.kind == "tokenwise" else out.reshape(b, tokens_out, -1)  # [B, N_out, F_out]
+
+
+def dense_fixed(conn: Connection, spikes: np.ndarray, tokens_out: int, blas: bool = True) -> np.ndarray:
+    """``[B, N_in, F_in]`` integer spikes or graded values -> ``[B, N_out, F_out]`` a_in
+    (BLAS where exact, see ``exact_matmul``; ``blas=False``: int64 throughout)."""
+    return dense_planned(plan_dense(conn), spikes, message_peak(spikes), tokens_out, blas)
 
 
 def effective_bias(pop: Population) -> np.ndarray:
@@ -67,29 +151,60 @@ def effective_bias(pop: Population) -> np.ndarray:
 
 
 class FixedOps:
-    """Integer arithmetic of SPEC §2.4 for ``neuromorphic.simulate.run_graph``."""
+    """Integer arithmetic of SPEC §2.4 for ``neuromorphic.simulate.run_graph``.
 
-    def __init__(self) -> None:
+    ``blas=False`` runs every product in int64 (the path the BLAS one is tested against)."""
+
+    def __init__(self, blas: bool = True) -> None:
         self.saturation_events = 0
         self.limit = 2 ** (UV_BITS - 1)
+        self.blas = blas
+        self.input_peaks: dict[str, int] = {}  # population -> its largest graded message this run
+        self.plans: dict[str, DensePlan] = {}  # connection -> its Dense, prepared on first use
+        self._biases: dict[str, tuple[Any, Any, np.ndarray]] = {}
+
+    def prepare(self, graph: Graph, x_steps: np.ndarray) -> None:
+        """Once per run: the input's largest |message|, so no step has to look for it."""
+        self.input_peaks = {graph.input.name: peak_abs(x_steps)}
 
     def zeros(self, shape: tuple) -> np.ndarray:
         return np.zeros(shape, np.int64)
 
     def dense(self, conn: Connection, spikes: np.ndarray, target: Population) -> np.ndarray:
-        return dense_fixed(conn, spikes, target.tokens)
+        plan = self.plans.get(conn.name)
+        if plan is None or plan.weight is not conn.weight:  # first use, or learning replaced the weights
+            plan = self.plans[conn.name] = plan_dense(conn)
+        if spikes.dtype == np.bool_:
+            peak = 1
+        elif conn.source in self.input_peaks:
+            peak = self.input_peaks[conn.source]
+        else:  # a LIF's zeros before its first step (or an unprepared run): look
+            peak = peak_abs(spikes)
+        return dense_planned(plan, spikes, peak, target.tokens, self.blas)
+
+    def _bias(self, pop: Population) -> np.ndarray:
+        """``effective_bias(pop)``, computed once per population (again if its arrays are replaced)."""
+        cached = self._biases.get(pop.name)
+        if cached is None or cached[0] is not pop.bias_mant or cached[1] is not pop.bias_exp:
+            cached = self._biases[pop.name] = (pop.bias_mant, pop.bias_exp, effective_bias(pop))
+        return cached[2]
 
     def _subthreshold(self, pop: Population, a_in: np.ndarray, state: Any) -> tuple[np.ndarray, np.ndarray]:
         u, v = state if state is not None else (np.zeros_like(a_in), np.zeros_like(a_in))
-        u = decay12(u, pop.du + 1) + np.left_shift(a_in, ACT_SHIFT)
-        wrapped = np.where(u > self.limit, u - 2 * self.limit, u)
-        wrapped = np.where(wrapped <= -self.limit, u + 2 * self.limit, wrapped)  # Lava's wrap, as written
-        self.saturation_events += int((wrapped != u).sum())
-        u = wrapped
-        v = decay12(v, pop.dv) + u + effective_bias(pop)
-        clipped = np.clip(v, -self.limit + 1, self.limit - 1)
-        self.saturation_events += int((clipped != v).sum())
-        return u, clipped
+        drive = np.left_shift(np.asarray(a_in, np.int64), ACT_SHIFT)
+        # du = 4095 (alpha = 0): decay12 keeps nothing of u, so skip its multiply
+        u = drive if np.all(pop.du + 1 == DECAY_UNITY) else decay12(u, pop.du + 1) + drive
+        if u.size and (u.max() > self.limit or u.min() <= -self.limit):  # else nothing wraps: skip the copies
+            wrapped = np.where(u > self.limit, u - 2 * self.limit, u)
+            wrapped = np.where(wrapped <= -self.limit, u + 2 * self.limit, wrapped)  # Lava's wrap, as written
+            self.saturation_events += int((wrapped != u).sum())
+            u = wrapped
+        v = decay12(v, pop.dv) + u + self._bias(pop)
+        if v.size and (v.max() > self.limit - 1 or v.min() < -self.limit + 1):
+            clipped = np.clip(v, -self.limit + 1, self.limit - 1)
+            self.saturation_events += int((clipped != v).sum())
+            v = clipped
+        return u, v
 
     def lif(self, pop: Population, current: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         u, v = self._subthreshold(pop, current, state)
@@ -105,7 +220,7 @@ class FixedOps:
 
     def attention(self, att: Attention, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                   m: Optional[np.ndarray], state: Any) -> tuple[np.ndarray, Any]:
-        out, state, clipped = attention_step_fixed(att, q, k, v, m, state)
+        out, state, clipped = attention_step_fixed(att, q, k, v, m, state, self.blas)
         self.saturation_events += clipped
         return out, state
 
@@ -121,34 +236,57 @@ def attention_initial_state_fixed(att: Attention, batch: int, tokens: int) -> di
     return state
 
 
+def token_outer_sum(a: np.ndarray, b: np.ndarray, peak_a: int, peak_b: int, blas: bool = True) -> np.ndarray:
+    """``sum_n a_n^T b_n`` per head: ``[B, N, H, d] x [B, N, H, d] -> [B, H, d, d]`` (int64),
+    for |a| <= ``peak_a``, |b| <= ``peak_b`` (bound: peak_a peak_b N, see ``exact_matmul``)."""
+    a_t = a.transpose(0, 2, 3, 1)  # [B, H, d, N]
+    b_t = b.transpose(0, 2, 1, 3)  # [B, H, N, d]
+    return exact_matmul(a_t, b_t, peak_a * peak_b * a.shape[1], blas)
+
+
+def head_read(a: np.ndarray, memory: np.ndarray, peak_a: int, peak_memory: int, blas: bool = True) -> np.ndarray:
+    """``a_n S`` per token and head: ``[B, N, H, d] x [B, H, d, d] -> [B, N, H, d]`` (int64),
+    for |a| <= ``peak_a``, |S| <= ``peak_memory`` (bound: peak_a peak_memory d)."""
+    out = exact_matmul(a.transpose(0, 2, 1, 3), memory, peak_a * peak_memory * a.shape[-1], blas)  # [B, H, N, d]
+    return out.transpose(0, 2, 1, 3)  # [B, N, H, d]
+
+
 def attention_step_fixed(att: Attention, q: np.ndarray, k: np.ndarray, v: np.ndarray,
-                         m: Optional[np.ndarray], state: Optional[dict]) -> tuple[np.ndarray, dict, int]:
+                         m: Optional[np.ndarray], state: Optional[dict],
+                         blas: bool = True) -> tuple[np.ndarray, dict, int]:
     """One integer step (module docstring): spikes ``[B, N, H*d]`` -> a_in ``[B, N, H*d]``,
-    new state, number of saturated cells. ``m``: gate spikes ``[B, N, H]`` (three_factor)."""
+    new state, number of saturated cells. ``m``: gate spikes ``[B, N, H]`` (three_factor).
+    ``state``: None or this function's previous result, whose memory and traces are saturated
+    to ``state_bits``/``trace_bits``: the products' bounds rest on those widths (``blas=False``:
+    every product in int64)."""
     f = att.fixed
     h = att.heads
     one, bits = int(f["one"]), int(f["state_bits"])
+    pq, pk, pv = (message_peak(x) for x in (q, k, v))  # spikes: 1, without a pass over them
     q, k, v = (split_heads(np.asarray(x, np.int64), h) for x in (q, k, v))  # [B, N, H, d]
     state = dict(state) if state is not None else attention_initial_state_fixed(att, q.shape[0], q.shape[1])
     per_head = lambda x: np.asarray(x, np.int64).reshape(1, h, 1, 1)  # noqa: E731
     per_token_head = lambda x: np.asarray(x, np.int64).reshape(1, 1, h, 1)  # noqa: E731
+    state_peak = 2 ** (bits - 1) - 1  # saturate()'s limit; decays only shrink it
     memory = decay12(state["memory"], per_head(f["decay"]))
     clipped = 0
     if att.variant == "hebbian":
-        memory = memory + one * np.einsum("bnhi,bnhj->bhij", k, v)
+        memory = memory + one * token_outer_sum(k, v, pk, pv, blas)
     elif att.variant == "stdp":
         trace_bits = int(f.get("trace_bits", bits))  # IR files written before trace_bits: the state's width
+        trace_peak = 2 ** (trace_bits - 1) - 1
         pre, c = saturate(decay12(state["pre_trace"], per_token_head(f["pre_decay"])) + one * k, trace_bits)
         clipped += c
         post = decay12(state["post_trace"], per_token_head(f["post_decay"]))  # decayed to this step
-        potentiation = mul12(np.einsum("bnhi,bnhj->bhij", pre, v), per_head(f["a_plus"]))
-        depression = mul12(np.einsum("bnhi,bnhj->bhij", k, post), per_head(f["a_minus"]))
+        potentiation = mul12(token_outer_sum(pre, v, trace_peak, pv, blas), per_head(f["a_plus"]))
+        depression = mul12(token_outer_sum(k, post, pk, trace_peak, blas), per_head(f["a_minus"]))
         memory = memory + potentiation - depression
         state["pre_trace"] = pre
         state["post_trace"], c = saturate(post + one * v, trace_bits)  # this step's values after use
         clipped += c
     elif att.variant == "three_factor":
-        elig = decay12(state["eligibility"], per_head(f["eligibility_decay"])) + one * np.einsum("bnhi,bnhj->bhij", k, v)
+        coincidences = token_outer_sum(k, v, pk, pv, blas)
+        elig = decay12(state["eligibility"], per_head(f["eligibility_decay"])) + one * coincidences
         elig, c = saturate(elig, bits)
         clipped += c
         tokens = m.shape[1]
@@ -156,16 +294,17 @@ def attention_step_fixed(att: Attention, q: np.ndarray, k: np.ndarray, v: np.nda
         memory = memory + mul12(elig, m12[:, :, None, None])
         state["eligibility"] = elig
     elif att.variant == "delta":
-        recall = np.einsum("bnhi,bhij->bnhj", k, memory)  # k_n D, rows of active keys only
+        recall = head_read(k, memory, pk, state_peak, blas)  # k_n D, rows of active keys only
         error = one * v - recall
         count = np.maximum(k.sum(-1, keepdims=True), 1)
         error = np.sign(error) * (np.abs(error) // count)  # trunc toward zero
-        memory = memory + mul12(np.einsum("bnhi,bnhj->bhij", k, error), per_head(f["delta_rate"]))
+        error_peak = one * pv + pk * state_peak * k.shape[-1]  # |one v - k D|; the division only shrinks it
+        memory = memory + mul12(token_outer_sum(k, error, pk, error_peak, blas), per_head(f["delta_rate"]))
     else:
         raise IRError(f"attention {att.name!r} has unknown variant {att.variant!r}")
     memory, c = saturate(memory, bits)
     state["memory"] = memory
-    read = np.einsum("bnhi,bhij->bnhj", q, memory).reshape(q.shape[0], q.shape[1], -1)  # [B, N, H*d]
+    read = head_read(q, memory, pq, state_peak, blas).reshape(q.shape[0], q.shape[1], -1)  # [B, N, H*d]
     prod = read * np.asarray(f["out_mant"], np.int64)
     out = np.sign(prod) * (np.abs(prod) >> int(f["out_shift"]))
     return out, state, clipped + c

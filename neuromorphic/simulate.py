@@ -16,7 +16,8 @@ recorded (the perfect integrator's increment). Logits = mean of the readout over
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from .trace import Trace  # also public here: ``from neuromorphic.simulate impor
 
 
 class Ops(Protocol):
+    """The arithmetic ``run_graph`` steps with. It also calls ``ops.prepare(graph, x_steps)``
+    once before the first step when an Ops has one (per-run work: bounds, cached weights)."""
+
     def dense(self, conn: Connection, spikes: np.ndarray, target: Population) -> np.ndarray: ...
     def lif(self, pop: Population, current: np.ndarray, state: Any) -> tuple[np.ndarray, Any]: ...
     def readout(self, pop: Population, current: np.ndarray, state: Any) -> tuple[np.ndarray, Any]: ...
@@ -48,10 +52,31 @@ def heaviside(x):
     return (x > 0).to(x.dtype)
 
 
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one intra-op thread inside the block, the caller's setting restored after it.
+
+    One step's tensors are small ([B, N, F]): more threads buy nothing there but barrier waits
+    between numpy's BLAS and torch's thread pool, which made the float reference ~10x slower on
+    two shared cores (digits-loihi, 50 samples: 0.2 s -> 2-3 s)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class FloatOps:
     """Float64 arithmetic of SPEC §2.1-2.3: the LIF step and the attention step are the torch
     model's own functions (``spikeformer.neurons.lif_step``, ``spikeformer.attention``), run on
-    float64 tensors that share memory with the numpy arrays; only the Dense matmul is numpy's."""
+    float64 tensors that share memory with the numpy arrays (on one torch thread,
+    ``one_torch_thread``); only the Dense matmul is numpy's."""
 
     def zeros(self, shape: tuple) -> np.ndarray:
         return np.zeros(shape)
@@ -66,7 +91,8 @@ class FloatOps:
 
         x = torch.from_numpy(np.asarray(current, np.float64))
         state = state if state is not None else lif_initial_state(x)
-        s, state = lif_step(x, state, pop.beta, pop.alpha, pop.threshold, heaviside, torch.from_numpy(pop.bias))
+        with one_torch_thread():
+            s, state = lif_step(x, state, pop.beta, pop.alpha, pop.threshold, heaviside, torch.from_numpy(pop.bias))
         return s.numpy() != 0, state
 
     def readout(self, pop: Population, current: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
@@ -74,7 +100,8 @@ class FloatOps:
 
     def attention(self, att: Attention, q: np.ndarray, k: np.ndarray, v: np.ndarray,
                   m: Optional[np.ndarray], state: Any) -> tuple[np.ndarray, Any]:
-        return attention_step_float(att, q, k, v, m, state)
+        with one_torch_thread():
+            return attention_step_float(att, q, k, v, m, state)
 
 
 def split_heads(x: np.ndarray, heads: int) -> np.ndarray:
@@ -140,6 +167,9 @@ def run_graph(graph: Graph, x_steps: np.ndarray, ops: Optional[Ops] = None,
     inp = graph.input
     if x_steps.ndim != 4 or x_steps.shape[2:] != (inp.tokens, inp.features):
         raise IRError(f"input steps must be [T, B, {inp.tokens}, {inp.features}], got {x_steps.shape}")
+    prepare = getattr(ops, "prepare", None)  # optional: per-run work, done once rather than every step
+    if prepare is not None:
+        prepare(graph, x_steps)
     steps, batch = x_steps.shape[:2]
     order = graph.step_order()
     pops = {p.name: p for p in graph.populations}
@@ -161,14 +191,14 @@ def run_graph(graph: Graph, x_steps: np.ndarray, ops: Optional[Ops] = None,
             if pop.kind == "input":
                 now[name] = x_steps[t]
             else:
-                current = ops.zeros((batch, pop.tokens, pop.features))
+                current = ops.zeros((batch, pop.tokens, pop.features))  # summed in place: no copy per input
                 for conn in incoming[name]:
-                    current = current + ops.dense(conn, history[conn.source][conn.delay - 1], pop)
+                    current += ops.dense(conn, history[conn.source][conn.delay - 1], pop)
                 for att in att_into[name]:
                     mod = now[att.modulator] if att.modulator else None
                     out, att_states[att.name] = ops.attention(
                         att, now[att.query], now[att.key], now[att.value], mod, att_states[att.name])
-                    current = current + out
+                    current += out
                 if pop.kind == "lif":
                     now[name], states[name] = ops.lif(pop, current, states[name])
                 else:
