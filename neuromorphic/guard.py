@@ -1,8 +1,8 @@
 """The guard steps that separate samples run back to back in one network (docs/backends.md).
 
 Lava's network (``neuromorphic.lava.run``) follows each sample with ``GUARD_STEPS`` steps: in
-the first a guard neuron fires, in the second its Dense (weight ``GUARD_MANTISSA << GUARD_EXP``
-in fixed point) holds every LIF below threshold. The learning references (``simulate.
+the first a guard neuron fires, in the second its synapses (weight ``GUARD_MANTISSA << GUARD_EXP``
+in fixed point, Dense arithmetic) hold every LIF below threshold. The learning references (``simulate.
 learn_online``, ``fixed_ref.learn_online_fixed``) and Brian2's learning network step the same
 guard, so the constants live here, beside none of them (no backend imports another for them).
 """

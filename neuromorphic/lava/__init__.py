@@ -1,5 +1,6 @@
-"""Lava backend: IR graphs as Lava processes (stock ``LIF`` and ``Dense``, the project's
-``SpikingAttention``), in floating point or bit-accurate fixed point.
+"""Lava backend: IR graphs as Lava processes (stock ``LIFReset`` and ``RingBuffer``, the project's
+``Synapses``, ``SpikingAttention``, ``ReadoutLIF`` and ``SpikeRecorder``), in floating point or
+bit-accurate fixed point (``run.py`` says why so few processes).
 
 lava-nc 0.10.0 imports only on CPython 3.10; ``require_lava()`` says so in one line on any other
 Python, and nothing else in spikeformer needs Lava. Process models live in their own packages

@@ -293,6 +293,49 @@ def test_process_rejects_bad_arguments_with_a_sentence():
                           ({"variant": "stdp"}, "needs plasticity parameters"),
                           ({"tokens": 0}, "tokens must be a positive integer"),
                           ({"fixed": {"one": 1}}, "fixed parameters lack"),
-                          ({"reset_interval": 0}, "reset_interval must be a positive integer")):
+                          ({"reset_interval": 0}, "reset_interval must be a positive integer"),
+                          ({"layout": {"q_in": (7, 0)}}, "layout of q_in must be"),
+                          ({"layout": {"x_in": (8, 0)}}, "unknown ports")):
         with pytest.raises(ValueError, match=words):
             SpikingAttention(**{**good, **change})
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("tag", ["floating_pt", "fixed_pt"])
+def test_layout_reads_and_writes_slices_of_wider_vectors(tag):
+    """``layout``: q, k, v (and m) sit at offsets inside wider vectors whose other entries spike at
+    random (and must be ignored); the output lands at its offset of a wider a_out, zeros around."""
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.io.sink import RingBuffer as Sink
+    from lava.proc.io.source import RingBuffer as Source
+
+    from neuromorphic.lava.attention.process import from_ir
+
+    tokens, rng = 3, np.random.default_rng(8)
+    att = make_attention("three_factor", seed=6)
+    _quantize_attention(att, target_unit=256.0, state_bits=24, tokens=tokens)
+    spikes = make_spikes(tokens, seed=61)
+    offsets = {"q_in": 5, "k_in": 0, "v_in": 17, "m_in": 2, "a_out": 9}
+    layout, width = {}, {}
+    for port, name in zip(offsets, "qkvmo"):
+        width[port] = tokens * HEADS * (1 if name == "m" else DIM)
+        layout[port] = (width[port] + offsets[port] + 4, offsets[port])
+    proc = from_ir(att, tokens, layout=layout)
+    for port, name in zip(("q_in", "k_in", "v_in", "m_in"), "qkvm"):
+        size, offset = layout[port]
+        data = (rng.random((size, STEPS)) < 0.5).astype(np.int32)  # noise outside the slice
+        data[offset:offset + width[port]] = spikes[name].reshape(STEPS, -1).T
+        Source(data=data).s_out.connect(getattr(proc, port))
+    sink = Sink(shape=(layout["a_out"][0],), buffer=STEPS)
+    proc.a_out.connect(sink.a_in)
+    try:
+        proc.run(condition=RunSteps(num_steps=STEPS), run_cfg=Loihi2SimCfg(select_tag=tag))
+        out = np.asarray(sink.data.get()).T  # [T, size]
+    finally:
+        proc.stop()
+    ref, _, _ = reference(att, spikes, fixed=tag == "fixed_pt")
+    start = offsets["a_out"]
+    assert np.abs(ref).max() > 0
+    np.testing.assert_allclose(out[:, start:start + width["a_out"]], ref.reshape(STEPS, -1), rtol=0, atol=1e-12)
+    assert not out[:, :start].any() and not out[:, start + width["a_out"]:].any()

@@ -132,22 +132,30 @@ class AbstractPySpikingAttentionModel(PyLoihiProcessModel):
         self.update = getattr(self, f"update_{self.variant}")
         self.reset_interval = int(proc_params["reset_interval"])  # 0: never
         self.reset_offset = int(proc_params["reset_offset"])
+        self.layout = proc_params["layout"]  # port -> (size, offset): ports on wider vectors
 
-    def _spikes(self, port: PyInPort, width: int) -> np.ndarray:
-        """The received vector as bool ``[N, H, width]`` (non-zero = spike)."""
-        return (port.recv() != 0).reshape(self.tokens, self.heads, width)
+    def _spikes(self, name: str, width: int) -> np.ndarray:
+        """This node's part of the vector received on port ``name`` as bool ``[N, H, width]``
+        (non-zero = spike)."""
+        offset = self.layout[name][1]
+        part = getattr(self, name).recv()[offset:offset + self.tokens * self.heads * width]
+        return (part != 0).reshape(self.tokens, self.heads, width)
 
     def run_spk(self) -> None:
-        q = self._spikes(self.q_in, self.dim)  # [N, H, d]
-        k = self._spikes(self.k_in, self.dim)
-        v = self._spikes(self.v_in, self.dim)
-        m = self._spikes(self.m_in, 1)[..., 0]  # [N, H]
+        q = self._spikes("q_in", self.dim)  # [N, H, d]
+        k = self._spikes("k_in", self.dim)
+        v = self._spikes("v_in", self.dim)
+        m = self._spikes("m_in", 1)[..., 0]  # [N, H]
         if self.time_step == 1 and self.variant == "three_factor" and not self.m_in.csp_ports:
             self._warn_no_gate()
         if self.reset_interval and self.time_step % self.reset_interval == self.reset_offset:
             self.reset()
         self.synops[0] += self.update(k, v, m)  # each update returns the operations it issued
-        self.a_out.send(self.read(q))
+        size, offset = self.layout["a_out"]
+        out = self.read(q)
+        if out.size != size:  # this node's neurons inside a wider target vector
+            out = np.concatenate([np.zeros(offset, out.dtype), out, np.zeros(size - offset - out.size, out.dtype)])
+        self.a_out.send(out)
 
     def reset(self) -> None:
         """Zero the state in place before this step's update (as ``LIFReset`` zeroes u and v)."""

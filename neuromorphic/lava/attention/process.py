@@ -33,6 +33,11 @@ the models print a warning to stderr at step 1 (not an exception: an exception i
 makes lava-nc 0.10.0 raise a bare RuntimeError and hang in ``stop()``). Connect the gate
 population, or a ``RingBuffer`` of ones for a constant modulator of 1.
 
+``layout`` lets the ports sit on wider vectors (several populations in one Lava process,
+``neuromorphic.lava.run``): ``{port: (size, offset)}`` gives a port the shape ``(size,)``, and
+the process reads (or writes) its neurons at ``offset .. offset + width``; the rest of an
+input is ignored and the rest of ``a_out`` is zero. Ports not named keep their own width.
+
 ``reset_interval`` / ``reset_offset`` work as in Lava's ``LIFReset``: the state (not
 ``saturation``) is zeroed at the start of every step t with ``t % reset_interval ==
 reset_offset``, so samples can run back to back without writing Vars from outside.
@@ -125,6 +130,28 @@ def attention_params(tokens: int, heads: int, head_dim: int, variant: str, decay
             "fixed": check_fixed(fixed, variant, heads, head_dim) if fixed else None}
 
 
+PORTS = ("q_in", "k_in", "v_in", "m_in", "a_out")
+
+
+def port_layout(layout: dict | None, tokens: int, heads: int, head_dim: int) -> dict[str, tuple[int, int]]:
+    """``{port: (size, offset)}`` for every port, checked: each port's own neurons must fit."""
+    widths = {"q_in": tokens * heads * head_dim, "k_in": tokens * heads * head_dim, "v_in": tokens * heads * head_dim,
+              "m_in": tokens * heads, "a_out": tokens * heads * head_dim}
+    layout = dict(layout or {})
+    unknown = sorted(set(layout) - set(PORTS))
+    if unknown:
+        raise ValueError(f"SpikingAttention layout names unknown ports {unknown}; known: {list(PORTS)}")
+    out = {}
+    for port, width in widths.items():
+        size, offset = layout.get(port, (width, 0))
+        if not (isinstance(size, (int, np.integer)) and isinstance(offset, (int, np.integer))
+                and 0 <= offset and offset + width <= size):
+            raise ValueError(f"SpikingAttention layout of {port} must be (size, offset) with its {width} neurons "
+                             f"inside, got {layout.get(port)!r}")
+        out[port] = (int(size), int(offset))
+    return out
+
+
 def reset_params(reset_interval: int | None, reset_offset: int) -> dict[str, int]:
     """``reset_interval`` 0 means never (``None`` given); the offset is taken modulo the interval."""
     if reset_interval is None:
@@ -160,28 +187,31 @@ class SpikingAttention(AbstractProcess):
         As Lava's ``LIFReset``: at every step t with ``t % reset_interval == reset_offset``
         the state (memory, traces, eligibility; not ``saturation``) is zeroed before that
         step's update, so samples can run back to back. ``None`` (default): never.
+    layout : dict or None
+        ``{port: (size, offset)}``: ports on wider vectors (module docstring).
     """
 
     def __init__(self, *, tokens: int, heads: int, head_dim: int, variant: str,
                  decay: Any, scale: float, out_scale: Any, plasticity: dict | None = None,
                  fixed: dict | None = None, reset_interval: int | None = None, reset_offset: int = 0,
-                 name: str | None = None, log_config: LogConfig | None = None) -> None:
+                 layout: dict | None = None, name: str | None = None, log_config: LogConfig | None = None) -> None:
         try:
             params = attention_params(tokens, heads, head_dim, variant, decay, scale, out_scale,
                                       plasticity, fixed)
             params.update(reset_params(reset_interval, reset_offset))
+            params["layout"] = port_layout(layout, params["tokens"], params["heads"], params["head_dim"])
         except ValueError:
             self._runtime = None  # Lava's __del__ calls stop(), which reads it, on this half-built object
             raise
         super().__init__(**params, name=name, log_config=log_config)
         tokens, heads, head_dim = params["tokens"], params["heads"], params["head_dim"]
         self.proc_params.overwrite("name", self.name)  # Lava's default name, for the models' messages
-        width = tokens * heads * head_dim
-        self.q_in = InPort(shape=(width,))
-        self.k_in = InPort(shape=(width,))
-        self.v_in = InPort(shape=(width,))
-        self.m_in = InPort(shape=(tokens * heads,))
-        self.a_out = OutPort(shape=(width,))
+        sizes = {port: size for port, (size, _) in params["layout"].items()}
+        self.q_in = InPort(shape=(sizes["q_in"],))
+        self.k_in = InPort(shape=(sizes["k_in"],))
+        self.v_in = InPort(shape=(sizes["v_in"],))
+        self.m_in = InPort(shape=(sizes["m_in"],))
+        self.a_out = OutPort(shape=(sizes["a_out"],))
         self.memory = Var(shape=(heads, head_dim, head_dim), init=0)
         self.pre_trace = Var(shape=(tokens, heads, head_dim), init=0)
         self.post_trace = Var(shape=(tokens, heads, head_dim), init=0)
@@ -190,10 +220,12 @@ class SpikingAttention(AbstractProcess):
         self.synops = Var(shape=(1,), init=0)
 
 
-def from_ir(att: Any, tokens: int, name: str | None = None, **reset: int) -> SpikingAttention:
+def from_ir(att: Any, tokens: int, name: str | None = None, layout: dict | None = None,
+            **reset: int) -> SpikingAttention:
     """A ``SpikingAttention`` for the IR node ``att`` (``neuromorphic.ir.Attention``) over
     ``tokens`` tokens; its integer parameters come along when ``att.fixed`` is filled.
-    ``reset``: ``reset_interval`` / ``reset_offset`` as in the constructor."""
+    ``reset``: ``reset_interval`` / ``reset_offset``, and ``layout``, as in the constructor."""
     return SpikingAttention(tokens=tokens, heads=att.heads, head_dim=att.head_dim, variant=att.variant,
                             decay=att.decay, scale=att.scale, out_scale=att.out_scale,
-                            plasticity=att.plasticity, fixed=att.fixed or None, name=name or att.name, **reset)
+                            plasticity=att.plasticity, fixed=att.fixed or None, layout=layout,
+                            name=name or att.name, **reset)
