@@ -12,6 +12,7 @@ from neuromorphic.ir import Attention, Connection, Population
 from neuromorphic.lower import lower
 from neuromorphic.quantize import _quantize_attention, encode_fixed, quantize, quantize_bias, quantize_weights
 from neuromorphic.simulate import run_graph
+from test_lava_attention import make_attention  # same dir, on sys.path under pytest
 
 pytestmark = pytest.mark.backend
 
@@ -249,18 +250,7 @@ def test_attention_products_at_the_bound(past):
 
 
 def _attention(variant: str, seed: int, heads: int = 2, dim: int = 16, tokens: int = 4) -> Attention:
-    rng = np.random.default_rng(seed)
-    plasticity = {
-        "hebbian": {},
-        "stdp": {"a_plus": rng.uniform(0.5, 1.0, heads), "a_minus": rng.uniform(0.2, 0.5, heads),
-                 "pre_decay": rng.uniform(0.5, 0.9, heads), "post_decay": rng.uniform(0.5, 0.9, heads)},
-        "three_factor": {"eligibility_decay": rng.uniform(0.6, 0.9, heads)},
-        "delta": {"delta_rate": rng.uniform(0.3, 0.8, heads)},
-    }[variant]
-    att = Attention(name=f"att_{variant}", query="q", key="k", value="v", target="o", heads=heads, head_dim=dim,
-                    variant=variant, decay=rng.uniform(0.6, 0.95, heads), scale=0.5,
-                    out_scale=rng.uniform(0.5, 1.5, heads * dim), plasticity=plasticity,
-                    modulator="m" if variant == "three_factor" else None)
+    att = make_attention(variant, seed, heads, dim)
     _quantize_attention(att, target_unit=256.0, state_bits=24, tokens=tokens)
     return att
 

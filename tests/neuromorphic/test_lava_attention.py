@@ -30,18 +30,19 @@ RATE = 0.3
 VARIANTS = ("hebbian", "stdp", "three_factor", "delta")
 
 
-def make_attention(variant: str, seed: int) -> Attention:
+def make_attention(variant: str, seed: int, heads: int = HEADS, dim: int = DIM) -> Attention:
+    """A float attention node with random per-head parameters (test_fixed_ref.py uses it too)."""
     rng = np.random.default_rng(seed)
     plasticity = {
         "hebbian": {},
-        "stdp": {"a_plus": rng.uniform(0.5, 1.0, HEADS), "a_minus": rng.uniform(0.2, 0.5, HEADS),
-                 "pre_decay": rng.uniform(0.5, 0.9, HEADS), "post_decay": rng.uniform(0.5, 0.9, HEADS)},
-        "three_factor": {"eligibility_decay": rng.uniform(0.6, 0.9, HEADS)},
-        "delta": {"delta_rate": rng.uniform(0.3, 0.8, HEADS)},
+        "stdp": {"a_plus": rng.uniform(0.5, 1.0, heads), "a_minus": rng.uniform(0.2, 0.5, heads),
+                 "pre_decay": rng.uniform(0.5, 0.9, heads), "post_decay": rng.uniform(0.5, 0.9, heads)},
+        "three_factor": {"eligibility_decay": rng.uniform(0.6, 0.9, heads)},
+        "delta": {"delta_rate": rng.uniform(0.3, 0.8, heads)},
     }[variant]
-    return Attention(name=f"att_{variant}", query="q", key="k", value="v", target="o", heads=HEADS,
-                     head_dim=DIM, variant=variant, decay=rng.uniform(0.6, 0.95, HEADS), scale=0.5,
-                     out_scale=rng.uniform(0.5, 1.5, HEADS * DIM), plasticity=plasticity,
+    return Attention(name=f"att_{variant}", query="q", key="k", value="v", target="o", heads=heads,
+                     head_dim=dim, variant=variant, decay=rng.uniform(0.6, 0.95, heads), scale=0.5,
+                     out_scale=rng.uniform(0.5, 1.5, heads * dim), plasticity=plasticity,
                      modulator="m" if variant == "three_factor" else None)
 
 
