@@ -256,3 +256,16 @@ def test_a_study_shares_its_cells_over_the_ranks(tmp_path):
     one, two = (json.loads((tmp_path / name / "study.json").read_text()) for name in ("one", "two"))
     assert len(one["cells"]) == 4
     assert [c["accuracies"] for c in two["cells"]] == [c["accuracies"] for c in one["cells"]]
+
+
+def test_a_rank_without_the_data_stops_every_rank_in_one_line(tmp_path):
+    config = write_config(tmp_path)
+    script = Path(__file__).with_name("distributed_no_data.py")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(config), str(tmp_path / "run")],
+                          capture_output=True, text=True, env=environment(), timeout=300)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert any("not installed on this rank" in line for line in errors), done.stderr[-2000:]
+    assert any("another rank could not start" in line for line in errors), done.stderr[-2000:]
+    assert not (tmp_path / "run" / "checkpoint.json").exists()
