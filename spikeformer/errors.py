@@ -28,3 +28,7 @@ class TrainingDiverged(SpikeformerError, RuntimeError):
 
 class DistributedError(SpikeformerError, RuntimeError):
     """Multi-process training stopped: another rank failed or went away (the last checkpoint is kept)."""
+
+
+class DataError(SpikeformerError, RuntimeError):
+    """A data set's files are missing or altered (the message names the package to install)."""
