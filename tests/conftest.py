@@ -48,3 +48,21 @@ def pytest_make_collect_report(collector):
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def count_calls(monkeypatch):
+    """``count_calls(module, name)``: replace ``module.name`` by a spy that still calls it; returns
+    the list that gains one entry per call."""
+    def install(module, name: str) -> list:
+        calls: list = []
+        real = getattr(module, name)
+
+        def spy(*args, **kwargs):
+            calls.append(1)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+        return calls
+
+    return install

@@ -164,15 +164,8 @@ def test_modulator_gradient_refused():
                           modulator.requires_grad_(True))
 
 
-def test_auto_picks_event_for_cpu_inference(monkeypatch):
-    calls = []
-    real = attention_event.event_attention
-
-    def spy(*args):
-        calls.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(attention_event, "event_attention", spy)
+def test_auto_picks_event_for_cpu_inference(count_calls):
+    calls = count_calls(attention_event, "event_attention")
     q, k, v, decay, plasticity, modulator, state = make_inputs("hebbian", 4, 1, torch.float64)
     with torch.no_grad():
         spiking_attention(q, k, v, decay, SCALE, "hebbian", "auto", state, plasticity)

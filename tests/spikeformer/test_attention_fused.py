@@ -97,15 +97,8 @@ def test_inputs_are_not_modified():
 
 
 @pytest.mark.parametrize("tokens, dim, expected", [(4, 8, 1), (1, 16, 1), (4, 64, 1), (2, 64, 0), (1, 64, 0)])
-def test_auto_trains_hebbian_with_the_kernel_where_it_is_faster(monkeypatch, tokens, dim, expected):
-    calls = []
-    real = attention_fused.fused_attention
-
-    def spy(*args):
-        calls.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(attention_fused, "fused_attention", spy)
+def test_auto_trains_hebbian_with_the_kernel_where_it_is_faster(count_calls, tokens, dim, expected):
+    calls = count_calls(attention_fused, "fused_attention")
     q, k, v, decay, state = make_inputs(4, 2, tokens, 2, dim, torch.float64, seed=6)
     o, _ = spiking_attention(q, k, v, decay, SCALE, "hebbian", "auto", state)
     assert len(calls) == expected  # wide heads over few tokens train with the chunked form
