@@ -23,6 +23,7 @@ same as one process). docs/scaling.md shows torchrun on one machine, on several,
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import threading
@@ -93,8 +94,12 @@ def _stop_with_one_line(world: World) -> None:
 
 
 def teardown(world: World) -> None:
-    """Wait for every rank (rank 0 writes the metrics last), then leave the process group."""
+    """Wait for every rank (rank 0 writes the metrics last), then leave the process group. Call it
+    once the DDP wrapper is out of scope: a reducer that outlives its group aborts the process at
+    exit ("terminate called without an active exception"); the collection frees one held by a
+    reference cycle."""
     if world.distributed and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 

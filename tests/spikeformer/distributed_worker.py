@@ -17,8 +17,15 @@ from spikeformer.train import augment, batch_gradients, epoch_generator, local_l
 
 
 def main(config: str, out: str) -> None:
-    cfg = load_config(config)
     world = distributed.setup("cpu")
+    gradients(config, out, world)
+    # after gradients() returned: its DDP wrapper is gone before the process group is (a reducer
+    # outliving its group aborts the process at exit)
+    distributed.teardown(world)
+
+
+def gradients(config: str, out: str, world: distributed.World) -> None:
+    cfg = load_config(config)
     torch.set_num_threads(1)
     split = subset(load_task(cfg), cfg)
     torch.manual_seed(cfg.seed)
@@ -36,7 +43,6 @@ def main(config: str, out: str) -> None:
         grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
         stats = {f"buffer.{name}": b.detach().clone() for name, b in model.named_buffers() if b.is_floating_point()}
         save_file({**grads, **stats}, out)
-    distributed.teardown(world)
 
 
 if __name__ == "__main__":
