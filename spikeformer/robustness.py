@@ -3,7 +3,7 @@
 Corruptions, each at three severities, seeded so runs repeat:
 - gaussian_noise: add N(0, sigma^2), sigma in (0.1, 0.2, 0.4) of the input scale
 - feature_dropout: zero each input feature with probability p in (0.1, 0.2, 0.4)
-- translation: images (digits) move right by 1, 2, 3 pixels with zero fill; signals
+- translation: images (digits, mnist) move right by 1, 2, 3 pixels with zero fill; signals
   (MNIST-1D, sequences) roll by 1, 2, 3 tokens
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .config import Config
+from .config import IMAGE_SIDE, Config
 from .data import Split, translate_images
 from .metrics import evaluate
 
@@ -51,7 +51,7 @@ def corruption_suite(model: nn.Module, split: Split, cfg: Config, device: str = 
         record["corruptions"][name] = {}
         for level in levels:
             data_gen = torch.Generator().manual_seed(cfg.seed + 17)
-            x = corrupt(split.x_test, name, level, data_gen, cfg.patch_size if cfg.task == "digits" else 0)
+            x = corrupt(split.x_test, name, level, data_gen, cfg.patch_size if cfg.task in IMAGE_SIDE else 0)
             acc = evaluate(model, x, split.y_test, device=device, generator=gen)["accuracy"]
             record["corruptions"][name][str(level)] = acc
             scores.append(acc)

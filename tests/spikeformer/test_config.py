@@ -249,3 +249,12 @@ def test_attention_impl_choices_are_the_attention_modules():
     from spikeformer.config import CHOICES
 
     assert CHOICES["attention_impl"] == IMPLEMENTATIONS
+
+
+def test_mnist_patch_size_must_divide_28():
+    from spikeformer.config import Config
+
+    assert Config(task="mnist", patch_size=7).task_shape() == (16, 49, 10)
+    with pytest.raises(ConfigError, match="must divide the 28-pixel mnist image \\(1, 2, 4, 7, 14, 28\\)"):
+        Config(task="mnist", patch_size=5)
+    Config(task="mnist", patch_size=4, augment_shift=2)  # augmentation applies to both image tasks

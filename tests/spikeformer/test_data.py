@@ -269,3 +269,30 @@ def test_interleaved_recall_splits_each_pair_into_key_then_value_token():
         assert torch.equal(out[:, 2 * j, :keys], x[:, j, :keys]) and not out[:, 2 * j, keys:].any()
         assert torch.equal(out[:, 2 * j + 1, keys:], x[:, j, keys:]) and not out[:, 2 * j + 1, :keys].any()
     assert torch.equal(out[:, -1], x[:, -1])
+
+
+@pytest.mark.parametrize("patch", [4, 7, 14])
+def test_mnist_task_is_patch_tokens_of_the_full_set(patch):
+    from spikeformer.config import Config
+    from spikeformer.data import load_task
+
+    cfg = Config(task="mnist", patch_size=patch)
+    split = load_task(cfg)
+    tokens, features, classes = cfg.task_shape()
+    assert split.x_train.shape == (60000, tokens, features) and split.x_test.shape == (10000, tokens, features)
+    assert tokens == (28 // patch) ** 2 and features == patch * patch and split.num_classes == classes == 10
+    assert split.y_train[:5].tolist() == [5, 0, 4, 1, 9] and split.y_test[:5].tolist() == [7, 2, 1, 0, 4]
+    assert float(split.x_train.max()) == 1.0 and float(split.x_train.min()) == 0.0
+    image = unpatchify(split.x_test[:1], patch)[0]  # the tokens rebuild the 28x28 picture
+    from spikeformer.corpora import mnist
+
+    assert torch.equal((image * 255).round().to(torch.uint8), torch.from_numpy(mnist().x_test[0]))
+
+
+def test_mnist_shift_augment_moves_28_pixel_images():
+    from spikeformer.data import load_mnist_split, shift_augment
+
+    x = load_mnist_split(7).x_test[:4]
+    moved = shift_augment(x, 7, 2, torch.Generator().manual_seed(0))
+    assert moved.shape == x.shape and not torch.equal(moved, x)
+    assert torch.isclose(moved.sum(), x.sum(), rtol=0.05)  # a shift by 2 pixels keeps (nearly) every pixel
