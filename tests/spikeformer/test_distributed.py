@@ -56,17 +56,26 @@ def environment() -> dict[str, str]:
     return env
 
 
-def one_process(config: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "spikeformer", "train", "--config", str(config), "--out", str(out),
-                           "--quiet", *extra], capture_output=True, text=True, env=environment(), timeout=300)
-
-
-def torchrun(processes: int, config: Path, out: Path, *extra: str, wait: bool = True):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-           "-m", "spikeformer", "train", "--config", str(config), "--out", str(out), "--quiet", *extra]
+def launch(processes: int, *args: str, wait: bool = True):
+    """``python ARGS`` (one process) or ``torchrun --standalone --nproc_per_node N ARGS``; ARGS is a
+    script or ``-m module ...``. Returns the finished run, or the running one with ``wait=False``."""
+    torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
+    cmd = [sys.executable, *torchrun, *args]
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment())
     return subprocess.run(cmd, capture_output=True, text=True, env=environment(), timeout=300)
+
+
+def train_args(config: Path, out: Path, *extra: str) -> list[str]:
+    return ["-m", "spikeformer", "train", "--config", str(config), "--out", str(out), "--quiet", *extra]
+
+
+def one_process(config: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return launch(1, *train_args(config, out, *extra))
+
+
+def torchrun(processes: int, config: Path, out: Path, *extra: str, wait: bool = True):
+    return launch(processes, *train_args(config, out, *extra), wait=wait)
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
@@ -101,10 +110,7 @@ WORKER = Path(__file__).with_name("distributed_worker.py")
 
 
 def gradients(processes: int, config: Path, out: Path) -> dict[str, torch.Tensor]:
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] \
-        if processes > 1 else [sys.executable]
-    done = subprocess.run([*launch, str(WORKER), str(config), str(out)], capture_output=True, text=True,
-                          env=environment(), timeout=300)
+    done = launch(processes, str(WORKER), str(config), str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     from safetensors.torch import load_file
 
@@ -244,12 +250,9 @@ def test_a_study_shares_its_cells_over_the_ranks(tmp_path):
     equals one process's, cell for cell (every cell trains on one thread, so bit for bit)."""
     config = str(Path(__file__).resolve().parents[2] / "demos" / "digits-eprop.toml")
     args = ["study", "--config", config, "--quick", "--rules", "bptt,eprop", "--workers", "1", "--quiet"]
-    single = subprocess.run([sys.executable, "-m", "spikeformer", *args, "--out", str(tmp_path / "one")],
-                            capture_output=True, text=True, env=environment(), timeout=300)
+    single = launch(1, "-m", "spikeformer", *args, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr[-2000:]
-    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "-m", "spikeformer", *args, "--out", str(tmp_path / "two")],
-                            capture_output=True, text=True, env=environment(), timeout=300)
+    double = launch(2, "-m", "spikeformer", *args, "--out", str(tmp_path / "two"))
     assert double.returncode == 0, double.stderr[-2000:]
     import json
 
@@ -261,9 +264,7 @@ def test_a_study_shares_its_cells_over_the_ranks(tmp_path):
 def test_a_rank_without_the_data_stops_every_rank_in_one_line(tmp_path):
     config = write_config(tmp_path)
     script = Path(__file__).with_name("distributed_no_data.py")
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), str(config), str(tmp_path / "run")],
-                          capture_output=True, text=True, env=environment(), timeout=300)
+    done = launch(2, str(script), str(config), str(tmp_path / "run"))
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert any("not installed on this rank" in line for line in errors), done.stderr[-2000:]
