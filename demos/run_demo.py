@@ -43,7 +43,7 @@ def main() -> int:
               f"{metrics['synops_per_sample']:.0f} synaptic ops and "
               f"{metrics['energy_pj_per_sample'] / 1e6:.3f} uJ per sample ({metrics['energy_note']}); "
               f"report: {report}")
-        if cfg.delays == "loihi":
+        if cfg.dense_delay:
             backends(run, args.lava_samples, args.brian2_samples)
     except SpikeformerError as exc:
         print(f"error: {exc}", file=sys.stderr)

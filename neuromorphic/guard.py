@@ -14,3 +14,10 @@ from spikeformer.fixed_point import MANTISSA_MIN
 GUARD_STEPS = 2
 GUARD_MANTISSA, GUARD_EXP = MANTISSA_MIN, 8  # fixed point: the guard weight -256 << 8
 GUARD_A_IN = -GUARD_MANTISSA << GUARD_EXP  # 2^16: (a_in << 6) stays inside Lava's 24-bit u
+
+
+def guard_steps(max_delay: int) -> int:
+    """Guard steps after each sample of a graph whose longest connection delays ``max_delay``
+    steps: the guard neuron fires in all but the last, so every LIF is held from the second guard
+    step on, and a spike of the last free step lands (``max_delay`` later) before the next sample."""
+    return max(GUARD_STEPS, max_delay + 1)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spikeformer.model import Dense, FeatureNorm, SpikingNeurons, Spikeformer
+from spikeformer.model import SUBLAYER_DELAY, Dense, FeatureNorm, SpikingNeurons, Spikeformer
 
 from .ir import Attention, Connection, Graph, LoweringError, Population
 
@@ -91,12 +91,15 @@ class GraphBuilder:
     of every term, scaled by that norm's gain, and the summed shifts as its bias.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, skip_delay: int = 0) -> None:
         self.populations: list[Population] = []
         self.connections: list[Connection] = []
         self.attentions: list[Attention] = []
         self.scales: dict[str, np.ndarray] = {}  # 1 / threshold per feature, when thresholds are per neuron
-        self.stream: list[_Term] = []
+        self.stream: list[tuple[_Term, int]] = []  # each term and the number of readers before it
+        self.readers = 0
+        # delays = "aligned": a term reaches a reader one step plus skip_delay per sublayer it skips
+        self.skip_delay = skip_delay
 
     # --- folding ---------------------------------------------------------------------------------
 
@@ -145,14 +148,14 @@ class GraphBuilder:
             bias=np.broadcast_to(bias, (tokens, features)).astype(np.float64).copy()))
         return name
 
-    def connect(self, term: _Term, target: str, gain: Optional[np.ndarray] = None) -> None:
+    def connect(self, term: _Term, target: str, gain: Optional[np.ndarray] = None, delay: int = 1) -> None:
         """Add ``term`` into ``target``, rows scaled by ``gain`` (a consumer's BatchNorm) and its thresholds."""
         features = next(p.features for p in self.populations if p.name == target)
         scale = (np.ones(features) if gain is None else gain) * self.scales.get(target, 1.0)
         if term.kind == "full":  # rows are (token, feature) pairs, token-major
             scale = np.tile(scale, term.weight.shape[0] // features)
         self.connections.append(Connection(f"{term.name}->{target}", term.source, target, term.kind,
-                                           scale[:, None] * term.weight))
+                                           scale[:, None] * term.weight, delay=delay))
 
     def attention(self, name: str, query: str, key: str, value: str, target: str, heads: int, head_dim: int,
                   variant: str, decay: torch.Tensor, scale: float, out_gain: np.ndarray,
@@ -174,15 +177,17 @@ class GraphBuilder:
 
     def write(self, term: _Term) -> None:
         """Add a Dense current to the residual stream."""
-        self.stream.append(term)
+        self.stream.append((term, self.readers))
 
     def read(self, norm: FeatureNorm, neurons: SpikingNeurons, name: str, tokens: int, features: int) -> str:
-        """A LIF reading the residual stream through ``norm``: copies of every term written so far."""
+        """A LIF reading the residual stream through ``norm``: copies of every term written so far
+        (aligned: each delayed by ``skip_delay`` per sublayer between its writer and this reader)."""
         gain, shift = _affine(norm, features)
-        bias = gain * sum(t.bias for t in self.stream) + shift
+        bias = gain * sum(t.bias for t, _ in self.stream) + shift
         self.lif(neurons, name, tokens, features, bias)
-        for term in self.stream:
-            self.connect(term, name, gain)
+        for term, written in self.stream:
+            self.connect(term, name, gain, delay=1 + self.skip_delay * (self.readers - written))
+        self.readers += 1
         return name
 
 
@@ -197,18 +202,18 @@ def lower(model: Spikeformer) -> Graph:
         raise LoweringError(f"only Spikeformer models lower to the IR, not {type(model).__name__} "
                             "(the ANN baseline has no spiking form)")
     cfg = model.cfg
-    if cfg.delays != "loihi":
+    if not cfg.dense_delay:
         raise LoweringError(
             f"the model was trained with delays = {cfg.delays!r}; Lava and Brian2 compute the "
-            "one-step Dense delay of SPEC §2.2, so retrain with --set 'delays=\"loihi\"'")
+            "one-step Dense delay of SPEC §2.2, so retrain with --set 'delays=\"aligned\"' (or \"loihi\")")
     if cfg.encoder not in ("direct", "poisson"):
         raise LoweringError(f"encoder {cfg.encoder!r} has no IR form")
-    b = GraphBuilder()
+    b = GraphBuilder(SUBLAYER_DELAY if cfg.delays == "aligned" else 0)
     body_tokens = model.lower(b)
     meta = {
         "task": cfg.task, "mode": cfg.mode, "encoder": cfg.encoder, "classes": model.classes,
         "tokens": model.tokens, "features": model.features, "body_tokens": body_tokens,
-        "time_steps": cfg.time_steps, "steps_per_token": cfg.steps_per_token,
+        "time_steps": cfg.time_steps, "steps_per_token": cfg.steps_per_token, "delays": cfg.delays,
         "latency": model.latency, "window": model.window,
         # global: every sample has the same length; causal: (tokens * steps_per_token) + latency
         "steps": (cfg.time_steps if cfg.mode == "global" else model.tokens * cfg.steps_per_token) + model.latency,

@@ -163,7 +163,7 @@ def layer_map(model: Spikeformer) -> LayerMap:
         layer.signal_target = last if layer.writes_stream else layer.target
         layer.signal_norm = model.norm if layer.writes_stream else None
         if isinstance(layer.module, nn.Conv1d):  # the conv1d stem delays the input of each convolution
-            layer.delay = model.cfg.delays == "loihi"
+            layer.delay = model.cfg.dense_delay
     return found
 
 

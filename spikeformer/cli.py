@@ -52,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--corruptions", action="store_true", help="also run the corruption suite -> robustness.json")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
+    p = sub.add_parser("generate", help="stream text from a trained language model (task = \"shakespeare\")")
+    p.add_argument("run", help="run directory (any run with one finished epoch)")
+    p.add_argument("--prompt", default="ROMEO:", help="text to start from (default \"ROMEO:\")")
+    p.add_argument("--chars", type=int, default=400, help="characters to generate (default 400)")
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="sampling temperature (default 0.8; 0: always the likeliest character)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+
     p = sub.add_parser("report", help="write RUN/report.html with figures")
     p.add_argument("run")
 
@@ -159,6 +167,20 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import generate, load_language_model
+
+    cfg, model, vocabulary = load_language_model(args.run)
+    characters = generate(model, cfg, vocabulary, args.prompt, args.chars, args.temperature, args.seed)
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    for char in characters:
+        sys.stdout.write(char)
+        sys.stdout.flush()  # stream: each character as soon as it is drawn
+    sys.stdout.write("\n")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -186,7 +208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         handlers = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "study": cmd_study,
-                    "bench": cmd_bench}
+                    "bench": cmd_bench, "generate": cmd_generate}
         handlers.update({name: handler for name, (_, _, handler) in _plugins().items()})
         return handlers[args.command](args)
     except SpikeformerError as exc:

@@ -23,8 +23,10 @@ else:  # Python 3.10 (the Lava environment) has no tomllib
     import tomli as tomllib
 
 IMAGE_SIDE = {"digits": 8, "mnist": 28}  # the square image tasks: side in pixels (patch tokens)
+SEQUENCE_TASKS = ("recall", "shakespeare")  # causal tasks: tokens arrive one after the other
+SHAKESPEARE_VOCABULARY = 84  # distinct characters of the corpus (spikeformer/corpora.py; checked by a test)
 CHOICES: dict[str, tuple] = {
-    "task": ("digits", "mnist", "mnist1d", "recall"),
+    "task": ("digits", "mnist", "mnist1d", "recall", "shakespeare"),
     "model": ("spikeformer", "ann"),
     "mode": ("global", "causal"),
     "variant": tuple(VARIANTS),  # spikeformer/variants.py
@@ -32,7 +34,7 @@ CHOICES: dict[str, tuple] = {
     "lif_impl": ("fused", "loop"),
     "encoder": ("direct", "poisson"),
     "stem": ("linear", "conv1d"),
-    "delays": ("none", "loihi"),
+    "delays": ("none", "loihi", "aligned"),
     "surrogate": ("fast_sigmoid", "atan", "sigmoid", "triangular"),
     "schedule": ("cosine", "constant"),
     "device": ("auto", "cpu", "cuda"),
@@ -46,7 +48,7 @@ CHOICES: dict[str, tuple] = {
 # in one line, before anything allocates. Far above every demo (dim 128, depth 2, 20000 sequences).
 LIMITS: dict[str, int] = {
     "patch_size": 64, "recall_pairs": 4096, "recall_keys": 4096, "recall_values": 4096,
-    "recall_train": 10_000_000, "recall_test": 10_000_000, "dim": 65536, "heads": 1024, "head_dim": 2048,
+    "recall_train": 10_000_000, "recall_test": 10_000_000, "context": 65536, "dim": 65536, "heads": 1024, "head_dim": 2048,
     "depth": 256, "mlp_ratio": 64, "conv_channels": 16384, "time_steps": 16384, "steps_per_token": 1024,
     "epochs": 1_000_000, "batch_size": 1_048_576, "warmup_epochs": 1_000_000, "num_threads": 1024,
     "seed": 2 ** 32 - 1, "data_seed": 2 ** 32 - 1, "qat_vth": 2 ** 17 - 1,  # qat_vth: every model divides by it
@@ -62,7 +64,7 @@ MAX_STATE = 2 ** 22  # attention state heads * head_dim**2 per sample and block 
 @dataclass
 class Config:
     # --- task and data (SPEC §5) ---
-    task: str = "digits"  # digits | mnist | mnist1d | recall
+    task: str = "digits"  # digits | mnist | mnist1d | recall | shakespeare (character language model)
     patch_size: int = 2  # digits, mnist: square patch side in pixels (8x8 or 28x28 image -> (side/p)^2 tokens)
     augment_shift: int = 0  # digits, mnist: random translation of up to this many pixels while training
     recall_pairs: int = 4  # recall: key/value pairs before the query
@@ -73,6 +75,7 @@ class Config:
     recall_train: int = 20000  # recall: generated training sequences
     recall_test: int = 2000  # recall: generated test sequences
     data_seed: int = 0  # seed of generated data (recall)
+    context: int = 64  # shakespeare: characters per training window (the model predicts each one's successor)
     # --- model ---
     model: str = "spikeformer"  # spikeformer | ann (softmax baseline of the same width/depth)
     mode: str = "global"  # global (all tokens every step) | causal (one token per step, streaming)
@@ -89,7 +92,7 @@ class Config:
     time_steps: int = 4  # global mode: steps T each sample is shown
     steps_per_token: int = 2  # causal mode: steps each token is held
     encoder: str = "direct"  # direct (current injection) | poisson (Bernoulli rate, input in [0, 1])
-    delays: str = "none"  # none | loihi (one-step delay per Dense, SPEC §2.2)
+    delays: str = "none"  # none | loihi (one-step delay per Dense, SPEC §2.2) | aligned (loihi + skip delays: every path as long)
     # --- neurons (SPEC §2.1) ---
     beta: float = 0.5  # membrane decay per step (1 - dv)
     alpha: float = 0.0  # synaptic current decay per step (1 - du); 0 = no current state
@@ -151,7 +154,7 @@ class Config:
             if value not in options:
                 raise ConfigError(f"config key {key!r} is {short_repr(value)}; choose one of {list(options)}")
         positive = ("patch_size", "recall_pairs", "recall_keys", "recall_values", "recall_train",
-                    "recall_test", "dim", "heads", "head_dim", "mlp_ratio", "conv_channels",
+                    "recall_test", "context", "dim", "heads", "head_dim", "mlp_ratio", "conv_channels",
                     "time_steps", "steps_per_token", "epochs", "batch_size")
         for key in positive:
             if getattr(self, key) <= 0:
@@ -189,6 +192,13 @@ class Config:
         if self.rule != "bptt" and (self.model != "spikeformer" or self.qat):
             raise ConfigError(f"rule {self.rule!r} trains spiking models in float: it needs model = \"spikeformer\" "
                               "and qat = false; use rule = \"bptt\" for the ANN or qat")
+        if self.every_token and self.delays == "loihi":
+            raise ConfigError("a language model with delays = \"loihi\" would see later characters (the residual "
+                              "stream's skips are shorter than its sublayers); use delays = \"aligned\" (exportable) "
+                              "or \"none\"")
+        if self.every_token and self.rule != "bptt":
+            raise ConfigError(f"rule {self.rule!r} learns one label per sequence; the {self.task} language model "
+                              "trains with rule = \"bptt\"")
         if not math.isfinite(self.lr):
             raise ConfigError(f"config key 'lr' must be finite, got {self.lr}")
         for key in ("threshold", "lr", "slope"):
@@ -214,9 +224,9 @@ class Config:
             raise ConfigError("config key 'recall_pairs_min' must not exceed 'recall_pairs'")
         if self.recall_pairs > self.recall_keys:
             raise ConfigError("config key 'recall_pairs' must not exceed 'recall_keys' (keys are distinct)")
-        if self.task == "recall" and self.mode != "causal":
-            raise ConfigError("task 'recall' is a sequence task: set mode = \"causal\"")
-        if self.task != "recall" and self.mode == "causal":
+        if self.task in SEQUENCE_TASKS and self.mode != "causal":
+            raise ConfigError(f"task {self.task!r} is a sequence task: set mode = \"causal\"")
+        if self.task not in SEQUENCE_TASKS and self.mode == "causal":
             raise ConfigError(f"task {self.task!r} is not a sequence task: set mode = \"global\"")
         side = IMAGE_SIDE.get(self.task)
         if side and side % self.patch_size:
@@ -253,6 +263,8 @@ class Config:
             return grid * grid, self.patch_size ** 2, 10
         if self.task == "mnist1d":
             return 40, 1, 10
+        if self.task == "shakespeare":  # one-hot characters in, the next character out
+            return self.context, SHAKESPEARE_VOCABULARY, SHAKESPEARE_VOCABULARY
         tokens = self.recall_pairs * (2 if self.recall_layout == "interleaved" else 1) + 1
         return tokens, self.recall_keys + self.recall_values, self.recall_values
 
@@ -268,6 +280,17 @@ class Config:
             stem = features * d
         block = 4 * d * width + d * self.heads + 2 * self.mlp_ratio * d * d + 8 * (d + width) + self.mlp_ratio * d
         return stem + tokens * d + self.depth * block + 8 * d + tokens * d * classes + classes
+
+    @property
+    def dense_delay(self) -> bool:
+        """Whether every Dense delivers one step late (Loihi timing: ``loihi`` and ``aligned``)."""
+        return self.delays in ("loihi", "aligned")
+
+    @property
+    def every_token(self) -> bool:
+        """Whether the task has a target at every token (a language model: ``[B, N]`` labels,
+        ``[B, N, C]`` logits) rather than one per sequence."""
+        return self.task == "shakespeare"
 
     @property
     def scale(self) -> float:

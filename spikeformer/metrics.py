@@ -28,11 +28,19 @@ def energy_pj(ac: float, mac: float) -> float:
     return PJ_PER_AC * ac + PJ_PER_MAC * mac
 
 
+def token_loss(logits: Tensor, y: Tensor, reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy (nats) of logits ``[B, C]`` against labels ``[B]``, or of a language
+    model's ``[B, N, C]`` against ``[B, N]`` (every token counts once)."""
+    return nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                       reduction=reduction, label_smoothing=label_smoothing)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256, device: str = "cpu",
              probe: Optional[Probe] = None, noise: float = 0.0,
              generator: Optional[torch.Generator] = None) -> dict[str, float]:
-    """Accuracy and mean loss of ``model`` on ``x [S, N, F]``, ``y [S]`` in eval mode.
+    """Accuracy and mean loss of ``model`` on ``x [S, N, F]``, ``y [S]`` in eval mode (a
+    language model's ``y [S, N]``: per token, the loss in nats per character).
 
     ``noise``: standard deviation of Gaussian noise added to the inputs (robustness checks).
     """
@@ -45,10 +53,10 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256, devi
         if noise > 0:
             xb = xb + noise * torch.randn(xb.shape, generator=generator).to(device)
         logits, _ = model(xb, probe=probe, generator=generator)
-        loss_sum += float(nn.functional.cross_entropy(logits.float(), yb, reduction="sum"))
+        loss_sum += float(token_loss(logits, yb, reduction="sum"))
         correct += int((logits.argmax(-1) == yb).sum())
     model.train(was_training)
-    return {"accuracy": correct / len(x), "loss": loss_sum / len(x)}
+    return {"accuracy": correct / y.numel(), "loss": loss_sum / y.numel()}
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

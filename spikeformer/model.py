@@ -91,15 +91,36 @@ class Drive(NamedTuple):
     """The input of a LIF population (SPEC §2.1): ``total`` = I_in + b ``[T, B, N, F]`` and the
     constant bias ``b`` (broadcastable to ``[N, F]``) that enters the membrane, or None where it
     need not be told apart (``alpha = 0``). ``total`` is a list of ``qat.Term`` s in a qat model's
-    residual stream."""
+    residual stream. ``rest``: the current when the input is silent (a Dense's folded bias), kept
+    for the residual stream of ``delays = "aligned"``, which is delayed (``delay_drive``)."""
 
     total: Any
     bias: Optional[Tensor] = None
+    rest: Optional[Tensor] = None
+
+
+def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    return None if a is None or b is None else a + b
 
 
 def join(a: Drive, b: Drive) -> Drive:
     """The sum of two drives (the residual stream ``u + y``)."""
-    return Drive(a.total + b.total, None if a.bias is None else a.bias + b.bias)
+    return Drive(a.total + b.total, _add(a.bias, b.bias), _add(a.rest, b.rest))
+
+
+SUBLAYER_DELAY = 2  # Dense hops of an attention or MLP sublayer (q/k/v + out; fc1 + fc2)
+
+
+def delay_drive(u: Drive, steps: int, carry: Optional[Tensor]) -> tuple[Drive, Tensor]:
+    """The residual stream ``u`` delivered ``steps`` later, as a Dense whose input arrives late:
+    its current ``total [T, B, N, F]`` shifts, the steps before the first are ``u.rest`` (silent
+    input), the bias stays. ``carry``: the last ``steps`` steps of the previous call (streaming).
+    Returns the delayed drive and the carry for the next call."""
+    total = u.total
+    if carry is None:
+        carry = u.rest.expand(steps, *total.shape[1:])
+    joined = torch.cat([carry, total], 0)  # [steps + T, ...]
+    return Drive(joined[:total.shape[0]], u.bias, u.rest), joined[total.shape[0]:]
 
 
 class FeatureNorm(nn.Module):
@@ -167,6 +188,7 @@ class Dense(nn.Module):
         self.fake_quant = False
         self.unit = 1.0
         self.split_bias = False  # alpha > 0: tell the membrane bias apart (set by Spikeformer)
+        self.keep_rest = False  # delays = "aligned": report the current at silent input (set by Spikeformer)
 
     def forward(self, x: Tensor, state: Optional[Tensor] = None, probe: Optional[Probe] = None,
                 position: Optional[Tensor] = None) -> tuple[Drive, Optional[Tensor]]:
@@ -183,7 +205,7 @@ class Dense(nn.Module):
         if position is not None:
             y = y + position
         bias = None
-        if self.split_bias:
+        if self.split_bias or self.keep_rest:  # the current at silent input x = 0
             bias = self.linear.bias if self.linear.bias is not None else y.new_zeros(y.shape[-1])
             bias = bias + position if position is not None else bias  # [N, F] or [F]
             if self.norm is not None:
@@ -191,7 +213,7 @@ class Dense(nn.Module):
                 bias = gain * bias + shift
         if self.norm is not None:
             y = self.norm(y)
-        return Drive(y, bias), carry
+        return Drive(y, bias if self.split_bias else None, bias if self.keep_rest else None), carry
 
 
 class SpikingNeurons(nn.Module):
@@ -221,7 +243,7 @@ class SpikingAttention(nn.Module):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
-        h, d, delay = cfg.heads, cfg.head_dim, cfg.delays == "loihi"
+        h, d, delay = cfg.heads, cfg.head_dim, cfg.dense_delay
         self.heads, self.head_dim, self.variant = h, d, cfg.variant
         self.impl, self.scale = cfg.attention_impl, cfg.scale
         self.proj = nn.ModuleDict({n: Dense(cfg.dim, h * d, delay=delay) for n in "qkv"})
@@ -315,7 +337,7 @@ class SpikingMLP(nn.Module):
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
-        hidden, delay = cfg.mlp_ratio * cfg.dim, cfg.delays == "loihi"
+        hidden, delay = cfg.mlp_ratio * cfg.dim, cfg.dense_delay
         self.fc1 = Dense(cfg.dim, hidden, delay=delay)
         self.lif = SpikingNeurons(cfg, hidden)
         self.fc2 = Dense(hidden, cfg.dim, delay=delay, residual=True)
@@ -350,16 +372,25 @@ class Block(nn.Module):
         self.norm2, self.lif2 = FeatureNorm(cfg.dim), SpikingNeurons(cfg, cfg.dim)
         self.mlp = SpikingMLP(cfg)
         self.unit = cfg_unit(cfg)  # a_in per unit current (qat)
+        # aligned: the stream skips each sublayer as late as the sublayer's output arrives
+        self.skip_delay = SUBLAYER_DELAY if cfg.delays == "aligned" else 0
+
+    def skip(self, u: Drive, state: State, new: State, key: str) -> Drive:
+        """The residual stream past a sublayer: ``u`` itself, or (aligned) ``u`` delayed as long as the sublayer."""
+        if not self.skip_delay:
+            return u
+        u, new[key] = delay_drive(u, self.skip_delay, state.get(key))
+        return u
 
     def forward(self, u: Drive, state: State, probe: Optional[Probe], name: str,
                 modulator: Optional[Tensor] = None) -> tuple[Drive, State]:
         new: State = {}
         s, new["lif1"] = self.lif1(read_stream(self.norm1, u, self.unit), state.get("lif1"), probe, f"{name}.in")
         y, new["attn"] = self.attn(s, state.get("attn", {}), probe, f"{name}.attn", modulator)
-        u = join(u, y)
+        u = join(self.skip(u, state, new, "skip1"), y)
         s, new["lif2"] = self.lif2(read_stream(self.norm2, u, self.unit), state.get("lif2"), probe, f"{name}.mid")
         y, new["mlp"] = self.mlp(s, state.get("mlp", {}), probe, f"{name}.mlp")
-        return join(u, y), new
+        return join(self.skip(u, state, new, "skip2"), y), new
 
     def lower(self, b: Any, name: str, tokens: int) -> None:
         """Describe this block to an IR builder: two readers of the residual stream, each
@@ -376,7 +407,7 @@ class LinearStem(nn.Module):
 
     def __init__(self, cfg: Config, tokens: int, features: int, binary_input: bool) -> None:
         super().__init__()
-        self.embed = Dense(features, cfg.dim, delay=cfg.delays == "loihi", binary_input=binary_input, residual=True)
+        self.embed = Dense(features, cfg.dim, delay=cfg.dense_delay, binary_input=binary_input, residual=True)
         # unit-scale positions: tiny ones leave the global sum over tokens order-blind
         self.position = nn.Parameter(torch.randn(tokens, cfg.dim))
 
@@ -401,7 +432,7 @@ class Conv1dStem(nn.Module):
     def __init__(self, cfg: Config, tokens: int, features: int, binary_input: bool) -> None:
         super().__init__()
         c = cfg.conv_channels
-        self.delay = cfg.delays == "loihi"
+        self.delay = cfg.dense_delay
         self.binary_input = binary_input
         self.conv1 = nn.Conv1d(features, c, 5, padding=2, bias=False)
         self.norm1 = FeatureNorm(c)
@@ -411,6 +442,7 @@ class Conv1dStem(nn.Module):
         self.position = nn.Parameter(torch.randn(self.out_tokens, cfg.dim))
         self.norm2 = FeatureNorm(cfg.dim)
         self.split_bias = cfg.alpha > 0  # norm shifts (and the positions) are membrane biases
+        self.keep_rest = cfg.delays == "aligned"
 
     @staticmethod
     def _conv(conv: nn.Conv1d, x: Tensor) -> Tensor:
@@ -443,7 +475,11 @@ class Conv1dStem(nn.Module):
         if probe is not None:
             probe.ac += self._count(self.conv2, s)
         u = Drive(self._conv(self.conv2, s) + self.position, self.position if self.split_bias else None)
-        return self.norm2.drive(u), new
+        out = self.norm2.drive(u)
+        if self.keep_rest:  # aligned: the stream's current at silent input (the folded positions)
+            gain, shift = self.norm2.affine(u.total)
+            out = out._replace(rest=gain * self.position + shift)
+        return out, new
 
     def lower(self, b: Any, tokens: int) -> int:
         """Describe this stem to an IR builder: conv1 (unrolled) into its LIF, conv2 (+ position,
@@ -507,7 +543,7 @@ class Spikeformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = FeatureNorm(cfg.dim)
         self.lif = SpikingNeurons(cfg, cfg.dim)
-        self.readout = Dense(body_tokens * cfg.dim, classes, norm=False, delay=cfg.delays == "loihi")
+        self.readout = Dense(body_tokens * cfg.dim, classes, norm=False, delay=cfg.dense_delay)
         if cfg.qat:  # see spikeformer/qat.py
             for module in self.modules():
                 if hasattr(module, "fake_quant"):
@@ -517,11 +553,12 @@ class Spikeformer(nn.Module):
         for module in self.modules():  # alpha > 0: biases go to the membrane (SPEC §2.1)
             if isinstance(module, Dense):
                 module.split_bias = cfg.alpha > 0
+                module.keep_rest = cfg.delays == "aligned" and module.residual
 
     @property
     def latency(self) -> int:
         """Steps from input to readout current along the longest Dense path (0 without delays)."""
-        if self.cfg.delays != "loihi":
+        if not self.cfg.dense_delay:
             return 0
         stem = 2 if self.cfg.stem == "conv1d" else 1
         per_block = 2 + 2  # attention: q/k/v Dense then out Dense; MLP: fc1 then fc2
@@ -533,7 +570,9 @@ class Spikeformer(nn.Module):
         return self.cfg.steps_per_token if self.cfg.mode == "causal" else self.cfg.time_steps
 
     def check_input(self, x: Tensor) -> None:
-        check_tokens(x, self.tokens, self.features)
+        # a language model streams: any number of characters (its context is only the training window)
+        stream = self.cfg.every_token and x.dim() == 3 and x.shape[1] >= 1
+        check_tokens(x, x.shape[1] if stream else self.tokens, self.features)
 
     def lower(self, b: Any) -> int:
         """Describe the model to an IR builder (``neuromorphic.lower.GraphBuilder``), in the order
@@ -572,7 +611,8 @@ class Spikeformer(nn.Module):
 
     def forward(self, x: Tensor, state: Optional[State] = None, probe: Optional[Probe] = None,
                 generator: Optional[torch.Generator] = None) -> tuple[Tensor, State]:
-        """Tokens ``[B, N, F]`` -> logits ``[B, C]`` and the final state.
+        """Tokens ``[B, N, F]`` -> logits ``[B, C]`` (``[B, N, C]`` for a language model: one
+        prediction per token) and the final state.
 
         The window averaged for the logits is the last ``time_steps`` (global) or
         ``steps_per_token`` (causal) input steps, shifted by ``latency`` (loihi delays: the
@@ -580,7 +620,16 @@ class Spikeformer(nn.Module):
         """
         x_t = self.encode_input(x, generator)
         y, state = self.forward_steps(x_t, state, probe)
+        if self.cfg.every_token:
+            return self.token_logits(y, x.shape[1]), state
         return y[-self.window:].mean(0), state
+
+    def token_logits(self, y: Tensor, tokens: int) -> Tensor:
+        """Readout currents ``[T, B, C]`` of ``tokens`` causal tokens -> logits of every token
+        ``[B, tokens, C]``: token n's window is its ``steps_per_token`` steps, ``latency`` later."""
+        r = self.cfg.steps_per_token
+        window = y[self.latency:self.latency + tokens * r]  # [N*r, B, C]
+        return window.reshape(tokens, r, *y.shape[1:]).mean(1).transpose(0, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -618,11 +667,14 @@ class ANNTransformer(nn.Module):
         self.body_tokens = body_tokens
 
     def check_input(self, x: Tensor) -> None:
-        check_tokens(x, self.tokens, self.features)
+        # a language model reads any prefix up to its context (generation starts from a short prompt)
+        prefix = self.cfg.every_token and x.dim() == 3 and 1 <= x.shape[1] <= self.tokens
+        check_tokens(x, x.shape[1] if prefix else self.tokens, self.features)
 
     def forward(self, x: Tensor, state: Optional[State] = None, probe: Optional[Probe] = None,
                 generator: Optional[torch.Generator] = None) -> tuple[Tensor, State]:
-        """Tokens ``[B, N, F]`` -> logits ``[B, C]``; ``state`` is unused (kept for one interface)."""
+        """Tokens ``[B, N, F]`` -> logits ``[B, C]`` (``[B, N, C]`` for a language model);
+        ``state`` is unused (kept for one interface)."""
         self.check_input(x)
         cfg = self.cfg
         if cfg.stem == "conv1d":
@@ -630,7 +682,7 @@ class ANNTransformer(nn.Module):
             u = self.conv2(h).transpose(1, 2)  # [B, N', D]
         else:
             u = self.embed(x)
-        u = u + self.position
+        u = u + self.position[:u.shape[1]]
         b, n, _ = u.shape
         h_, d_ = cfg.heads, cfg.head_dim
         for blk in self.blocks:
@@ -639,7 +691,10 @@ class ANNTransformer(nn.Module):
             u = u + blk["out"](o.transpose(1, 2).reshape(b, n, h_ * d_))
             u = u + blk["fc2"](F.gelu(blk["fc1"](blk["ln2"](u))))
         u = self.ln(u)
-        feats = u[:, -1] if cfg.mode == "causal" else u.reshape(b, -1)
+        if cfg.every_token:  # a language model: every token's next-token logits [B, N, C]
+            feats = u
+        else:
+            feats = u[:, -1] if cfg.mode == "causal" else u.reshape(b, -1)
         if probe is not None:
             probe.mac += float(self.macs_per_sample()) * b
         return self.readout(feats), {}
@@ -654,7 +709,8 @@ class ANNTransformer(nn.Module):
             stem = self.tokens * self.features * d
         pairs = n * (n + 1) // 2 if cfg.mode == "causal" else n * n
         block = n * (d * 3 * inner + inner * d + 2 * d * hidden) + 2 * pairs * inner
-        return stem + cfg.depth * block + self.readout.in_features * self.readout.out_features
+        reads = n if cfg.every_token else 1
+        return stem + cfg.depth * block + reads * self.readout.in_features * self.readout.out_features
 
 
 def build_model(cfg: Config, tokens: int, features: int, classes: int) -> nn.Module:

@@ -19,14 +19,13 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
-from torch.nn.functional import cross_entropy
 
 from .checkpoint import atomic_write_json, load_checkpoint, load_model_weights, restore_optimizer, save_checkpoint
 from .config import Config, config_from_dict
 from .data import Split, load_task, shift_augment
 from . import distributed
 from .errors import CheckpointError, ConfigError, DistributedError, SpikeformerError, TrainingDiverged
-from .metrics import ENERGY_NOTE, count_params, energy_pj, evaluate
+from .metrics import ENERGY_NOTE, count_params, energy_pj, evaluate, token_loss
 from .model import Probe, build_model
 
 
@@ -237,7 +236,7 @@ def batch_gradients(model: nn.Module, forward: nn.Module, learner: Any, xb: torc
         if learner is None:
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
                 logits, _ = forward(xb, generator=generator)
-            loss = cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+            loss = token_loss(logits, yb, label_smoothing=cfg.label_smoothing)
         else:  # a local rule: its weight changes arrive in .grad, no backward pass
             loss, logits = learner.step(xb, yb, generator)
     share = len(xb) / batch  # this rank's part of the global batch
@@ -327,7 +326,7 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, log: Callable[[
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            loss_sum += loss.item() * len(xb)
+            loss_sum += loss.item() * yb.numel()
             correct += int((logits.argmax(-1) == yb).sum())
         loss_sum, correct = distributed.all_sum([loss_sum, float(correct)], world)
         if world.main:
@@ -341,8 +340,8 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, log: Callable[[
             continue
         test = evaluate(model, split.x_test, split.y_test, device=device,
                         generator=torch.Generator().manual_seed(cfg.seed))
-        row = {"epoch": epoch, "train_loss": loss_sum / len(split.x_train),
-               "train_accuracy": correct / len(split.x_train),
+        row = {"epoch": epoch, "train_loss": loss_sum / split.y_train.numel(),
+               "train_accuracy": correct / split.y_train.numel(),
                "test_loss": test["loss"], "test_accuracy": test["accuracy"],
                "lr": optimizer.param_groups[0]["lr"], "seconds": train_seconds,
                # how far each layer's weights moved this epoch (Frobenius norm of the change)
@@ -350,7 +349,8 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, log: Callable[[
                                 for name, p in model.named_parameters() if name in before}}
         history.append(row)
         save_checkpoint(out, model, optimizer, {"config": cfg.to_dict(), "epoch": epoch, "history": history,
-                                                "train_seconds": train_seconds, "device": device})
+                                                "train_seconds": train_seconds, "device": device,
+                                                **({"vocabulary": split.vocabulary} if split.vocabulary else {})})
         if bar is not None:
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", test=f"{row['test_accuracy']:.3f}")
             bar.update(1)
@@ -376,17 +376,34 @@ def run_metrics(cfg: Config, model: nn.Module, split: Split, device: str,
     """The SPEC §4 metrics.json record of a trained model."""
     params, attention_params = count_params(model)
     energy = measure(model, split, device, cfg)
+    language = language_metrics(cfg, model, split, history, train_seconds) if cfg.every_token else {}
     return {
         "task": cfg.task, "model": cfg.model, "rule": cfg.rule, "variant": cfg.variant, "mode": cfg.mode,
         "test_accuracy": history[-1]["test_accuracy"],
         "best_test_accuracy": max(r["test_accuracy"] for r in history),
         "train_seconds": train_seconds, "params": params, "attention_params": attention_params,
         "latency_steps": int(getattr(model, "latency", 0)), "delays": cfg.delays,
-        **energy, "energy_note": ENERGY_NOTE,
+        **energy, "energy_note": ENERGY_NOTE, **language,
         "epochs": len(history), "seed": cfg.seed, "device": device,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "history": history, "config": cfg.to_dict(),
     }
+
+
+def language_metrics(cfg: Config, model: nn.Module, split: Split, history: list[dict[str, float]],
+                     train_seconds: float) -> dict[str, Any]:
+    """A language model's validation loss per character (nats and bits), its training and
+    generation speed in characters per second, and the corpus' unigram and bigram
+    cross-entropies for scale (``spikeformer/generate.py``, ``spikeformer/data.py``)."""
+    from .data import ngram_bits_per_char
+    from .generate import generation_speed
+
+    loss = history[-1]["test_loss"]
+    model_cpu = model.to("cpu").eval()
+    return {"val_loss_nats": loss, "val_bits_per_char": loss / math.log(2),
+            "tokens_per_second": len(history) * split.y_train.numel() / train_seconds if train_seconds else 0.0,
+            **generation_speed(model_cpu, cfg, split.vocabulary),
+            **ngram_bits_per_char(split.y_train.reshape(-1), split.y_test.reshape(-1), split.num_classes)}
 
 
 def load_run(run: str | Path, device: str = "cpu") -> tuple[Config, nn.Module, Split, dict[str, Any]]:

@@ -33,13 +33,13 @@ def train_until(cfg: Config, out: Path, stop_after: int) -> int:
     return -1
 
 
-def poison_loss(monkeypatch, module, after_calls: int) -> None:
-    """Make ``module.cross_entropy`` return NaN from call ``after_calls + 1`` on (a diverging run)."""
-    real, calls = module.cross_entropy, {"n": 0}
+def poison_loss(monkeypatch, module, after_calls: int, name: str = "cross_entropy") -> None:
+    """Make ``module.<name>`` (the loss it calls) return NaN from call ``after_calls + 1`` on (a diverging run)."""
+    real, calls = getattr(module, name), {"n": 0}
 
     def poisoned(logits, target, **kw):
         calls["n"] += 1
         loss = real(logits, target, **kw)
         return loss * float("nan") if calls["n"] > after_calls else loss
 
-    monkeypatch.setattr(module, "cross_entropy", poisoned)
+    monkeypatch.setattr(module, name, poisoned)

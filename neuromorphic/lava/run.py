@@ -58,7 +58,7 @@ from ..ir import Graph, IRError, LoweringError
 from ..trace import Trace
 from . import require_lava
 
-from ..guard import GUARD_A_IN, GUARD_EXP, GUARD_MANTISSA, GUARD_STEPS  # noqa: F401 (public here too)
+from ..guard import GUARD_A_IN, GUARD_EXP, GUARD_MANTISSA, GUARD_STEPS, guard_steps  # noqa: F401 (public here too)
 FLOAT_GUARD = 1e9
 FLOAT_NEVER = 1e300  # threshold of the float readout integrator
 PORTS_PER_PROCESS = 16  # vectors per Synapses / SpikeRecorder (at most their MAX_PORTS); more: more processes
@@ -98,12 +98,12 @@ class LavaNetwork:
         return len(self.processes)
 
 
-def _flat_steps(x_steps: np.ndarray) -> np.ndarray:
+def _flat_steps(x_steps: np.ndarray, guard: int = GUARD_STEPS) -> np.ndarray:
     """``[T, B, N, F] -> [N*F, B*(T + guard)]``: one column per step, samples back to back,
-    each followed by ``GUARD_STEPS`` zero columns."""
+    each followed by ``guard`` zero columns."""
     t, b = x_steps.shape[:2]
-    padded = np.concatenate([x_steps, np.zeros((GUARD_STEPS,) + x_steps.shape[1:], x_steps.dtype)], 0)
-    return padded.reshape(t + GUARD_STEPS, b, -1).transpose(2, 1, 0).reshape(-1, b * (t + GUARD_STEPS))
+    padded = np.concatenate([x_steps, np.zeros((guard,) + x_steps.shape[1:], x_steps.dtype)], 0)
+    return padded.reshape(t + guard, b, -1).transpose(2, 1, 0).reshape(-1, b * (t + guard))
 
 
 def _weights(graph: Graph, conn) -> np.ndarray:
@@ -218,7 +218,7 @@ def _blocks(graph: Graph, sources: dict[str, _Port], guard: _Port, groups: list[
         blocks.append(Block(source=source_ids[id(src.port)], source_start=src.offset, target=group,
                             target_start=offset, tokens=tokens, weight=conn.weight, graded=message_bits > 0,
                             weight_exp=int(conn.weight_exp or 0), num_weight_bits=int(conn.num_weight_bits or WEIGHT_BITS),
-                            name=conn.name))
+                            name=conn.name, delay=int(conn.delay)))
     for g, group in enumerate(groups):  # the guard neuron into every LIF (the readout never fires)
         if graph.population(group.names[0]).kind != "lif":
             continue
@@ -395,9 +395,10 @@ def _sources(graph: Graph, x_steps: np.ndarray, period: int) -> tuple[list[Any],
 
     inp, steps = graph.input, x_steps.shape[0]
     dtype = np.int32 if graph.precision == "fixed" else np.float64
-    data = _flat_steps(x_steps).astype(dtype)
+    data = _flat_steps(x_steps, period - steps).astype(dtype)
     guard_row = np.zeros((1, data.shape[1]), dtype)
-    guard_row[0, steps::period] = 1
+    for step in range(steps, period - 1):  # every guard step but the last: the LIFs are held until the next sample
+        guard_row[0, step::period] = 1
     if inp.name in _plastic_ends(graph):
         source, guard = Source(data=data), Source(data=guard_row)
         return [source, guard], {inp.name: _Port(source.s_out, inp.size, 0)}, _Port(guard.s_out, 1, 0)
@@ -440,12 +441,12 @@ def build_network(graph: Graph, x_steps: np.ndarray, folder: Path, labels: Optio
     ``feedback [C, target size]`` (``neuromorphic.reward``)."""
     require_lava()
     for conn in graph.connections:
-        if conn.delay != 1:
-            raise IRError(f"connection {conn.name!r} has delay {conn.delay}; Lava's Dense delays exactly one step")
+        if conn.delay != 1 and conn.rule is not None:
+            raise IRError(f"plastic connection {conn.name!r} has delay {conn.delay}; Lava's LearningDense delays one step")
     if graph.precision == "fixed":
         _check_guard(graph)
     steps, batch = x_steps.shape[:2]
-    period = steps + GUARD_STEPS
+    period = steps + guard_steps(max(c.delay for c in graph.connections))
     sources, ports, guard = _sources(graph, x_steps, period)
     reset = {"reset_interval": period, "reset_offset": 1}  # zero u, v at the start of each sample
     groups = lif_groups(graph)
@@ -530,7 +531,7 @@ def run_lava(graph: Graph, x_steps: np.ndarray, progress: bool = True,
         data = recorded[file][:, lo:hi].reshape(batch, net.period, pop.tokens, pop.features)[:, :steps]
         spikes[pop.name] = data.transpose(1, 0, 2, 3) != 0  # [T, B, N, F]
     info = {"build_seconds": build_seconds, "compile_seconds": compile_seconds, "run_seconds": run_seconds,
-            "read_seconds": read_seconds, "guard_steps_per_sample": GUARD_STEPS,
+            "read_seconds": read_seconds, "guard_steps_per_sample": net.period - steps,
             "steps_per_second": net.period * batch / run_seconds if run_seconds else float("nan"),
             "processes": net.process_count, "lava_processes": net.process_count,
             "saturation_events_attention": saturation}

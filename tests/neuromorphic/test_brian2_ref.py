@@ -26,6 +26,7 @@ CASES = {
     "global-three_factor": dict(variant="three_factor"),
     "global-delta": dict(variant="delta"),
     "cuba-global-hebbian": dict(alpha=0.5),
+    "aligned-global-hebbian": dict(delays="aligned", depth=2),
 }
 
 

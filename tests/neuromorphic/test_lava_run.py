@@ -20,6 +20,9 @@ CASES = {
     "causal-delta": dict(task="recall", mode="causal", variant="delta", attn_scale=1.0),
     "causal-stdp": dict(task="recall", mode="causal", variant="stdp", attn_scale=0.5),
     "cuba-global-delta": dict(variant="delta", alpha=0.5),
+    # skips delayed as long as the sublayers (connections of delay 3 and 5 into later readers)
+    "aligned-global-hebbian": dict(delays="aligned", depth=2),
+    "aligned-causal-delta": dict(task="recall", mode="causal", variant="delta", attn_scale=1.0, delays="aligned"),
 }
 
 

@@ -24,6 +24,9 @@ CASES = {
     "cuba-global-stdp": dict(alpha=0.5, variant="stdp"),  # synaptic current: biases on the membrane
     "cuba-conv1d-stem": dict(task="mnist1d", stem="conv1d", alpha=0.7),
     "cuba-causal-three_factor": dict(task="recall", mode="causal", variant="three_factor", alpha=0.3),
+    "aligned-depth2": dict(delays="aligned", depth=2),
+    "aligned-conv1d-stem-cuba": dict(task="mnist1d", stem="conv1d", delays="aligned", alpha=0.5),
+    "aligned-causal-stdp": dict(task="recall", mode="causal", variant="stdp", delays="aligned", depth=2),
 }
 
 
@@ -82,3 +85,19 @@ def test_ann_baseline_does_not_lower():
     model = build_model(Config(task="digits", model="ann", dim=16, heads=2, head_dim=4), 4, 16, 10)
     with pytest.raises(LoweringError, match="ANNTransformer"):
         lower(model)
+
+
+def test_aligned_skips_are_as_long_as_the_sublayers_they_skip(make_model):
+    """Writer j (stem = 0, then each sublayer) reaches reader p (block0.in = 0, ..., final) after
+    1 + 2 (p - j) steps: every path from the input to the readout is ``latency`` steps long."""
+    graph = lower(make_model(delays="aligned", depth=2))
+    readers = ["block0.in", "block0.mid", "block1.in", "block1.mid", "final"]
+    writers = ["stem.embed", "block0.attn.out_proj", "block0.mlp.fc2", "block1.attn.out_proj", "block1.mlp.fc2"]
+    delays = {(c.source, c.target): c.delay for c in graph.connections}
+    for p, reader in enumerate(readers):
+        for j, writer in enumerate(writers[:p + 1]):
+            conn = next(c for c in graph.connections if c.name == f"{writer}->{reader}")
+            assert conn.delay == 1 + 2 * (p - j), conn.name
+    assert max(delays.values()) == 9 and graph.meta["latency"] == 10 and graph.meta["delays"] == "aligned"
+    loihi = lower(make_model(delays="loihi", depth=2))
+    assert {c.delay for c in loihi.connections} == {1}

@@ -57,7 +57,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     import spikeformer.train as train_mod
 
     steps_per_epoch = -(-1347 // cfg.batch_size)
-    poison_loss(monkeypatch, train_mod, steps_per_epoch + 1)  # epoch 1, step 1
+    poison_loss(monkeypatch, train_mod, steps_per_epoch + 1, "token_loss")  # epoch 1, step 1
     with pytest.raises(TrainingDiverged, match="epoch 1 step 1.*last good checkpoint: epoch 0"):
         quiet(cfg, tmp_path / "run")
     meta, _, _ = load_checkpoint(tmp_path / "run")

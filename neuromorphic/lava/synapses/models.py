@@ -7,7 +7,9 @@ lava/proc/dense/models.py):
     fixed_pt      W = truncate_weights(clip_weights(W, sign_mode, 8), sign_mode, num_weight_bits)
                   a = (W s) << weight_exp, or >> -weight_exp (floor)
 
-and each output port sends the sum of its blocks' ``a`` one step later. A tokenwise weight
+and each output port sends the sum of its blocks' ``a`` one step later, as Dense does (a block
+with ``delay`` d > 1, a skip of ``delays = "aligned"``, d steps later: Lava 0.10's DelayDense
+keeps a [F_out, max delay] buffer the same way, but is float only). A tokenwise weight
 multiplies the ``[tokens, F_in]`` input grid, which is ``kron(I_N, W) s`` without the N^2 zeros.
 The integer products are computed in float64 (BLAS; numpy's integer matmul has none) and cast
 back, which is exact while every partial sum stays below 2^53: a block whose largest row of
@@ -44,16 +46,22 @@ class _AbstractSynapsesModel(PyLoihiProcessModel):
         prepared = [self.prepare(b) for b in proc_params["blocks"]]
         # by input port: each port's blocks run as soon as it has received (below)
         self.by_source = [[(b, w) for b, w in prepared if b.source == i] for i in range(len(proc_params["in_sizes"]))]
-        self.buffers = [np.zeros(size, self.out_dtype) for size in proc_params["out_sizes"]]
+        self.sizes = proc_params["out_sizes"]
+        depth = max([b.delay for b, _ in prepared] + [1])
+        # pending[k]: the sums each output port sends k + 1 steps from now
+        self.pending = [self._empty() for _ in range(depth)]
+
+    def _empty(self) -> list[np.ndarray]:
+        return [np.zeros(size, self.out_dtype) for size in self.sizes]
 
     def prepare(self, block):
         """The block's weight as this model multiplies it (``fixed_pt``: Lava's clipping)."""
         return block, np.asarray(block.weight, np.float64)
 
     def run_spk(self) -> None:
-        for i, buffer in enumerate(self.buffers):  # last step's accumulation: the one-step delay
+        for i, buffer in enumerate(self.pending.pop(0)):  # last step's accumulation: the one-step delay
             getattr(self, f"a_out{i}").send(buffer)
-        self.buffers = [np.zeros_like(buffer) for buffer in self.buffers]
+        self.pending.append(self._empty())
         # receive port by port (in the order the caller gave, earliest senders first) and work
         # on each port's blocks while later senders are still computing this step
         for i, blocks in enumerate(self.by_source):
@@ -62,7 +70,8 @@ class _AbstractSynapsesModel(PyLoihiProcessModel):
                 s = vector[block.source_start:block.source_stop]
                 s = (s if block.graded else s != 0).astype(weight.dtype)
                 a = s.reshape(block.tokens, -1) @ weight.T  # [tokens, F_out]: W per token
-                self.buffers[block.target][block.target_start:block.target_stop] += self.finish(a.reshape(-1), block)
+                slot = self.pending[block.delay - 1][block.target]
+                slot[block.target_start:block.target_stop] += self.finish(a.reshape(-1), block)
 
     def finish(self, a: np.ndarray, block) -> np.ndarray:
         return a

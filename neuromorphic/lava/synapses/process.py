@@ -35,7 +35,7 @@ MAX_PORTS = 16  # per direction; more sources or targets need several Synapses p
 class Block:
     """One connection: ``weight [F_out, F_in]`` applied to each of ``tokens`` tokens of
     ``s_in{source}[source_start : source_start + tokens*F_in]`` (token-major), added to
-    ``a_out{target}[target_start : target_start + tokens*F_out]`` one step later. A full
+    ``a_out{target}[target_start : target_start + tokens*F_out]`` ``delay`` steps later. A full
     matrix is one token. ``graded``: the input values are messages (``num_message_bits > 0``),
     otherwise any non-zero value is one spike. ``weight_exp`` / ``num_weight_bits``: fixed point
     only (``weight`` then holds the integer mantissas)."""
@@ -50,6 +50,7 @@ class Block:
     weight_exp: int = 0
     num_weight_bits: int = 8
     name: str = ""
+    delay: int = 1  # steps from the input spike to the output current (Lava's Dense: 1)
 
     @property
     def source_stop(self) -> int:
