@@ -20,8 +20,14 @@ class Trace:
     readout: np.ndarray
     window: int
     saturation_events: int = 0
+    tokens: int = 0  # a language model's characters per sample: one prediction each (0: one per sample)
+    latency: int = 0  # steps from a character to its readout window (with ``tokens``)
 
     @property
     def logits(self) -> np.ndarray:
-        """``[B, C]``: the readout averaged over the last ``window`` steps (the torch model's logits)."""
-        return self.readout[-self.window:].mean(0)
+        """``[B, C]``: the readout averaged over the last ``window`` steps (the torch model's logits);
+        with ``tokens``, ``[B, tokens, C]``: token n's window starts ``latency + n * window`` steps in."""
+        if not self.tokens:
+            return self.readout[-self.window:].mean(0)
+        steps = self.readout[self.latency:self.latency + self.tokens * self.window]  # [N * r, B, C]
+        return steps.reshape(self.tokens, self.window, *steps.shape[1:]).mean(1).transpose(1, 0, 2)

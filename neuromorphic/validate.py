@@ -10,6 +10,7 @@ from the registry in ``neuromorphic.backends``; the export targets too.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +25,9 @@ from .compare import agreement, encode_steps, torch_trace
 from .lower import lower
 
 __all__ = ["BACKENDS", "CALIBRATION_SAMPLES", "TARGETS", "export", "fixed_graph", "validate"]
+
+
+LM_WINDOW = 64  # characters per validation window of a language model
 
 
 def _load(run: str | Path):
@@ -67,16 +71,22 @@ def validate(run: str | Path, backend: str, samples: int = 100, progress: bool =
     graph = lower(model)
     count = min(samples, len(split.x_test))
     x, labels = split.x_test[:count], split.y_test[:count].numpy()
+    if cfg.every_token:  # a language model: windows of LM_WINDOW characters, a prediction after each
+        x, labels = x[:, :LM_WINDOW], labels[:, :LM_WINDOW]
+    per_token = {"tokens": x.shape[1], "latency": int(graph.meta["latency"])} if cfg.every_token else {}
     x_steps = _steps(model, x, cfg.seed)
     tick = time.perf_counter()
-    torch_ref = torch_trace(model, x_steps)
+    torch_ref = replace(torch_trace(model, x_steps), **per_token)
     torch_seconds = time.perf_counter() - tick
     record: dict[str, Any] = {"backend": backend, "run": str(run), "samples": count,
                               "latency_steps": int(graph.meta["latency"]), "steps_per_sample": int(x_steps.shape[0]),
                               "torch_seconds": torch_seconds, "saturation_events": 0}
+    if cfg.every_token:
+        record["characters_per_window"] = int(x.shape[1])
     job = Job(model, split, graph, x_steps, labels, torch_ref, torch_seconds, progress, codegen)
     reference, ref_seconds = spec.reference_trace(job)
     trace, info = spec.runner(job)
+    reference, trace = replace(reference, **per_token), replace(trace, **per_token)
     score = agreement(reference, trace, labels)
     score["accuracy_torch"] = float((torch_ref.logits.argmax(-1) == labels).mean())
     record.update(reference=spec.reference, **info)
@@ -84,7 +94,9 @@ def validate(run: str | Path, backend: str, samples: int = 100, progress: bool =
     record.update(score)
     record.setdefault("steps_per_second", float("nan"))
     atomic_write_json(Path(run) / f"validate-{backend}.json", _jsonable(record))
-    log(f"{backend}: {count} samples, spike agreement {record['spike_agreement']:.6f}, class agreement "
+    what = f"windows of {x.shape[1]} characters" if cfg.every_token else "samples"
+    agree = "prediction agreement (per character)" if cfg.every_token else "class agreement"
+    log(f"{backend}: {count} {what}, spike agreement {record['spike_agreement']:.6f}, {agree} "
         f"{record['class_agreement']:.4f}, accuracy {record['accuracy_backend']:.4f} (torch "
         f"{record['accuracy_torch']:.4f}), {record['steps_per_second']:.0f} steps/s "
         f"-> {Path(run) / f'validate-{backend}.json'}")

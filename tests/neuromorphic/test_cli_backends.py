@@ -60,6 +60,29 @@ def test_validate_brian2_bio_reports_drift(loihi_run):
     assert -1.0 <= record["spike_train_correlation"] <= 1.0 and "spike_count_correlation" in record
 
 
+@pytest.fixture(scope="module")
+def language_run(tmp_path_factory):
+    """A tiny Shakespeare language model with aligned Loihi timing (causal, exportable)."""
+    folder = tmp_path_factory.mktemp("lm")
+    (folder / "cfg.toml").write_text('task = "shakespeare"\nmode = "causal"\ncontext = 80\ntrain_size = 64\n'
+                                     'dim = 16\nheads = 2\nhead_dim = 8\ndepth = 2\nsteps_per_token = 1\n'
+                                     'delays = "aligned"\nepochs = 1\nbatch_size = 32\nnum_threads = 1\n')
+    assert main(["train", "--config", str(folder / "cfg.toml"), "--out", str(folder / "run"), "--quiet"]) == 0
+    return folder / "run"
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("backend", ["lava-float", "lava-fixed", "brian2"])
+def test_validate_a_language_model_on_windows_of_64_characters(language_run, backend):
+    """The state carries over the 64 characters of each window; every character's prediction is
+    compared (aligned skips: connections of delay up to 9 on Lava's synapses)."""
+    assert main(["validate", str(language_run), "--backend", backend, "--samples", "2", "--quiet"]) == 0
+    record = json.loads((language_run / f"validate-{backend}.json").read_text())
+    assert SPEC_KEYS <= set(record) and record["characters_per_window"] == 64
+    assert record["samples"] == 2 and record["spike_agreement"] == 1.0 and record["class_agreement"] == 1.0
+    assert record["steps_per_sample"] == 64 + record["latency_steps"] == 64 + 10
+
+
 def test_validate_rejects_a_run_without_loihi_delays(tmp_path):
     run = _train_tiny(tmp_path, 'epochs = 1\ndim = 16\nheads = 2\nhead_dim = 8\ndepth = 1\n')
     # as a user runs it (python -m spikeformer, the plugin commands found by entry point); the rest in-process
