@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import Config
+from .config import SHAKESPEARE_VOCABULARY, Config
+from .errors import DataError
 
 
 class CharWindows:
@@ -231,9 +232,7 @@ def ngram_bits_per_char(train: Tensor, test: Tensor, vocabulary: int) -> dict[st
 
 def load_shakespeare_split(context: int) -> Split:
     """The Shakespeare corpus as windows of ``context`` characters and their next characters."""
-    from .config import SHAKESPEARE_VOCABULARY
     from .corpora import SHAKESPEARE_PACKAGE, shakespeare
-    from .errors import DataError
 
     corpus = shakespeare()
     if len(corpus.vocabulary) != SHAKESPEARE_VOCABULARY:

@@ -62,3 +62,22 @@ def test_float64_model_stays_float64(make_model, make_inputs):
     _assert_same_state(model, before)
     _assert_trace(trace, expected)
     _assert_trace(torch_trace(model, x_steps), expected)  # a second call sees the same model
+
+
+def test_per_token_logits_of_a_trace_equal_the_language_models():
+    """``Trace.logits`` with ``tokens`` restates ``Spikeformer.token_logits`` in numpy: the same windows."""
+    from dataclasses import replace
+
+    from spikeformer.config import Config
+    from spikeformer.model import build_model
+
+    cfg = Config(task="shakespeare", mode="causal", context=6, dim=16, heads=2, head_dim=8, depth=2,
+                 steps_per_token=2, delays="aligned")
+    torch.manual_seed(0)
+    model = build_model(cfg, 6, 84, 84).eval()
+    x = torch.nn.functional.one_hot(torch.randint(0, 84, (3, 6)), 84).float()
+    trace = replace(torch_trace(model, encode_steps(model, x)), tokens=6, latency=model.latency)
+    with torch.no_grad():
+        logits, _ = model.double()(x.double())
+    assert trace.logits.shape == (3, 6, 84)
+    np.testing.assert_allclose(trace.logits, logits.numpy(), rtol=0, atol=1e-12)
