@@ -20,11 +20,10 @@ Brian2 compute (SPEC §2.2); a model trained without delays would change meaning
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
-from torch import nn
 
 from spikeformer.model import SUBLAYER_DELAY, Dense, FeatureNorm, SpikingNeurons, Spikeformer
 
@@ -51,19 +50,19 @@ class _Term:
         self.name, self.source, self.kind, self.weight, self.bias = name, source, kind, weight, bias
 
 
-def _conv_matrix(conv: nn.Conv1d, tokens: int) -> np.ndarray:
-    """Unroll a 1-d convolution over tokens into ``[N_out*C_out, N_in*C_in]`` (token-major)."""
-    w = _np(conv.weight)  # [C_out, C_in, K]
-    c_out, c_in, k = w.shape
-    stride, pad = conv.stride[0], conv.padding[0]
-    n_out = (tokens + 2 * pad - k) // stride + 1
-    m = np.zeros((n_out, c_out, tokens, c_in))
-    for o in range(n_out):
-        for j in range(k):
-            n = o * stride + j - pad
-            if 0 <= n < tokens:
-                m[o, :, n, :] += w[:, :, j]
-    return m.reshape(n_out * c_out, tokens * c_in)
+def _unrolled(apply: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, int], chunk: int = 1024) -> np.ndarray:
+    """The matrix ``[N_out*C_out, N_in*C_in]`` (token-major) of a linear map ``apply``:
+    ``[1, S, N_in, C_in] -> [1, S, N_out, C_out]`` (float64), read off its images of the unit
+    inputs. Each image sums one weight with zeros, so the entries are the weights exactly."""
+    size = shape[0] * shape[1]
+    columns = []
+    with torch.no_grad():
+        for start in range(0, size, chunk):
+            rows = min(chunk, size - start)
+            units = torch.zeros(rows, size, dtype=torch.float64)
+            units[torch.arange(rows), start + torch.arange(rows)] = 1.0
+            columns.append(apply(units.reshape(1, rows, *shape)).reshape(rows, -1).numpy())
+    return np.ascontiguousarray(np.concatenate(columns).T)
 
 
 def _lif_params(neurons: SpikingNeurons, name: str, features: int) -> tuple[float, float, np.ndarray]:
@@ -118,13 +117,14 @@ class GraphBuilder:
         gain, shift = _affine(dense.norm, w.shape[0])
         return _Term(name, source, "tokenwise", gain[:, None] * w, gain * pre_bias + shift)
 
-    def conv(self, conv: nn.Conv1d, name: str, source: str, tokens: int, norm: Optional[FeatureNorm] = None,
-             position: Optional[torch.Tensor] = None) -> _Term:
-        """A 1-d convolution over ``tokens`` unrolled into a ``full`` weight, with the norm after it
-        folded per row (and ``position`` into the bias)."""
-        matrix = _conv_matrix(conv, tokens)
-        c_out = conv.out_channels
-        n_out = matrix.shape[0] // c_out
+    def conv(self, apply: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, int], name: str, source: str,
+             norm: Optional[FeatureNorm] = None, position: Optional[torch.Tensor] = None) -> _Term:
+        """A convolution ``apply`` (``[T, B, N, C_in] -> [T, B, N', C_out]``, float64) of the source
+        ``shape = (N, C_in)`` unrolled into a ``full`` weight, with the norm after it folded per
+        row (and ``position [N', C_out]`` into the bias)."""
+        probe = apply(torch.zeros(1, 1, *shape, dtype=torch.float64))
+        n_out, c_out = probe.shape[2:]
+        matrix = _unrolled(apply, shape)
         gain, shift = _affine(norm, c_out)
         pre_bias = _np(position) if position is not None else np.zeros((n_out, c_out))
         return _Term(name, source, "full", np.tile(gain, n_out)[:, None] * matrix, gain * pre_bias + shift)

@@ -33,7 +33,7 @@ CHOICES: dict[str, tuple] = {
     "attention_impl": ("naive", "recurrent", "parallel", "chunked", "fused", "event", "auto"),
     "lif_impl": ("fused", "loop"),
     "encoder": ("direct", "poisson"),
-    "stem": ("linear", "conv1d"),
+    "stem": ("linear", "conv1d", "conv2d"),
     "delays": ("none", "loihi", "aligned"),
     "surrogate": ("fast_sigmoid", "atan", "sigmoid", "triangular"),
     "schedule": ("cosine", "constant"),
@@ -87,8 +87,8 @@ class Config:
     head_dim: int = 16  # per-head width d (state is d x d per head)
     depth: int = 2  # number of [attention + MLP] blocks (0: a feed-forward SNN, stem -> LIF -> readout)
     mlp_ratio: int = 2  # hidden width of the spiking MLP = mlp_ratio * dim
-    stem: str = "linear"  # token embedding: linear (per token) | conv1d (two conv layers over tokens)
-    conv_channels: int = 32  # conv1d stem: channels of the first conv
+    stem: str = "linear"  # token embedding: linear (per token) | conv1d (two conv layers over tokens) | conv2d (3x3 conv over the image's pixels, then one patch-sized conv per token)
+    conv_channels: int = 32  # conv stems: channels of the first conv
     time_steps: int = 4  # global mode: steps T each sample is shown
     steps_per_token: int = 2  # causal mode: steps each token is held
     encoder: str = "direct"  # direct (current injection) | poisson (Bernoulli rate, input in [0, 1])
@@ -229,6 +229,9 @@ class Config:
         if self.task not in SEQUENCE_TASKS and self.mode == "causal":
             raise ConfigError(f"task {self.task!r} is not a sequence task: set mode = \"global\"")
         side = IMAGE_SIDE.get(self.task)
+        if self.stem == "conv2d" and not side:
+            raise ConfigError(f"stem \"conv2d\" convolves an image; task {self.task!r} is not one "
+                              f"(use it with {' or '.join(map(repr, IMAGE_SIDE))})")
         if side and side % self.patch_size:
             divisors = ", ".join(str(p) for p in range(1, side + 1) if side % p == 0)
             raise ConfigError(f"patch_size {self.patch_size} must divide the {side}-pixel {self.task} image ({divisors})")
@@ -276,6 +279,8 @@ class Config:
         tokens = 1 if self.mode == "causal" else tokens
         if self.stem == "conv1d":
             stem, tokens = features * c * 5 + c * d * 3 + 4 * c, (tokens + 1) // 2
+        elif self.stem == "conv2d":
+            stem = c * 9 + c * d * self.patch_size ** 2 + 4 * c
         else:
             stem = features * d
         block = 4 * d * width + d * self.heads + 2 * self.mlp_ratio * d * d + 8 * (d + width) + self.mlp_ratio * d

@@ -29,6 +29,9 @@ Model state is explicit: ``forward_steps(x, state) -> (readout current, state)``
 
 from __future__ import annotations
 
+import copy
+import math
+from functools import partial
 from typing import Any, NamedTuple, Optional
 
 import torch
@@ -38,6 +41,7 @@ from torch import Tensor, nn
 from . import distributed
 from .attention import attention_event_counts, spiking_attention
 from .config import Config
+from .data import unpatchify
 from .errors import ShapeError
 from .neurons import LIF, LIFParameters, _logit, delay_one_step
 from .qat import Term, fake_quantize_fraction, read
@@ -410,6 +414,7 @@ class LinearStem(nn.Module):
         self.embed = Dense(features, cfg.dim, delay=cfg.dense_delay, binary_input=binary_input, residual=True)
         # unit-scale positions: tiny ones leave the global sum over tokens order-blind
         self.position = nn.Parameter(torch.randn(tokens, cfg.dim))
+        self.out_tokens = tokens
 
     def forward(self, x: Tensor, state: State, probe: Optional[Probe]) -> tuple[Drive, State]:
         u, carry = self.embed(x, state.get("embed_delay"), probe, position=self.position)
@@ -421,43 +426,31 @@ class LinearStem(nn.Module):
         return tokens
 
 
-class Conv1dStem(nn.Module):
-    """Two convolutions over the token axis: ``[T, B, N, F] -> [T, B, ceil(N/2), D]``.
+class ConvStem(nn.Module):
+    """Two convolutions: conv1 (real input: MACs) -> norm -> LIF -> conv2 (spikes: ACs) ->
+    + position -> norm. Each convolution is a Dense layer with shared weights; lowering unrolls
+    it into a dense matrix. Subclasses say what a convolution runs over (``_conv``) and what it
+    costs in synaptic events (``_count``)."""
 
-    conv1 (kernel 5, real input: MACs) -> norm -> LIF -> conv2 (kernel 3, stride 2, spikes: ACs)
-    -> + position -> norm. Each convolution is a Dense layer with shared weights; lowering
-    unrolls it into a dense matrix.
-    """
-
-    def __init__(self, cfg: Config, tokens: int, features: int, binary_input: bool) -> None:
+    def __init__(self, cfg: Config, conv1: nn.Module, conv2: nn.Module, features: int, lif_tokens: int,
+                 out_tokens: int, binary_input: bool) -> None:
         super().__init__()
-        c = cfg.conv_channels
         self.delay = cfg.dense_delay
         self.binary_input = binary_input
-        self.conv1 = nn.Conv1d(features, c, 5, padding=2, bias=False)
-        self.norm1 = FeatureNorm(c)
-        self.lif = SpikingNeurons(cfg, c)
-        self.conv2 = nn.Conv1d(c, cfg.dim, 3, stride=2, padding=1, bias=False)
-        self.out_tokens = (tokens + 1) // 2
-        self.position = nn.Parameter(torch.randn(self.out_tokens, cfg.dim))
+        self.conv1, self.conv2 = conv1, conv2
+        self.features, self.lif_tokens, self.out_tokens = features, lif_tokens, out_tokens
+        self.norm1 = FeatureNorm(conv1.out_channels)
+        self.lif = SpikingNeurons(cfg, conv1.out_channels)
+        self.position = nn.Parameter(torch.randn(out_tokens, cfg.dim))
         self.norm2 = FeatureNorm(cfg.dim)
         self.split_bias = cfg.alpha > 0  # norm shifts (and the positions) are membrane biases
         self.keep_rest = cfg.delays == "aligned"
 
-    @staticmethod
-    def _conv(conv: nn.Conv1d, x: Tensor) -> Tensor:
-        t, b, n, f = x.shape
-        y = conv(x.reshape(t * b, n, f).transpose(1, 2))  # [T*B, F, N] -> [T*B, C, N']
-        return y.transpose(1, 2).reshape(t, b, y.shape[-1], -1)  # [T, B, N', C]
+    def _conv(self, conv: nn.Module, x: Tensor) -> Tensor:
+        raise NotImplementedError
 
-    @staticmethod
-    def _count(conv: nn.Conv1d, x: Tensor) -> float:
-        """Exact synaptic events: per output position, active inputs in its window x C_out."""
-        t, b, n, _ = x.shape
-        active = (x != 0).float().sum(-1).reshape(t * b, 1, n)  # [T*B, 1, N]
-        ones = torch.ones(1, 1, conv.kernel_size[0], device=x.device)
-        window = F.conv1d(active, ones, stride=conv.stride, padding=conv.padding)
-        return float(window.sum()) * conv.out_channels
+    def _count(self, conv: nn.Module, x: Tensor) -> float:
+        raise NotImplementedError
 
     def forward(self, x: Tensor, state: State, probe: Optional[Probe]) -> tuple[Drive, State]:
         new: State = {}
@@ -465,7 +458,7 @@ class Conv1dStem(nn.Module):
             x, new["conv1_delay"] = delay_one_step(x, state.get("conv1_delay"))
         if probe is not None:
             ops = self._count(self.conv1, x) if self.binary_input else \
-                float(x.numel()) * self.conv1.kernel_size[0] * self.conv1.out_channels
+                float(x.numel()) * math.prod(self.conv1.kernel_size) * self.conv1.out_channels
             probe.count_synapses(ops, self.binary_input)
         h = self._conv(self.conv1, x)
         zero = h.new_zeros(h.shape[-1]) if self.split_bias else None
@@ -483,13 +476,83 @@ class Conv1dStem(nn.Module):
 
     def lower(self, b: Any, tokens: int) -> int:
         """Describe this stem to an IR builder: conv1 (unrolled) into its LIF, conv2 (+ position,
-        norm2 folded) into the residual stream; returns the tokens after the stride."""
+        norm2 folded) into the residual stream; returns the tokens of the stream."""
+        exact = copy.deepcopy(self).double()  # unrolled in float64 like every folded weight
         channels = self.conv1.out_channels
         gain, shift = b.affine(self.norm1, channels)
-        b.lif(self.lif, "stem.conv1", tokens, channels, shift)
-        b.connect(b.conv(self.conv1, "stem.conv1", "input", tokens), "stem.conv1", gain)
-        b.write(b.conv(self.conv2, "stem.conv2", "stem.conv1", tokens, self.norm2, self.position))
+        b.lif(self.lif, "stem.conv1", self.lif_tokens, channels, shift)
+        conv1 = b.conv(partial(exact._conv, exact.conv1), (tokens, self.features), "stem.conv1", "input")
+        b.connect(conv1, "stem.conv1", gain)
+        b.write(b.conv(partial(exact._conv, exact.conv2), (self.lif_tokens, channels), "stem.conv2", "stem.conv1",
+                       self.norm2, self.position))
         return self.out_tokens
+
+
+class Conv1dStem(ConvStem):
+    """Two convolutions over the token axis: ``[T, B, N, F] -> [T, B, ceil(N/2), D]``:
+    conv1 (kernel 5) -> norm -> LIF ``[T, B, N, C]`` -> conv2 (kernel 3, stride 2) -> + position -> norm."""
+
+    def __init__(self, cfg: Config, tokens: int, features: int, binary_input: bool) -> None:
+        conv1 = nn.Conv1d(features, cfg.conv_channels, 5, padding=2, bias=False)
+        conv2 = nn.Conv1d(cfg.conv_channels, cfg.dim, 3, stride=2, padding=1, bias=False)
+        super().__init__(cfg, conv1, conv2, features, tokens, (tokens + 1) // 2, binary_input)
+
+    @staticmethod
+    def _conv(conv: nn.Conv1d, x: Tensor) -> Tensor:
+        t, b, n, f = x.shape
+        y = conv(x.reshape(t * b, n, f).transpose(1, 2))  # [T*B, F, N] -> [T*B, C, N']
+        return y.transpose(1, 2).reshape(t, b, y.shape[-1], -1)  # [T, B, N', C]
+
+    @staticmethod
+    def _count(conv: nn.Conv1d, x: Tensor) -> float:
+        """Exact synaptic events: per output position, active inputs in its window x C_out."""
+        t, b, n, _ = x.shape
+        active = (x != 0).float().sum(-1).reshape(t * b, 1, n)  # [T*B, 1, N]
+        ones = torch.ones(1, 1, conv.kernel_size[0], device=x.device)
+        window = F.conv1d(active, ones, stride=conv.stride, padding=conv.padding)
+        return float(window.sum()) * conv.out_channels
+
+
+class Conv2dStem(ConvStem):
+    """Two 2-d convolutions over the image that the patch tokens tile: ``[T, B, N, p*p] -> [T, B, N, D]``.
+
+    conv1 (3 x 3, stride 1; pixels: MACs) -> norm -> LIF at every pixel ``[T, B, H*W, C]`` (raster
+    order) -> conv2 (p x p, stride p: one output per patch; spikes: ACs) -> + position -> norm.
+    The stream keeps the patch tokens' order (row-major), so the body is that of the linear stem.
+    """
+
+    def __init__(self, cfg: Config, tokens: int, features: int, binary_input: bool) -> None:
+        patch = cfg.patch_size
+        side = math.isqrt(tokens) * patch
+        if features != patch * patch or side * side != tokens * features:
+            raise ShapeError(f"the conv2d stem needs a square grid of {patch}x{patch} patch tokens "
+                             f"(patch_size {patch}); got {tokens} tokens of {features} features")
+        conv1 = nn.Conv2d(1, cfg.conv_channels, 3, padding=1, bias=False)
+        conv2 = nn.Conv2d(cfg.conv_channels, cfg.dim, patch, stride=patch, bias=False)
+        super().__init__(cfg, conv1, conv2, features, side * side, tokens, binary_input)
+        self.patch, self.side = patch, side
+
+    def _image(self, x: Tensor, conv: nn.Module) -> Tensor:
+        """``[T, B, N, F]`` -> ``[T*B, C_in, H, W]``: patch tokens (conv1's input) or pixels x channels (conv2's)."""
+        t, b = x.shape[:2]
+        if conv is self.conv1:
+            return unpatchify(x.reshape(t * b, *x.shape[2:]), self.patch).unsqueeze(1)
+        return x.reshape(t * b, self.side, self.side, -1).permute(0, 3, 1, 2)
+
+    def _conv(self, conv: nn.Conv2d, x: Tensor) -> Tensor:
+        t, b = x.shape[:2]
+        y = conv(self._image(x, conv))  # [T*B, C_out, H', W']
+        return y.flatten(2).transpose(1, 2).reshape(t, b, -1, conv.out_channels)  # [T, B, H'*W', C_out]
+
+    def _count(self, conv: nn.Conv2d, x: Tensor) -> float:
+        """Exact synaptic events: per output position, active inputs in its window x C_out."""
+        active = self._image((x != 0).to(x.dtype), conv).sum(1, keepdim=True)  # [T*B, 1, H, W]
+        ones = torch.ones(1, 1, *conv.kernel_size, device=x.device, dtype=x.dtype)
+        window = F.conv2d(active, ones, stride=conv.stride, padding=conv.padding)
+        return float(window.sum()) * conv.out_channels
+
+
+STEMS = {"linear": LinearStem, "conv1d": Conv1dStem, "conv2d": Conv2dStem}
 
 
 def cfg_unit(cfg: Config) -> float:
@@ -537,9 +600,8 @@ class Spikeformer(nn.Module):
         binary = cfg.encoder == "poisson" or cfg.task == "recall"  # one-hot tokens are spikes
         self.binary_input = binary
         stream_tokens = 1 if cfg.mode == "causal" else tokens
-        stem_cls = Conv1dStem if cfg.stem == "conv1d" else LinearStem
-        self.stem = stem_cls(cfg, stream_tokens, features, binary)
-        body_tokens = self.stem.out_tokens if cfg.stem == "conv1d" else stream_tokens
+        self.stem = STEMS[cfg.stem](cfg, stream_tokens, features, binary)
+        body_tokens = self.stem.out_tokens
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = FeatureNorm(cfg.dim)
         self.lif = SpikingNeurons(cfg, cfg.dim)
@@ -560,7 +622,7 @@ class Spikeformer(nn.Module):
         """Steps from input to readout current along the longest Dense path (0 without delays)."""
         if not self.cfg.dense_delay:
             return 0
-        stem = 2 if self.cfg.stem == "conv1d" else 1
+        stem = 1 if self.cfg.stem == "linear" else 2  # conv stems: conv1 then conv2
         per_block = 2 + 2  # attention: q/k/v Dense then out Dense; MLP: fc1 then fc2
         return stem + per_block * self.cfg.depth + 1  # + readout Dense
 
@@ -651,6 +713,10 @@ class ANNTransformer(nn.Module):
             self.conv1 = nn.Conv1d(features, cfg.conv_channels, 5, padding=2)
             self.conv2 = nn.Conv1d(cfg.conv_channels, d, 3, stride=2, padding=1)
             body_tokens = (tokens + 1) // 2
+        elif cfg.stem == "conv2d":  # the spiking Conv2dStem's shapes: 3x3 over pixels, then p x p per patch
+            self.conv1 = nn.Conv2d(1, cfg.conv_channels, 3, padding=1)
+            self.conv2 = nn.Conv2d(cfg.conv_channels, d, cfg.patch_size, stride=cfg.patch_size)
+            body_tokens = tokens
         else:
             self.embed = nn.Linear(features, d)
             body_tokens = tokens
@@ -680,6 +746,9 @@ class ANNTransformer(nn.Module):
         if cfg.stem == "conv1d":
             h = F.gelu(self.conv1(x.transpose(1, 2)))  # [B, C, N]
             u = self.conv2(h).transpose(1, 2)  # [B, N', D]
+        elif cfg.stem == "conv2d":
+            h = F.gelu(self.conv1(unpatchify(x, cfg.patch_size).unsqueeze(1)))  # [B, C, H, W]
+            u = self.conv2(h).flatten(2).transpose(1, 2)  # [B, N, D] (patches row-major)
         else:
             u = self.embed(x)
         u = u + self.position[:u.shape[1]]
@@ -705,6 +774,8 @@ class ANNTransformer(nn.Module):
         inner, hidden = cfg.heads * cfg.head_dim, cfg.mlp_ratio * self.cfg.dim
         if cfg.stem == "conv1d":
             stem = self.tokens * self.features * cfg.conv_channels * 5 + n * cfg.conv_channels * d * 3
+        elif cfg.stem == "conv2d":  # 9 MACs per pixel and channel, then p*p*C per patch and output
+            stem = self.tokens * self.features * cfg.conv_channels * 9 + n * self.features * cfg.conv_channels * d
         else:
             stem = self.tokens * self.features * d
         pairs = n * (n + 1) // 2 if cfg.mode == "causal" else n * n

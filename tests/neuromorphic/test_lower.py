@@ -26,6 +26,9 @@ CASES = {
     "cuba-causal-three_factor": dict(task="recall", mode="causal", variant="three_factor", alpha=0.3),
     "aligned-depth2": dict(delays="aligned", depth=2),
     "aligned-conv1d-stem-cuba": dict(task="mnist1d", stem="conv1d", delays="aligned", alpha=0.5),
+    "conv2d-stem": dict(stem="conv2d", patch_size=4, conv_channels=4),
+    "aligned-conv2d-stem-cuba": dict(stem="conv2d", patch_size=4, conv_channels=3, delays="aligned", alpha=0.4,
+                                     depth=2),
     "aligned-causal-stdp": dict(task="recall", mode="causal", variant="stdp", delays="aligned", depth=2),
 }
 

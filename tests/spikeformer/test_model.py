@@ -8,12 +8,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from spikeformer.config import Config
-from spikeformer.data import make_recall
+from spikeformer.data import make_recall, unpatchify
 from spikeformer.errors import ShapeError
 from spikeformer.metrics import count_params
 from spikeformer.model import (
     ANNTransformer,
     Conv1dStem,
+    Conv2dStem,
     Dense,
     LinearStem,
     Probe,
@@ -59,6 +60,7 @@ def inputs(cfg: Config, batch: int = 4, seed: int = 0) -> torch.Tensor:
 CASES = {
     "digits_linear": dict(task="digits"),
     "mnist1d_conv1d": dict(task="mnist1d", stem="conv1d"),
+    "digits_conv2d_loihi": dict(task="digits", stem="conv2d", delays="loihi"),
     "recall_causal": dict(task="recall", mode="causal"),
     "stdp": dict(variant="stdp"),
     "three_factor": dict(variant="three_factor"),
@@ -124,7 +126,8 @@ def test_global_encoding_repeats_direct_and_draws_binary_poisson():
     assert spikes[:, 0].sum() == 0 and torch.all(spikes[:, 1] == 1)
 
 
-@pytest.mark.parametrize("task,stem", [("digits", "linear"), ("mnist1d", "conv1d"), ("recall", "linear")])
+@pytest.mark.parametrize("task,stem", [("digits", "linear"), ("mnist1d", "conv1d"), ("digits", "conv2d"),
+                                       ("recall", "linear")])
 def test_ann_forward_shapes_and_finite_gradients(task, stem):
     cfg = tiny(task=task, stem=stem, model="ann")
     model, tokens, features, classes = make(cfg)
@@ -226,14 +229,15 @@ def test_causal_readout_does_not_depend_on_later_tokens(variant, delays):
 
 
 def dense_on_longest_path(cfg: Config) -> int:
-    stem = 2 if cfg.stem == "conv1d" else 1  # conv1d: conv1 then conv2
+    stem = 1 if cfg.stem == "linear" else 2  # conv stems: conv1 then conv2
     attention = 2  # q/k/v projection, then output projection
     mlp = 2  # fc1, fc2
     return stem + cfg.depth * (attention + mlp) + 1  # + readout
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
-@pytest.mark.parametrize("stem,task", [("linear", "digits"), ("conv1d", "mnist1d"), ("linear", "recall")])
+@pytest.mark.parametrize("stem,task", [("linear", "digits"), ("conv1d", "mnist1d"), ("conv2d", "digits"),
+                                       ("linear", "recall")])
 def test_latency_counts_dense_layers_on_the_longest_path(depth, stem, task):
     cfg = tiny(depth=depth, stem=stem, task=task, delays="loihi")
     model, *_ = make(cfg)
@@ -311,7 +315,7 @@ def test_measured_sublayer_delays_add_up_to_latency(depth):
         assert model.latency == measured_stem + depth * (2 + 2) + 1
 
 
-@pytest.mark.parametrize("stem,task", [("linear", "digits"), ("conv1d", "mnist1d")])
+@pytest.mark.parametrize("stem,task", [("linear", "digits"), ("conv1d", "mnist1d"), ("conv2d", "digits")])
 def test_impulse_reaches_readout_no_earlier_than_the_shortest_delayed_path(stem, task):
     """With delays, an input at step 0 leaves the readout untouched until it has crossed the
     stem and the readout (the residual shortcut is the shortest path); ``latency`` is the
@@ -328,7 +332,7 @@ def test_impulse_reaches_readout_no_earlier_than_the_shortest_delayed_path(stem,
     with torch.no_grad():
         y0, _ = delayed.forward_steps(quiet)
         y1, _ = delayed.forward_steps(kick)
-    shortest = (2 if stem == "conv1d" else 1) + 1
+    shortest = (1 if stem == "linear" else 2) + 1
     first = first_difference(y0, y1)
     assert first == shortest
     assert not torch.equal(y0[delayed.latency:], y1[delayed.latency:])
@@ -416,6 +420,55 @@ def test_conv1d_stem_probe_total_is_conv1_plus_conv2_events():
     assert probe.ac == expected and probe.mac == 0
 
 
+def brute_force_conv2d_events(conv: torch.nn.Conv2d, images: torch.Tensor) -> float:
+    """``images [S, C_in, H, W]``: per output pixel, the active inputs under its kernel x C_out."""
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    s, _, h, w = images.shape
+    events = 0
+    for i in range(s):
+        for oy in range((h + 2 * ph - kh) // sh + 1):
+            for ox in range((w + 2 * pw - kw) // sw + 1):
+                for dy in range(kh):
+                    for dx in range(kw):
+                        y, x = oy * sh - ph + dy, ox * sw - pw + dx
+                        if 0 <= y < h and 0 <= x < w:
+                            events += int((images[i, :, y, x] != 0).sum()) * conv.out_channels
+    return float(events)
+
+
+def test_conv2d_stem_event_count_matches_a_brute_force_loop():
+    cfg = tiny(task="digits", stem="conv2d", conv_channels=3)  # patch 2: 16 tokens of 4 pixels, 8x8
+    stem = Conv2dStem(cfg, 16, 4, binary_input=True)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 2, 16, 4, generator=g) < 0.5).float()
+    pixels = unpatchify(x.reshape(4, 16, 4), 2).unsqueeze(1)  # [T*B, 1, 8, 8]
+    assert stem._count(stem.conv1, x) == brute_force_conv2d_events(stem.conv1, pixels)
+    s = (torch.rand(2, 2, 64, 3, generator=g) < 0.5).float()  # conv1's LIF: 64 pixels x 3 channels, raster
+    assert stem._count(stem.conv2, s) == brute_force_conv2d_events(stem.conv2, s.reshape(4, 8, 8, 3).permute(0, 3, 1, 2))
+
+
+def test_conv2d_stem_reads_pixels_in_raster_order_and_writes_patch_tokens_in_patch_order():
+    """conv1 with only its centre tap is the identity on the image the patch tokens tile; conv2
+    with all-one p x p kernels sums each patch, so its output token n is patch token n's sum."""
+    cfg = tiny(task="digits", stem="conv2d", conv_channels=1)
+    stem = Conv2dStem(cfg, 16, 4, binary_input=False)
+    x = torch.rand(1, 3, 16, 4)
+    with torch.no_grad():
+        stem.conv1.weight.zero_()
+        stem.conv1.weight[0, 0, 1, 1] = 1.0
+        stem.conv2.weight.fill_(1.0)
+        pixels = stem._conv(stem.conv1, x)  # [1, 3, 64, 1]
+        torch.testing.assert_close(pixels[0, :, :, 0], unpatchify(x[0], 2).reshape(3, 64))
+        tokens = stem._conv(stem.conv2, pixels)  # [1, 3, 16, D]
+    torch.testing.assert_close(tokens[0, :, :, 0], x[0].sum(-1))
+    assert tokens.shape == (1, 3, 16, cfg.dim)
+
+
+def test_conv2d_stem_refuses_tokens_that_do_not_tile_a_square_image():
+    with pytest.raises(ShapeError, match="conv2d stem"):
+        Conv2dStem(tiny(task="digits", stem="conv2d"), 16, 9, binary_input=False)
+
+
 @pytest.mark.parametrize("task,features", [("mnist1d", 1), ("digits", 4)])
 def test_conv1d_stem_real_input_macs_scale_with_features(task, features):
     cfg = tiny(task=task, stem="conv1d", conv_channels=3)
@@ -466,7 +519,16 @@ def test_ann_macs_causal_by_hand():
     assert model.macs_per_sample() == stem + 5 * per_token + products + readout == 13536
 
 
-@pytest.mark.parametrize("task,stem", [("digits", "linear"), ("mnist1d", "conv1d")])
+def test_ann_macs_conv2d_by_hand():
+    model, *_ = make(tiny(model="ann", task="digits", stem="conv2d"))  # 8x8 pixels, C 4, patch 2 -> N 16
+    stem = 64 * 4 * 9 + 16 * 4 * 4 * 16  # 3x3 per pixel and channel; 2x2x4 per patch and output
+    per_token = 16 * 48 + 16 * 16 + 16 * 32 + 32 * 16
+    products = 2 * (16 * 16) * 16
+    readout = 16 * 16 * 10
+    assert model.macs_per_sample() == stem + 16 * per_token + products + readout == 49920
+
+
+@pytest.mark.parametrize("task,stem", [("digits", "linear"), ("mnist1d", "conv1d"), ("digits", "conv2d")])
 def test_ann_macs_agree_with_torch_flop_counter(task, stem):
     model, tokens, features, _ = make(tiny(model="ann", task=task, stem=stem))
     x = torch.rand(2, tokens, features)
