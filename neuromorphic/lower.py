@@ -50,18 +50,19 @@ class _Term:
         self.name, self.source, self.kind, self.weight, self.bias = name, source, kind, weight, bias
 
 
-def _unrolled(apply: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, int], chunk: int = 1024) -> np.ndarray:
-    """The matrix ``[N_out*C_out, N_in*C_in]`` (token-major) of a linear map ``apply``:
-    ``[1, S, N_in, C_in] -> [1, S, N_out, C_out]`` (float64), read off its images of the unit
-    inputs. Each image sums one weight with zeros, so the entries are the weights exactly."""
+def _unrolled(apply: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, int], dtype: torch.dtype,
+              chunk: int = 1024) -> np.ndarray:
+    """The matrix ``[N_out*C_out, N_in*C_in]`` (token-major, float64) of a linear map ``apply``:
+    ``[1, S, N_in, C_in] -> [1, S, N_out, C_out]``, read off its images of the unit inputs. Each
+    image is one weight plus products with zero, so the entries are the weights exactly, in any dtype."""
     size = shape[0] * shape[1]
     columns = []
     with torch.no_grad():
         for start in range(0, size, chunk):
             rows = min(chunk, size - start)
-            units = torch.zeros(rows, size, dtype=torch.float64)
+            units = torch.zeros(rows, size, dtype=dtype)
             units[torch.arange(rows), start + torch.arange(rows)] = 1.0
-            columns.append(apply(units.reshape(1, rows, *shape)).reshape(rows, -1).numpy())
+            columns.append(_np(apply(units.reshape(1, rows, *shape)).reshape(rows, -1)))
     return np.ascontiguousarray(np.concatenate(columns).T)
 
 
@@ -117,14 +118,16 @@ class GraphBuilder:
         gain, shift = _affine(dense.norm, w.shape[0])
         return _Term(name, source, "tokenwise", gain[:, None] * w, gain * pre_bias + shift)
 
-    def conv(self, apply: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, int], name: str, source: str,
-             norm: Optional[FeatureNorm] = None, position: Optional[torch.Tensor] = None) -> _Term:
-        """A convolution ``apply`` (``[T, B, N, C_in] -> [T, B, N', C_out]``, float64) of the source
-        ``shape = (N, C_in)`` unrolled into a ``full`` weight, with the norm after it folded per
-        row (and ``position [N', C_out]`` into the bias)."""
-        probe = apply(torch.zeros(1, 1, *shape, dtype=torch.float64))
-        n_out, c_out = probe.shape[2:]
-        matrix = _unrolled(apply, shape)
+    def conv(self, conv: torch.nn.Module, apply: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, int],
+             name: str, source: str, norm: Optional[FeatureNorm] = None,
+             position: Optional[torch.Tensor] = None) -> _Term:
+        """The convolution ``conv`` as its stem applies it (``apply: [T, B, N, C_in] -> [T, B, N', C_out]``)
+        to the source ``shape = (N, C_in)``, unrolled into a ``full`` weight, with the norm after it
+        folded per row (and ``position [N', C_out]`` into the bias)."""
+        dtype = conv.weight.dtype
+        with torch.no_grad():
+            n_out, c_out = apply(torch.zeros(1, 1, *shape, dtype=dtype)).shape[2:]
+        matrix = _unrolled(apply, shape, dtype)
         gain, shift = _affine(norm, c_out)
         pre_bias = _np(position) if position is not None else np.zeros((n_out, c_out))
         return _Term(name, source, "full", np.tile(gain, n_out)[:, None] * matrix, gain * pre_bias + shift)

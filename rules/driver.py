@@ -111,8 +111,8 @@ class LayerMap:
         self.layers.append(layer)
         return layer
 
-    def conv(self, conv: nn.Conv1d, name: str, source: str, tokens: int, norm: Optional[FeatureNorm] = None,
-             position: Any = None) -> Layer:
+    def conv(self, conv: nn.Conv1d, apply: Any, shape: tuple[int, int], name: str, source: str,
+             norm: Optional[FeatureNorm] = None, position: Any = None) -> Layer:
         # the stem delays the input before the convolution: the hook sees it delivered already
         layer = Layer(name, conv, source, norm=norm)
         self.layers.append(layer)

@@ -196,6 +196,9 @@ class Config:
             raise ConfigError("a language model with delays = \"loihi\" would see later characters (the residual "
                               "stream's skips are shorter than its sublayers); use delays = \"aligned\" (exportable) "
                               "or \"none\"")
+        if self.stem == "conv2d" and self.rule != "bptt":
+            raise ConfigError(f"rule {self.rule!r} reaches the linear and conv1d stems, not the conv2d stem; "
+                              "use stem = \"linear\" or rule = \"bptt\"")
         if self.every_token and self.rule != "bptt":
             raise ConfigError(f"rule {self.rule!r} learns one label per sequence; the {self.task} language model "
                               "trains with rule = \"bptt\"")

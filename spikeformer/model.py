@@ -29,7 +29,6 @@ Model state is explicit: ``forward_steps(x, state) -> (readout current, state)``
 
 from __future__ import annotations
 
-import copy
 import math
 from functools import partial
 from typing import Any, NamedTuple, Optional
@@ -477,14 +476,13 @@ class ConvStem(nn.Module):
     def lower(self, b: Any, tokens: int) -> int:
         """Describe this stem to an IR builder: conv1 (unrolled) into its LIF, conv2 (+ position,
         norm2 folded) into the residual stream; returns the tokens of the stream."""
-        exact = copy.deepcopy(self).double()  # unrolled in float64 like every folded weight
         channels = self.conv1.out_channels
         gain, shift = b.affine(self.norm1, channels)
         b.lif(self.lif, "stem.conv1", self.lif_tokens, channels, shift)
-        conv1 = b.conv(partial(exact._conv, exact.conv1), (tokens, self.features), "stem.conv1", "input")
+        conv1 = b.conv(self.conv1, partial(self._conv, self.conv1), (tokens, self.features), "stem.conv1", "input")
         b.connect(conv1, "stem.conv1", gain)
-        b.write(b.conv(partial(exact._conv, exact.conv2), (self.lif_tokens, channels), "stem.conv2", "stem.conv1",
-                       self.norm2, self.position))
+        b.write(b.conv(self.conv2, partial(self._conv, self.conv2), (self.lif_tokens, channels), "stem.conv2",
+                       "stem.conv1", self.norm2, self.position))
         return self.out_tokens
 
 

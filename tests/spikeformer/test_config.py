@@ -100,6 +100,7 @@ def test_int_accepted_for_float():
         ({"device": "tpu"}, "device"),
         ({"patch_size": 3}, "patch_size"),
         ({"stem": "conv2d", "task": "mnist1d"}, "conv2d.*'mnist1d' is not one"),
+        ({"stem": "conv2d", "rule": "eprop"}, "not the conv2d stem"),
         ({"recall_pairs_min": 5, "recall_pairs": 4}, "recall_pairs_min"),
         ({"recall_pairs": 17, "recall_keys": 16, "task": "recall", "mode": "causal"}, "recall_pairs"),
         ({"attention_impl": "parallel", "variant": "delta"}, "parallel"),
