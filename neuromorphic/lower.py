@@ -124,10 +124,9 @@ class GraphBuilder:
         """The convolution ``conv`` as its stem applies it (``apply: [T, B, N, C_in] -> [T, B, N', C_out]``)
         to the source ``shape = (N, C_in)``, unrolled into a ``full`` weight, with the norm after it
         folded per row (and ``position [N', C_out]`` into the bias)."""
-        dtype = conv.weight.dtype
-        with torch.no_grad():
-            n_out, c_out = apply(torch.zeros(1, 1, *shape, dtype=dtype)).shape[2:]
-        matrix = _unrolled(apply, shape, dtype)
+        matrix = _unrolled(apply, shape, conv.weight.dtype)
+        c_out = conv.out_channels
+        n_out = matrix.shape[0] // c_out
         gain, shift = _affine(norm, c_out)
         pre_bias = _np(position) if position is not None else np.zeros((n_out, c_out))
         return _Term(name, source, "full", np.tile(gain, n_out)[:, None] * matrix, gain * pre_bias + shift)
