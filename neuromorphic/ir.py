@@ -11,7 +11,8 @@ index ``n * features + f``, when a backend needs a vector).
     Connection  Dense synapses source -> target with a delay in steps (1 everywhere, as Lava's
                 Dense: SPEC §2.2). ``kind = "tokenwise"``: one ``[F_out, F_in]`` matrix applied to
                 each token; ``kind = "full"``: one ``[N_out*F_out, N_in*F_in]`` matrix over the
-                flattened grids (the readout, an unrolled convolution).
+                flattened grids (the readout, an unrolled convolution; a 2-d one keeps its
+                geometry in ``conv`` and its ends their ``image``, for NIR's Conv2d).
     Attention   the event-driven fast-weight memory of SPEC §2.3 per head, reading the spikes of
                 its query/key/value populations in the same step (no delay) and sending
                 ``out_scale * scale * q S`` (per column of the H*d output) to ``target`` as graded
@@ -85,10 +86,27 @@ class Population:
     vth: Optional[int] = None
     bias_mant: Optional[np.ndarray] = None  # [tokens, features] int
     bias_exp: Optional[np.ndarray] = None  # [tokens, features] int
+    # [height, width, patch]: the grid tiles a height x width image with `features / patch**2`
+    # channels; tokens are its patch x patch patches in raster order, features (row, column,
+    # channel) within a patch. Set on the ends of a conv connection; NIR writes such grids as
+    # [channels, height, width] (``image_order``).
+    image: Optional[list] = None
 
     @property
     def size(self) -> int:
         return self.tokens * self.features
+
+    @property
+    def channels(self) -> int:
+        """Channels of an image grid (``image`` set)."""
+        return self.features // (self.image[2] ** 2)
+
+    def image_order(self) -> np.ndarray:
+        """The flat [tokens*features] index of each neuron in [channels, height, width] order
+        (C order), for an image grid: ``vector[image_order()]`` is the image, channels first."""
+        height, width, patch = self.image
+        index = np.arange(self.size).reshape(height // patch, width // patch, patch, patch, self.channels)
+        return index.transpose(4, 0, 2, 1, 3).reshape(-1)
 
 
 @dataclass
@@ -116,6 +134,10 @@ class Connection:
     # tokenwise weight made plastic becomes its per-token copies kron(I_N, W) with this block mask
     # (``plastic_connection``): only existing synapses learn, as on a chip.
     mask: Optional[np.ndarray] = None
+    # a full weight that is a 2-d convolution between image grids (``Population.image``):
+    # {"kernel": [kh, kw], "stride": [sh, sw], "padding": [ph, pw]}. The weight stays the
+    # source of truth; NIR export reads the kernel back from it (and checks it) to write a Conv2d.
+    conv: Optional[dict] = None
 
     def rule_parameters(self) -> Any:
         """The parameters of the connection's learning rule, as its rule's own dataclass."""
@@ -305,6 +327,12 @@ def _validate_population(p: Population, fixed: bool) -> None:
         _need(threshold > 0, f"population {p.name!r} needs a positive threshold")
     if p.kind != "input":
         _array(p, "bias", (p.tokens, p.features))
+    if p.image is not None:
+        _int_list(p.image, 3, 1, MAX_NEURONS, f"{where} image")
+        height, width, patch = p.image
+        _need(height % patch == 0 and width % patch == 0 and tokens == (height // patch) * (width // patch)
+              and features % (patch * patch) == 0,
+              f"{where} image {p.image} (height, width, patch) does not tile its {tokens} x {features} grid")
     if fixed and p.kind != "input":  # Lava's LIF (the readout is a LIF that never fires)
         for key in ("du", "dv", "vth"):
             _need(_is_int(getattr(p, key)), f"fixed-point population {p.name!r} lacks integer {key!r}")
@@ -340,6 +368,23 @@ def _validate_connection(c: Connection, pops: dict[str, Population], fixed: bool
         _int_in(c.weight_exp, -MAX_EXP, MAX_EXP, f"connection {c.name!r} weight_exp")
     if c.rule is not None or c.rule_params is not None or c.traces is not None or c.mask is not None:
         _validate_plasticity(c, src, dst, fixed)
+    if c.conv is not None:
+        _validate_conv(c, src, dst)
+
+
+def _validate_conv(c: Connection, src: Population, dst: Population) -> None:
+    where = f"connection {c.name!r}"
+    _need(isinstance(c.conv, dict) and set(c.conv) == {"kernel", "stride", "padding"},
+          f"{where} conv must be a table of kernel, stride and padding, got {short_repr(c.conv)}")
+    for key in ("kernel", "stride"):
+        _int_list(c.conv[key], 2, 1, MAX_NEURONS, f"{where} conv {key}")
+    _int_list(c.conv["padding"], 2, 0, MAX_NEURONS, f"{where} conv padding")
+    _need(c.kind == "full" and src.image is not None and dst.image is not None,
+          f"{where} is a convolution, so it needs kind 'full' between image grids (population 'image')")
+    for axis in (0, 1):
+        size = src.image[axis] + 2 * c.conv["padding"][axis] - c.conv["kernel"][axis]
+        _need(size >= 0 and size // c.conv["stride"][axis] + 1 == dst.image[axis],
+              f"{where} conv {c.conv} maps a {src.image[:2]} image onto {dst.image[:2]}")
 
 
 def learning_refusal(graph: Graph, conn: Connection, rule: Optional[str] = None) -> Optional[str]:

@@ -44,10 +44,14 @@ def _affine(norm: Optional[FeatureNorm], features: int) -> tuple[np.ndarray, np.
 
 
 class _Term:
-    """One Dense current: ``weight @ spikes(source) + bias`` (bias ``[N, F_out]``, for the residual stream)."""
+    """One Dense current: ``weight @ spikes(source) + bias`` (bias ``[N, F_out]``, for the residual
+    stream); a 2-d convolution also carries its geometry (``Connection.conv``) and the image
+    grids of its source and target (``Population.image``)."""
 
-    def __init__(self, name: str, source: str, kind: str, weight: np.ndarray, bias: np.ndarray) -> None:
+    def __init__(self, name: str, source: str, kind: str, weight: np.ndarray, bias: np.ndarray,
+                 conv: Optional[dict] = None, images: Optional[tuple[list, list]] = None) -> None:
         self.name, self.source, self.kind, self.weight, self.bias = name, source, kind, weight, bias
+        self.conv, self.images = conv, images
 
 
 def _unrolled(apply: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, int], dtype: torch.dtype,
@@ -120,16 +124,20 @@ class GraphBuilder:
 
     def conv(self, conv: torch.nn.Module, apply: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, int],
              name: str, source: str, norm: Optional[FeatureNorm] = None,
-             position: Optional[torch.Tensor] = None) -> _Term:
+             position: Optional[torch.Tensor] = None,
+             geometry: Optional[tuple[dict, list, list]] = None) -> _Term:
         """The convolution ``conv`` as its stem applies it (``apply: [T, B, N, C_in] -> [T, B, N', C_out]``)
         to the source ``shape = (N, C_in)``, unrolled into a ``full`` weight, with the norm after it
-        folded per row (and ``position [N', C_out]`` into the bias)."""
+        folded per row (and ``position [N', C_out]`` into the bias). ``geometry``: a 2-d
+        convolution's (kernel/stride/padding, source image, target image), kept for NIR's Conv2d."""
         matrix = _unrolled(apply, shape, conv.weight.dtype)
         c_out = conv.out_channels
         n_out = matrix.shape[0] // c_out
         gain, shift = _affine(norm, c_out)
         pre_bias = _np(position) if position is not None else np.zeros((n_out, c_out))
-        return _Term(name, source, "full", np.tile(gain, n_out)[:, None] * matrix, gain * pre_bias + shift)
+        conv_geometry, images = (geometry[0], geometry[1:]) if geometry is not None else (None, None)
+        return _Term(name, source, "full", np.tile(gain, n_out)[:, None] * matrix, gain * pre_bias + shift,
+                     conv_geometry, images)
 
     # --- populations and connections -------------------------------------------------------------
 
@@ -156,8 +164,12 @@ class GraphBuilder:
         scale = (np.ones(features) if gain is None else gain) * self.scales.get(target, 1.0)
         if term.kind == "full":  # rows are (token, feature) pairs, token-major
             scale = np.tile(scale, term.weight.shape[0] // features)
+        if term.images is not None:  # a convolution's ends are images (rows scaled per channel: still one)
+            for pop in self.populations:
+                if pop.name in (term.source, target):
+                    pop.image = list(term.images[pop.name == target])
         self.connections.append(Connection(f"{term.name}->{target}", term.source, target, term.kind,
-                                           scale[:, None] * term.weight, delay=delay))
+                                           scale[:, None] * term.weight, delay=delay, conv=term.conv))
 
     def attention(self, name: str, query: str, key: str, value: str, target: str, heads: int, head_dim: int,
                   variant: str, decay: torch.Tensor, scale: float, out_gain: np.ndarray,

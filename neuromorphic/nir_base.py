@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .ir import IRError, LoweringError
+from .ir import IRError, LoweringError, Population, _validate_population
 
 FORMAT = "spikeformer-nir"
 NIR_IO_VERSION = 1
@@ -71,3 +71,39 @@ def decay_to_tau(decay: float, dt: float) -> float:
 def tau_to_decay(tau: np.ndarray, dt: float) -> np.ndarray:
     """Time constant -> per-step decay ``1 - dt / tau`` (the inverse of ``decay_to_tau``)."""
     return 1.0 - dt / np.asarray(tau, np.float64)
+
+
+def image_order(meta: dict) -> np.ndarray | None:
+    """The IR grid's neurons in the order of a ``[C, H, W]`` node (its metadata ``image``, written
+    by ``export_nir``: ``Population.image_order``); None for a flat node."""
+    if not isinstance(meta.get("image"), (list, tuple, np.ndarray)):
+        return None
+    try:
+        population = Population("", "input", int(meta["tokens"]), int(meta["features"]),
+                                image=[int(n) for n in meta["image"]])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise IRError("a NIR node's metadata 'image' needs whole-number tokens, features and [height, width, "
+                      "patch]; re-export the graph") from None
+    try:
+        _validate_population(population, fixed=False)
+    except IRError as exc:
+        raise IRError(f"a NIR node's metadata does not describe an image grid: {exc}; re-export the graph") from None
+    return population.image_order()
+
+
+def conv2d_indices(channels: tuple[int, int], in_hw: tuple[int, int], out_hw: tuple[int, int], conv: dict
+                   ) -> tuple[np.ndarray, ...]:
+    """Where a 2-d convolution's kernel sits in its dense matrix ``[C_out*H'*W', C_in*H*W]`` (C
+    order): ``matrix[rows, cols] = kernel[:, :, i, j]`` with ``rows [C_out, 1, P]``, ``cols
+    [1, C_in, P]`` and ``i, j [P]`` over the P (output pixel, kernel tap) pairs inside the image;
+    every other entry is 0. ``conv``: kernel, stride, padding as pairs; ``channels``: (C_out, C_in)."""
+    (c_out, c_in), (height, width), (out_h, out_w) = channels, in_hw, out_hw
+    (kh, kw), (sh, sw), (ph, pw) = conv["kernel"], conv["stride"], conv["padding"]
+    yo, xo, i, j = (a.reshape(-1) for a in np.meshgrid(np.arange(out_h), np.arange(out_w), np.arange(kh),
+                                                         np.arange(kw), indexing="ij"))
+    y, x = yo * sh - ph + i, xo * sw - pw + j
+    inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+    yo, xo, i, j, y, x = (a[inside] for a in (yo, xo, i, j, y, x))
+    rows = np.arange(c_out)[:, None, None] * (out_h * out_w) + (yo * out_w + xo)[None, None, :]
+    cols = np.arange(c_in)[None, :, None] * (height * width) + (y * width + x)[None, None, :]
+    return rows, cols, i, j

@@ -13,42 +13,40 @@ import numpy as np
 
 from spikeformer.checkpoint import atomic_write_bytes
 
-from .ir import Connection, Graph, LoweringError, Population
-from .nir_base import DEFAULT_DT, FORMAT, NIR_IO_VERSION, _nir, _one_line, decay_to_tau
+from .ir import Graph, LoweringError, Population
+from .nir_base import DEFAULT_DT, FORMAT, NIR_IO_VERSION, _nir, _one_line, conv2d_indices, decay_to_tau
 
 
 # ---------------------------------------------------------------------------------------------
 # export: IR Graph -> NIR graph
 
 
-def _full_weight(conn: Connection, dst: Population) -> np.ndarray:
-    """``[N_out*F_out, N_in*F_in]`` over token-major flattened grids (tokenwise -> kron(I_N, W))."""
-    return np.asarray(conn.full_weight(dst.tokens), np.float64)
-
-
-def _neuron_node(pop: Population, dt: float, metadata: dict):
-    """The NIR node of a lif population, the gain folded into its incoming weights, and whether
-    its bias travels in the Affine bias (True) or in the node's ``v_leak`` (False)."""
+def _neuron_node(pop: Population, dt: float, metadata: dict, shape: tuple[int, ...], order: np.ndarray,
+                 leak_bias: bool):
+    """The NIR node of a lif population (parameters shaped ``shape``, neurons in ``order``), the
+    gain folded into its incoming weights, and whether its bias travels in the incoming edges
+    (True) or in the node's ``v_leak`` (False: CubaLIF always; LIF when ``leak_bias``)."""
     nir = _nir()
-    n = pop.size
-    ones, zeros = np.ones(n), np.zeros(n)
-    theta = np.full(n, float(pop.threshold))
+    ones, zeros = np.ones(shape), np.zeros(shape)
+    theta = np.full(shape, float(pop.threshold))
+    bias = np.asarray(pop.bias, np.float64).reshape(-1)[order].reshape(shape)
     if pop.alpha == 0.0 and pop.beta < 1.0:
         tau = decay_to_tau(pop.beta, dt)
-        node = nir.LIF(tau=np.full(n, tau), r=ones.copy(), v_leak=zeros.copy(), v_threshold=theta,
+        # v_leak: tau dv/dt = v_leak - v + r I moves v by (1 - beta) v_leak a step, which is the bias
+        v_leak = bias / (1.0 - pop.beta) if leak_bias else zeros.copy()
+        node = nir.LIF(tau=np.full(shape, tau), r=ones.copy(), v_leak=v_leak, v_threshold=theta,
                        v_reset=zeros.copy(), metadata=metadata)
-        return node, 1.0 / (1.0 - pop.beta), True
+        return node, 1.0 / (1.0 - pop.beta), not leak_bias
     if pop.alpha == 0.0:  # beta == 1: perfect integrator, v += dt * r * I with r = 1 / dt
-        node = nir.IF(r=np.full(n, 1.0 / dt), v_threshold=theta, v_reset=zeros.copy(), metadata=metadata)
+        node = nir.IF(r=np.full(shape, 1.0 / dt), v_threshold=theta, v_reset=zeros.copy(), metadata=metadata)
         return node, 1.0, True
     if pop.alpha >= 1.0 or pop.beta >= 1.0:
         raise LoweringError(f"population {pop.name!r} has alpha = {pop.alpha}, beta = {pop.beta}: a CubaLIF "
                             "node needs both decays below 1; retrain with smaller decays")
-    bias = np.asarray(pop.bias, np.float64).reshape(-1)
     node = nir.CubaLIF(
-        tau_syn=np.full(n, decay_to_tau(pop.alpha, dt)), tau_mem=np.full(n, decay_to_tau(pop.beta, dt)),
-        r=np.full(n, 1.0 / (1.0 - pop.beta)), v_leak=bias / (1.0 - pop.beta), v_threshold=theta,
-        v_reset=zeros.copy(), w_in=np.full(n, 1.0 / (1.0 - pop.alpha)), metadata=metadata)
+        tau_syn=np.full(shape, decay_to_tau(pop.alpha, dt)), tau_mem=np.full(shape, decay_to_tau(pop.beta, dt)),
+        r=np.full(shape, 1.0 / (1.0 - pop.beta)), v_leak=bias / (1.0 - pop.beta), v_threshold=theta,
+        v_reset=zeros.copy(), w_in=np.full(shape, 1.0 / (1.0 - pop.alpha)), metadata=metadata)
     return node, 1.0, False
 
 
@@ -56,13 +54,56 @@ def _delay_name(source: str, delay: int) -> str:
     return f"{source}.delay" if delay == 1 else f"{source}.delay{delay}"
 
 
+def _per_channel(pop: Population) -> np.ndarray | None:
+    """An image population's bias as one value per channel, or None when it varies over pixels."""
+    bias = np.asarray(pop.bias, np.float64).reshape(-1)[pop.image_order()].reshape(pop.channels, -1)
+    return bias[:, 0].copy() if np.array_equal(bias, np.repeat(bias[:, :1], bias.shape[1], 1)) else None
+
+
+def _conv2d_connections(graph: Graph) -> set[str]:
+    """The connections written as NIR ``Conv2d``: 2-d convolutions into LIF populations, from a LIF
+    population or from the input when every connection from it is one (NIR has no reshape, so an
+    Affine reader keeps the input flat). An IF target must take its bias per channel (no v_leak)."""
+    convs = set()
+    for c in graph.connections:
+        target = graph.population(c.target)
+        if c.conv is None or target.kind != "lif":
+            continue
+        if target.alpha == 0.0 and target.beta == 1.0 and _per_channel(target) is None:
+            continue
+        convs.add(c.name)
+    source = graph.input.name
+    if any(c.source == source and c.name not in convs for c in graph.connections):
+        convs = {c.name for c in graph.connections if c.name in convs and c.source != source}
+    return convs
+
+
+def _kernel(weight: np.ndarray, conv: dict, src: Population, dst: Population, where: str) -> np.ndarray:
+    """The ``[C_out, C_in, kh, kw]`` kernel of a full weight ``[C_out*H'*W', C_in*H*W]`` (image
+    order) read off its entries, after checking that every entry is that kernel's (the IR weight
+    is the source of truth; this proves it is the convolution ``conv`` says)."""
+    rows, cols, i, j = conv2d_indices((dst.channels, src.channels), src.image[:2], dst.image[:2], conv)
+    values = weight[rows, cols]  # [C_out, C_in, P]
+    kernel = np.zeros((dst.channels, src.channels, *conv["kernel"]))
+    kernel[:, :, i, j] = values
+    rest = weight.copy()
+    rest[rows, cols] = 0.0
+    if not np.array_equal(kernel[:, :, i, j], values) or rest.any():
+        raise LoweringError(f"connection {where} is marked as a convolution {conv}, but its weight is not one "
+                            "(shared kernel entries differ, or weights lie outside the windows)")
+    return kernel
+
+
 def graph_to_nir(graph: Graph, dt: float = DEFAULT_DT):
     """IR ``Graph`` -> ``nir.NIRGraph`` meaning the same discrete dynamics at time step ``dt``.
 
     Node names are the IR names: one neuron node per lif population, ``Input``/``Output`` for
-    the input and readout populations, one ``Affine`` per connection (named like it), one
-    ``Delay`` per (source, delay) named ``<source>.delay[<d>]``. Raises ``LoweringError`` for
-    attention nodes, fixed-point graphs and populations without an incoming connection.
+    the input and readout populations, one ``Affine`` (or ``Conv2d``) per connection (named like
+    it), one ``Delay`` per (source, delay) named ``<source>.delay[<d>]``. A 2-d convolution
+    (``Connection.conv``) becomes a ``Conv2d`` and its ends ``[C, H, W]`` nodes (metadata
+    ``image``; an Affine reading one goes through a ``<node>.flat`` Flatten). Raises
+    ``LoweringError`` for attention nodes, fixed-point graphs and populations without an
+    incoming connection.
     """
     graph.require_frozen("NIR export")
     nir = _nir()
@@ -77,10 +118,15 @@ def graph_to_nir(graph: Graph, dt: float = DEFAULT_DT):
     if graph.precision != "float":
         raise LoweringError("NIR holds float parameters; export the float IR graph (without --fixed-point)")
     pops = {p.name: p for p in graph.populations}
+    convs = _conv2d_connections(graph)
+    imaged = {n for c in graph.connections if c.name in convs for n in (c.source, c.target)}
+    # each population's neurons in NIR order, and its NIR shape: [C, H, W] images, else flat
+    order = {p.name: p.image_order() if p.name in imaged else np.arange(p.size) for p in graph.populations}
+    shape = {p.name: (p.channels, *p.image[:2]) if p.name in imaged else (p.size,) for p in graph.populations}
     nodes: dict[str, Any] = {}
     edges: list[tuple[str, str]] = []
     gains: dict[str, float] = {}
-    bias_in_affine: dict[str, bool] = {}
+    bias_in_edge: dict[str, bool] = {}
 
     def add(name: str, node: Any) -> None:
         if name in nodes:
@@ -89,35 +135,57 @@ def graph_to_nir(graph: Graph, dt: float = DEFAULT_DT):
 
     for pop in graph.populations:
         meta = {"tokens": pop.tokens, "features": pop.features, "ir_kind": pop.kind}
+        if pop.name in imaged:
+            meta["image"] = list(pop.image)
         if pop.kind == "input":
-            add(pop.name, nir.Input(input_type={"input": np.array([pop.size])},
+            add(pop.name, nir.Input(input_type={"input": np.array(shape[pop.name])},
                                     metadata={**meta, "graded": int(pop.graded)}))
             continue
         if not graph.incoming(pop.name):
             raise LoweringError(f"population {pop.name!r} has no incoming connection; a NIR node needs an input")
         if pop.kind == "readout":
             add(pop.name, nir.Output(output_type={"output": np.array([pop.size])}, metadata=meta))
-            gains[pop.name], bias_in_affine[pop.name] = 1.0, True
+            gains[pop.name], bias_in_edge[pop.name] = 1.0, True
         else:
-            node, gains[pop.name], bias_in_affine[pop.name] = _neuron_node(pop, float(dt), meta)
+            # a Conv2d bias is per channel: a bias that varies over pixels goes into v_leak
+            first = graph.incoming(pop.name)[0].name
+            leak = first in convs and _per_channel(pop) is None
+            node, gains[pop.name], bias_in_edge[pop.name] = _neuron_node(pop, float(dt), meta, shape[pop.name],
+                                                                         order[pop.name], leak)
             add(pop.name, node)
     for source, delay in sorted({(c.source, c.delay) for c in graph.connections}):
         if delay > 0:
             name = _delay_name(source, delay)
-            add(name, nir.Delay(delay=np.full(pops[source].size, delay * float(dt)),
-                                metadata={"steps": delay}))
+            add(name, nir.Delay(delay=np.full(shape[source], delay * float(dt)), metadata={"steps": delay}))
             edges.append((source, name))
     for pop in graph.populations:
-        carried = not bias_in_affine.get(pop.name, True)  # CubaLIF: bias already in v_leak
+        carried = not bias_in_edge.get(pop.name, True)  # already in v_leak
         for conn in graph.incoming(pop.name):
             gain = gains[pop.name]
-            weight = gain * _full_weight(conn, pop)
+            weight = gain * np.asarray(conn.full_weight(pop.tokens), np.float64)[order[pop.name]][:, order[conn.source]]
             bias = np.zeros(pop.size)
             if not carried:
-                bias = gain * np.asarray(pop.bias, np.float64).reshape(-1)
+                bias = gain * np.asarray(pop.bias, np.float64).reshape(-1)[order[pop.name]]
                 carried = True
-            add(conn.name, nir.Affine(weight=weight, bias=bias, metadata={"kind": conn.kind, "steps": conn.delay}))
-            edges.append((_delay_name(conn.source, conn.delay) if conn.delay > 0 else conn.source, conn.name))
+            upstream = _delay_name(conn.source, conn.delay) if conn.delay > 0 else conn.source
+            meta = {"kind": conn.kind, "steps": conn.delay}
+            if conn.name in convs:
+                src = pops[conn.source]
+                kernel = _kernel(weight, conn.conv, src, pop, repr(conn.name))
+                add(conn.name, nir.Conv2d(
+                    input_shape=tuple(src.image[:2]), weight=kernel, stride=tuple(conn.conv["stride"]),
+                    padding=tuple(conn.conv["padding"]), dilation=(1, 1), groups=1,
+                    bias=bias.reshape(pop.channels, -1)[:, 0].copy(), metadata={**meta, "conv": conn.conv}))
+            else:
+                if conn.source in imaged:  # NIR's Flatten has no batch axis: dims 0..-1 of [C, H, W]
+                    flat = f"{upstream}.flat"
+                    if flat not in nodes:
+                        add(flat, nir.Flatten(input_type={"input": np.array(shape[conn.source])}, start_dim=0,
+                                              end_dim=-1))
+                        edges.append((upstream, flat))
+                    upstream = flat
+                add(conn.name, nir.Affine(weight=weight, bias=bias, metadata=meta))
+            edges.append((upstream, conn.name))
             edges.append((conn.name, pop.name))
     metadata = {
         "format": FORMAT, "version": NIR_IO_VERSION, "dt": float(dt),

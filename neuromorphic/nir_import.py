@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from .ir import MAX_DELAY, Connection, Graph, IRError, LoweringError, Population, unique_name
 from .nir_base import (CLOCK, FORMAT, MAX_FILE_VALUES, MAX_GROUP_DEPTH, MAX_MATRIX, MAX_NIR_NEURONS, MAX_WORK,
-                       SNNTORCH_DT, _arr, _metadata, _nir, _one_line, tau_to_decay)
+                       SNNTORCH_DT, _arr, _metadata, _nir, _one_line, conv2d_indices, image_order, tau_to_decay)
 from .trace import Trace
 
 
@@ -111,9 +111,22 @@ class _Term:
 
     source: str
     delay: int
-    matrix: np.ndarray | None  # [n, n_source]; None = identity
+    matrix: np.ndarray | None  # [n, n_source]; None = out[source][columns]
     label: str | None = None  # the Affine/Linear node it went through (the IR connection name)
     kind: str | None = None  # "tokenwise" when our exporter said so
+    # without a matrix: which of the source's IR neurons each value is (a [C, H, W] node holds its
+    # population in image order); None = all, in order
+    columns: np.ndarray | None = None
+
+    def explicit(self, where: str) -> "_Term":
+        """This term with its columns in its matrix (None = identity)."""
+        size = 0 if self.columns is None else self.columns.size
+        if self.matrix is not None or self.columns is None or np.array_equal(self.columns, np.arange(size)):
+            return replace(self, columns=None)
+        _dense(size, size, where)
+        matrix = np.zeros((size, size))
+        matrix[np.arange(size), self.columns] = 1.0
+        return replace(self, matrix=matrix, columns=None)
 
 
 @dataclass
@@ -148,7 +161,8 @@ def _apply(signal: _Signal, weight: np.ndarray, bias: np.ndarray | None, name: s
     for t in signal.terms:
         if t.matrix is not None:  # weight @ t.matrix, composed below
             _dense(weight.shape[0], t.matrix.shape[1], where, work=weight.shape[0] * weight.shape[1] * t.matrix.shape[1])
-    terms = [_Term(t.source, t.delay, weight if t.matrix is None else weight @ t.matrix, name, kind)
+    terms = [_Term(t.source, t.delay, weight @ t.matrix if t.matrix is not None else
+                   weight if t.columns is None else _scatter(weight, t.columns), name, kind)
              for t in signal.terms]
     biases = [(start, weight @ v) for start, v in signal.biases]
     if bias is not None:
@@ -156,6 +170,56 @@ def _apply(signal: _Signal, weight: np.ndarray, bias: np.ndarray | None, name: s
             raise IRError(f"NIR node {where} has bias {bias.shape}, expected ({weight.shape[0]},)")
         biases.append((0, bias))
     return _Signal(weight.shape[0], terms, biases)
+
+
+def _scatter(weight: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``weight`` over values ``out[columns]`` as a matrix over ``out`` (``columns`` a permutation)."""
+    matrix = np.zeros_like(weight)
+    matrix[:, columns] = weight
+    return matrix
+
+
+def _conv2d(node: Any, signal: _Signal, name: str) -> _Signal:
+    """A NIR Conv2d as its dense matrix over the flattened [C, H, W] input (C order), applied."""
+    where = f"{name!r} (Conv2d)"
+    kernel = _arr(node.weight, where)
+    shape = np.asarray(node.input_type.get("input") if node.input_type else None, dtype=object).reshape(-1)
+    if kernel.ndim != 4 or shape.size != 3 or any(n is None for n in shape):
+        raise LoweringError(f"NIR node {where} has no [C, H, W] input shape (input_shape) or a kernel that is not "
+                            "[C_out, C_in, kh, kw]; re-export it with input_shape set")
+    pairs = {}
+    for key in ("stride", "padding", "dilation"):
+        value = getattr(node, key)
+        if isinstance(value, str) or np.asarray(value).size not in (1, 2):
+            raise LoweringError(f"NIR node {where} has {key} {_one_line(value)[:40]}; the importer takes numbers")
+        pairs[key] = [int(v) for v in np.broadcast_to(np.asarray(value).reshape(-1), (2,))]
+    if pairs["dilation"] != [1, 1] or int(node.groups) != 1:
+        raise LoweringError(f"NIR node {where} has dilation {pairs['dilation']} or groups {node.groups}; "
+                            "the importer takes plain convolutions (1, 1)")
+    c_out, c_in, kh, kw = kernel.shape
+    height, width = int(shape[1]), int(shape[2])
+    if int(shape[0]) != c_in or c_in * height * width != signal.size:
+        raise IRError(f"NIR node {where} takes [{c_in}, {height}, {width}] but receives {signal.size} values")
+    conv = {"kernel": [kh, kw], "stride": pairs["stride"], "padding": pairs["padding"]}
+    out_hw = [(n + 2 * p - k) // s + 1 for n, p, k, s in zip((height, width), conv["padding"], (kh, kw),
+                                                              conv["stride"])]
+    _dense(c_out * out_hw[0] * out_hw[1], signal.size, where)
+    rows, cols, i, j = conv2d_indices((c_out, c_in), (height, width), tuple(out_hw), conv)
+    matrix = np.zeros((c_out * out_hw[0] * out_hw[1], signal.size))
+    matrix[rows, cols] = kernel[:, :, i, j]
+    bias = np.repeat(_arr(node.bias, where).reshape(-1), out_hw[0] * out_hw[1]) if node.bias is not None else None
+    return _apply(signal, matrix, bias, name, None)
+
+
+def _to_ir_order(neuron: _Neuron, order: np.ndarray) -> None:
+    """A neuron built from a [C, H, W] node (values in image ``order``) rewritten over its IR grid."""
+    rows = np.argsort(order)  # IR neuron n is NIR value rows[n]
+    neuron.gain, neuron.v_bias = neuron.gain[rows], neuron.v_bias[rows]
+    signal = neuron.signal
+    signal.terms = [replace(t, matrix=t.matrix[rows], columns=None) if t.matrix is not None else
+                    replace(t, columns=(np.arange(rows.size) if t.columns is None else t.columns)[rows])
+                    for t in signal.terms]
+    signal.biases = [(start, v[rows]) for start, v in signal.biases]
 
 
 def _steps(delay: np.ndarray, dt: float, where: str) -> int:
@@ -345,11 +409,11 @@ def nir_to_graph(source: Any, dt: float | None = None, time_steps: int | None = 
         node = nodes[name]
         where = f"{name!r} ({type(node).__name__})"
         if name == input_name:
-            signals[name] = _Signal(input_size, [_Term(name, 0, None)])
+            signals[name] = _Signal(input_size, [_Term(name, 0, None, columns=image_order(_metadata(node)))])
         elif isinstance(node, nir.Delay):
             s = incoming(name)
             k = _steps(_arr(node.delay, where), dt, where)
-            signals[name] = _Signal(s.size, [_Term(t.source, t.delay + k, t.matrix, t.label, t.kind) for t in s.terms],
+            signals[name] = _Signal(s.size, [replace(t, delay=t.delay + k) for t in s.terms],
                                     [(start + k, v) for start, v in s.biases])
         elif isinstance(node, (nir.Affine, nir.Linear)):
             kind = _metadata(node).get("kind")
@@ -363,6 +427,8 @@ def nir_to_graph(source: Any, dt: float | None = None, time_steps: int | None = 
                 raise IRError(f"NIR node {where} has scale of {scale.size} values for {s.size} inputs")
             _dense(s.size, s.size, where)
             signals[name] = _apply(s, np.diag(np.broadcast_to(scale, (s.size,))), None, name, None)
+        elif isinstance(node, nir.Conv2d):
+            signals[name] = _conv2d(node, incoming(name), name)
         elif isinstance(node, nir.Flatten):
             signals[name] = incoming(name)  # populations are flat vectors already
         elif isinstance(node, neurons_types):
@@ -371,8 +437,11 @@ def nir_to_graph(source: Any, dt: float | None = None, time_steps: int | None = 
             neuron.signal = s
             meta = _metadata(node)
             neuron.tokens, neuron.features = _grid(meta, s.size)
+            in_image = image_order(meta)
+            if in_image is not None:
+                _to_ir_order(neuron, in_image)
             neurons[name] = neuron
-            signals[name] = _Signal(s.size, [_Term(name, 0, None)])
+            signals[name] = _Signal(s.size, [_Term(name, 0, None, columns=in_image)])
         elif isinstance(node, nir.I):
             if succs[name] != outputs or len(preds[outputs[0]]) != 1:
                 raise LoweringError(f"NIR node {where} is an integrator that does not feed the Output alone; "
@@ -390,7 +459,7 @@ def nir_to_graph(source: Any, dt: float | None = None, time_steps: int | None = 
             readout.tokens, readout.features = _grid(_metadata(node), readout.size)
         else:
             raise LoweringError(f"NIR node {where} has no IR equivalent; the importer reads LIF, CubaLIF, IF, "
-                                "Affine, Linear, Scale, Delay, Flatten, I (as readout), Input and Output")
+                                "Affine, Linear, Conv2d, Scale, Delay, Flatten, I (as readout), Input and Output")
     assert readout is not None
     return _build_graph(gmeta, dt, time_steps, input_name, input_size, nodes, order, neurons, readout)
 
@@ -484,7 +553,7 @@ def _build_graph(gmeta: dict, dt: float, time_steps: int | None, input_name: str
                 clock_needed = True
                 connections.append(Connection(unique(f"{CLOCK}->{n.name}@{step}"), CLOCK, n.name, "full",
                                               v.reshape(-1, 1).copy(), delay=step))
-        for t in _merge(n.signal.terms, n.size):
+        for t in _merge([t.explicit(repr(n.name)) for t in n.signal.terms], n.size):
             src_tokens, src_features = grids[t.source]
             if t.matrix is None:
                 _dense(n.size, n.size, repr(n.name))

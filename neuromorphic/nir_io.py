@@ -28,14 +28,19 @@ Export (``graph_to_nir`` / ``export_nir``), per IR population of decay ``beta``:
   per source and delay, shared by its connections). The Delay sits before the Affine, so the
   Affine bias is delivered from step 0, as the IR bias is. A tokenwise ``[F_out, F_in]`` weight
   becomes the block-diagonal ``kron(I_N, W)`` over the token-major flattened grid (NIR neuron
-  nodes are flat vectors); ``full`` weights (the readout, unrolled convolutions) go as they are.
+  nodes are flat vectors); ``full`` weights (the readout, the conv1d stem) go as they are.
+- a 2-d convolution (``Connection.conv``, between ``Population.image`` grids): a ``Conv2d``
+  whose kernel is read back off the unrolled weight (and checked against every entry); its
+  ends become ``[C, H, W]`` nodes (metadata ``image``; ``Population.image_order`` maps the
+  orders), an Affine reading one goes through a ``Flatten``, and a bias that varies over
+  pixels goes into the LIF's ``v_leak = bias / (1 - beta)``.
 - readout: the ``Output`` node receives the readout Affine directly, i.e. the readout current
   per step (``Trace.readout``); logits are the mean of the last ``window`` steps (written in
   ``metadata["ir_meta"]``). No ``I`` node: Norse cannot load one.
 - attention: NIR has no node for the fast-weight memory (SPEC §2.3); a graph with an
   ``Attention`` raises ``LoweringError`` naming it. Fixed-point graphs raise too (NIR holds floats).
 
-Import (``nir_to_graph``) reads LIF, CubaLIF, IF, Affine, Linear, Scale, Delay, Flatten, Input
+Import (``nir_to_graph``) reads LIF, CubaLIF, IF, Affine, Linear, Conv2d, Scale, Delay, Flatten, Input
 and Output (fed by a neuron, a linear node, or an ``I`` integrator) with the inverse maps:
 ``beta = 1 - dt / tau``, ``alpha = 1 - dt / tau_syn``, input gain ``r dt / tau`` (LIF),
 ``(dt / tau_mem) r (dt / tau_syn) w_in`` (CubaLIF), ``dt r`` (IF, I), bias ``(dt / tau) v_leak``

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .ir import Graph
-from .nir_base import DEFAULT_DT, _arr, _metadata, _nir
+from .nir_base import DEFAULT_DT, _arr, _metadata, _nir, image_order
 from .nir_export import graph_to_nir
 from .nir_import import _grid, _steps, read_nir
 from .trace import Trace
@@ -55,9 +55,14 @@ def norse_module(source: Any, dt: float | None = None, dtype: Any = None):
     def model_map(node):
         if isinstance(node, nir.Delay):
             return Delay(_steps(_arr(node.delay, "Delay"), dt, "Delay"))
+        if isinstance(node, nir.Flatten):
+            # NIR's dims have no batch axis; Norse hands them to torch.nn.Flatten unchanged (norse 1.1.0)
+            return torch.nn.Flatten(node.start_dim + 1, node.end_dim if node.end_dim < 0 else node.end_dim + 1)
         module = _import_norse_module(node, ignore_warnings=True, dt=dt)
         if isinstance(node, nir.CubaLIF):
             _cuba_lif_as_nir_defines(module)
+        if isinstance(node, nir.LIF) and np.any(_arr(node.v_leak, "LIF") != 0):
+            _start_at_zero(module)
         return module
 
     with warnings.catch_warnings():
@@ -80,7 +85,15 @@ def _cuba_lif_as_nir_defines(module: Any) -> None:
 
     synapse = module.synapse
     synapse.p = synapse.p._replace(v_leak=torch.zeros_like(synapse.p.v_leak))
-    module.lif.state_fallback = lambda x: LIFBoxFeedForwardState(v=torch.zeros_like(x))  # bound at init
+    _start_at_zero(module.lif)
+
+
+def _start_at_zero(cell: Any) -> None:
+    """NIR's membrane starts at 0; Norse's LIF box cell starts at ``v_leak`` (norse 1.1.0)."""
+    import torch
+    from norse.torch.functional.lif_box import LIFBoxFeedForwardState
+
+    cell.state_fallback = lambda x: LIFBoxFeedForwardState(v=torch.zeros_like(x))  # bound at init
 
 
 def _set_norse_parameters(sub: Any, node: Any, dtype: Any) -> None:
@@ -93,7 +106,9 @@ def _set_norse_parameters(sub: Any, node: Any, dtype: Any) -> None:
     def t(value: Any) -> Any:
         return torch.as_tensor(_arr(value, "node"), dtype=dtype)
 
-    if isinstance(node, (nir.Affine, nir.Linear)) and isinstance(sub, torch.nn.Linear):
+    if isinstance(node, nir.Conv2d) and isinstance(sub, torch.nn.Conv2d):
+        sub.weight.data, sub.bias.data = t(node.weight), t(node.bias)
+    elif isinstance(node, (nir.Affine, nir.Linear)) and isinstance(sub, torch.nn.Linear):
         sub.weight.data = t(node.weight)
         if isinstance(node, nir.Affine) and sub.bias is not None:
             sub.bias.data = t(node.bias)
@@ -129,14 +144,23 @@ def _norse_run(module: Any, g: Any, x_steps: np.ndarray) -> Trace:
     steps, batch = x_steps.shape[:2]
     grids = {name: _grid(_metadata(node), int(np.prod(node.output_type["output"])))
              for name, node in g.nodes.items() if _metadata(node).get("ir_kind") == "lif"}
+    # [C, H, W] nodes hold an IR grid's neurons in image order (Population.image_order)
+    orders = {name: image_order(_metadata(node)) for name, node in g.nodes.items()}
+    source = next(name for name, node in g.nodes.items() if isinstance(node, _nir().Input))
+    in_shape = [int(n) for n in np.asarray(g.nodes[source].input_type["input"]).reshape(-1)]
     spikes = {name: np.zeros((steps, batch, *grid), bool) for name, grid in grids.items()}
     readout, state = [], None
     with torch.no_grad():
         for t in range(steps):
-            x_t = torch.from_numpy(np.ascontiguousarray(x_steps[t])).reshape(batch, -1).double()  # [B, N*F]
-            out, state = module(x_t, state)
+            x_t = np.ascontiguousarray(x_steps[t]).reshape(batch, -1)  # [B, N*F]
+            if orders[source] is not None:
+                x_t = x_t[:, orders[source]]
+            out, state = module(torch.from_numpy(x_t).double().reshape(batch, *in_shape), state)
             for name, grid in grids.items():
-                spikes[name][t] = state.cache[name.replace(".", "_")].numpy().reshape(batch, *grid) != 0
+                nir_spikes = state.cache[name.replace(".", "_")].numpy().reshape(batch, -1) != 0
+                if orders[name] is not None:
+                    nir_spikes = nir_spikes[:, np.argsort(orders[name])]
+                spikes[name][t] = nir_spikes.reshape(batch, *grid)
             readout.append(out.numpy().reshape(batch, -1))
     return Trace(spikes, np.stack(readout, 0), int(meta.get("window", 1)))
 

@@ -112,7 +112,7 @@ class LayerMap:
         return layer
 
     def conv(self, conv: nn.Conv1d, apply: Any, shape: tuple[int, int], name: str, source: str,
-             norm: Optional[FeatureNorm] = None, position: Any = None) -> Layer:
+             norm: Optional[FeatureNorm] = None, position: Any = None, geometry: Any = None) -> Layer:
         # the stem delays the input before the convolution: the hook sees it delivered already
         layer = Layer(name, conv, source, norm=norm)
         self.layers.append(layer)

@@ -451,6 +451,10 @@ class ConvStem(nn.Module):
     def _count(self, conv: nn.Module, x: Tensor) -> float:
         raise NotImplementedError
 
+    def _geometry(self, conv: nn.Module) -> Optional[tuple[dict, list, list]]:
+        """A 2-d convolution's geometry and the images it maps between (NIR's Conv2d); None: none."""
+        return None
+
     def forward(self, x: Tensor, state: State, probe: Optional[Probe]) -> tuple[Drive, State]:
         new: State = {}
         if self.delay:
@@ -479,10 +483,11 @@ class ConvStem(nn.Module):
         channels = self.conv1.out_channels
         gain, shift = b.affine(self.norm1, channels)
         b.lif(self.lif, "stem.conv1", self.lif_tokens, channels, shift)
-        conv1 = b.conv(self.conv1, partial(self._conv, self.conv1), (tokens, self.features), "stem.conv1", "input")
+        conv1 = b.conv(self.conv1, partial(self._conv, self.conv1), (tokens, self.features), "stem.conv1", "input",
+                       geometry=self._geometry(self.conv1))
         b.connect(conv1, "stem.conv1", gain)
         b.write(b.conv(self.conv2, partial(self._conv, self.conv2), (self.lif_tokens, channels), "stem.conv2",
-                       "stem.conv1", self.norm2, self.position))
+                       "stem.conv1", self.norm2, self.position, geometry=self._geometry(self.conv2)))
         return self.out_tokens
 
 
@@ -536,6 +541,14 @@ class Conv2dStem(ConvStem):
         if conv is self.conv1:
             return unpatchify(x.reshape(t * b, *x.shape[2:]), self.patch).unsqueeze(1)
         return x.reshape(t * b, self.side, self.side, -1).permute(0, 3, 1, 2)
+
+    def _geometry(self, conv: nn.Conv2d) -> tuple[dict, list, list]:
+        """(kernel/stride/padding, source image, target image), images as [height, width, patch]."""
+        side = self.side // self.patch
+        images = ([self.side, self.side, self.patch], [self.side, self.side, 1]) if conv is self.conv1 else \
+            ([self.side, self.side, 1], [side, side, 1])
+        return ({"kernel": list(conv.kernel_size), "stride": list(conv.stride), "padding": list(conv.padding)},
+                *images)
 
     def _conv(self, conv: nn.Conv2d, x: Tensor) -> Tensor:
         t, b = x.shape[:2]

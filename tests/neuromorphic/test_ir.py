@@ -195,3 +195,44 @@ def test_per_token_plastic_copies_round_trip_with_their_mask(graph, tmp_path):
     with pytest.raises(IRError, match="mask must be a bool array") as exc:
         graph.validate()
     _one_line(exc)
+
+
+@pytest.fixture
+def conv_graph(make_model):
+    return lower(make_model(stem="conv2d", patch_size=4, conv_channels=3))
+
+
+def test_conv_geometry_and_image_grids_round_trip(conv_graph, tmp_path):
+    convs = [c for c in conv_graph.connections if c.conv is not None]
+    assert [c.conv for c in convs][:2] == [{"kernel": [3, 3], "stride": [1, 1], "padding": [1, 1]},
+                                          {"kernel": [4, 4], "stride": [4, 4], "padding": [0, 0]}]
+    assert conv_graph.input.image == [8, 8, 4] and conv_graph.population("stem.conv1").image == [8, 8, 1]
+    _same(conv_graph, load_graph(save_graph(conv_graph, tmp_path / "ir")))
+    fixed = quantize(conv_graph)
+    _same(fixed, load_graph(save_graph(fixed, tmp_path / "fixed")))
+
+
+def test_image_order_puts_channels_first():
+    from neuromorphic.ir import Population
+    patches = Population("x", "input", 4, 4, image=[4, 4, 2])  # 2x2 patches of a 4x4 one-channel image
+    image = np.arange(16).reshape(4, 4)  # pixel values = their raster index
+    grid = image.reshape(2, 2, 2, 2).transpose(0, 2, 1, 3).reshape(4, 4)  # [patch, pixel in patch]
+    np.testing.assert_array_equal(grid.reshape(-1)[patches.image_order()], np.arange(16))
+    pixels = Population("s", "lif", 4, 3, image=[2, 2, 1], bias=np.zeros((4, 3)))  # [H*W, C]
+    hwc = np.arange(12).reshape(2, 2, 3)
+    np.testing.assert_array_equal(hwc.reshape(-1)[pixels.image_order()], hwc.transpose(2, 0, 1).reshape(-1))
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda g, c: setattr(g.input, "image", [8, 8, 3]), r"image \[8, 8, 3\] \(height, width, patch\) does not tile"),
+    (lambda g, c: setattr(g.input, "image", None), r"needs kind 'full' between image grids"),
+    (lambda g, c: c.conv.update(stride=[2, 1]), r"maps a \[8, 8\] image onto \[8, 8\]"),
+    (lambda g, c: c.conv.pop("padding"), r"conv must be a table of kernel, stride and padding"),
+    (lambda g, c: c.conv.update(kernel=[0, 3]), r"conv kernel must be a list of 2 integers"),
+])
+def test_a_bad_conv_geometry_is_refused_in_one_line(conv_graph, damage, match):
+    conn = next(c for c in conv_graph.connections if c.conv is not None)
+    damage(conv_graph, conn)
+    with pytest.raises(IRError, match=match) as exc:
+        conv_graph.validate()
+    _one_line(exc)

@@ -48,6 +48,10 @@ def feed_forward_model(stem: str, seed: int = 0, alpha: float = 0.0) -> tuple[Sp
         cfg = Config(task="mnist1d", depth=0, delays="loihi", dim=16, stem="conv1d", conv_channels=4,
                      time_steps=6, beta=0.8, alpha=alpha)
         tokens, features = 40, 1
+    elif stem == "conv2d":  # 8x8 digits as 2x2 patch tokens: a 3x3 conv, LIF per pixel, a 2x2 stride-2 conv
+        cfg = Config(task="digits", depth=0, delays="loihi", dim=16, stem="conv2d", patch_size=2, conv_channels=4,
+                     time_steps=6, beta=0.8, alpha=alpha)
+        tokens, features = 16, 4
     else:
         cfg = Config(task="digits", depth=0, delays="loihi", dim=16, time_steps=6, beta=0.8, alpha=alpha)
         tokens, features = 16, 4
@@ -67,8 +71,9 @@ def feed_forward_model(stem: str, seed: int = 0, alpha: float = 0.0) -> tuple[Sp
 # (a) spikeformer -> IR -> NIR -> Norse, spike for spike
 
 
-@pytest.mark.parametrize("stem, alpha", [("linear", 0.0), ("conv1d", 0.0), ("linear", 0.5), ("conv1d", 0.6)],
-                         ids=["linear", "conv1d", "linear-cuba", "conv1d-cuba"])
+@pytest.mark.parametrize("stem, alpha", [("linear", 0.0), ("conv1d", 0.0), ("linear", 0.5), ("conv1d", 0.6),
+                                         ("conv2d", 0.0), ("conv2d", 0.6)],
+                         ids=["linear", "conv1d", "linear-cuba", "conv1d-cuba", "conv2d", "conv2d-cuba"])
 def test_feed_forward_spikeformer_runs_spike_for_spike_in_norse(stem, alpha, tmp_path):
     model, x = feed_forward_model(stem, alpha=alpha)
     graph = lower(model)
@@ -89,6 +94,45 @@ def test_feed_forward_spikeformer_runs_spike_for_spike_in_norse(stem, alpha, tmp
     for name in lif_names:
         np.testing.assert_array_equal(validated.spikes[name], ir.spikes[name], err_msg=name)
     assert info["steps_per_second"] > 0 and info["dtype"] == "float64"
+
+
+def test_conv2d_stem_is_written_as_conv2d_nodes_and_imports_back(tmp_path):
+    """The 2-d conv stem travels as NIR Conv2d nodes on [C, H, W] images (the input as the
+    8x8 image, not patch tokens), reads back with nir.read, and imports to the same spikes."""
+    model, x = feed_forward_model("conv2d", seed=2)
+    graph = lower(model)
+    steps = encode_steps(model, x)
+    ir = run_graph(graph, steps)
+    g = nir.read(nir_io.export_nir(graph, tmp_path / "model.nir"))
+    conv1, conv2 = g.nodes["stem.conv1->stem.conv1"], g.nodes["stem.conv2->final"]
+    assert isinstance(conv1, nir.Conv2d) and isinstance(conv2, nir.Conv2d)
+    assert conv1.weight.shape == (4, 1, 3, 3) and conv2.weight.shape == (16, 4, 2, 2)
+    np.testing.assert_array_equal(np.asarray(conv2.stride), [2, 2])
+    assert list(g.nodes["input"].input_type["input"]) == [1, 8, 8]
+    assert list(g.nodes["stem.conv1"].output_type["output"]) == [4, 8, 8]
+    assert list(g.nodes["final"].output_type["output"]) == [16, 4, 4]
+    assert not any(isinstance(n, nir.Affine) and n.weight.shape[1] in (64, 256) and "stem" in k
+                   for k, n in g.nodes.items())
+    # the kernel is the trained one, with the BatchNorm after it folded per output channel
+    gain = model.stem.norm1.double().affine()[0]
+    expected = (gain[:, None, None, None] * model.stem.conv1.weight).detach().double().numpy()
+    np.testing.assert_allclose(conv1.weight / (1.0 / (1.0 - 0.8)), expected, rtol=1e-12)
+    back = nir_io.nir_to_graph(g)
+    imported = run_graph(back, steps)
+    for name in ("stem.conv1", "final"):
+        assert active(ir.spikes[name]), name
+        np.testing.assert_array_equal(imported.spikes[name], ir.spikes[name], err_msg=name)
+    np.testing.assert_allclose(imported.readout, ir.readout, rtol=0, atol=1e-12)
+
+
+def test_a_weight_that_is_not_its_convolution_is_refused_in_one_line():
+    model, _ = feed_forward_model("conv2d")
+    graph = lower(model)
+    conn = next(c for c in graph.connections if c.conv is not None)
+    conn.weight[0, -1] += 0.5  # breaks weight sharing (or adds a synapse outside the window)
+    with pytest.raises(LoweringError, match="not one") as info:
+        nir_io.graph_to_nir(graph)
+    one_line_error(info)
 
 
 def test_norse_float32_default_dtype_agrees_too(tmp_path):
