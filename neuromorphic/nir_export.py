@@ -54,10 +54,10 @@ def _delay_name(source: str, delay: int) -> str:
     return f"{source}.delay" if delay == 1 else f"{source}.delay{delay}"
 
 
-def _per_channel(pop: Population) -> np.ndarray | None:
-    """An image population's bias as one value per channel, or None when it varies over pixels."""
+def _per_channel(pop: Population) -> bool:
+    """Whether an image population's bias is one value per channel (a Conv2d bias can hold it)."""
     bias = np.asarray(pop.bias, np.float64).reshape(-1)[pop.image_order()].reshape(pop.channels, -1)
-    return bias[:, 0].copy() if np.array_equal(bias, np.repeat(bias[:, :1], bias.shape[1], 1)) else None
+    return bool(np.all(bias == bias[:, :1]))
 
 
 def _conv2d_connections(graph: Graph) -> set[str]:
@@ -69,7 +69,7 @@ def _conv2d_connections(graph: Graph) -> set[str]:
         target = graph.population(c.target)
         if c.conv is None or target.kind != "lif":
             continue
-        if target.alpha == 0.0 and target.beta == 1.0 and _per_channel(target) is None:
+        if target.alpha == 0.0 and target.beta == 1.0 and not _per_channel(target):
             continue
         convs.add(c.name)
     source = graph.input.name
@@ -149,7 +149,7 @@ def graph_to_nir(graph: Graph, dt: float = DEFAULT_DT):
         else:
             # a Conv2d bias is per channel: a bias that varies over pixels goes into v_leak
             first = graph.incoming(pop.name)[0].name
-            leak = first in convs and _per_channel(pop) is None
+            leak = first in convs and not _per_channel(pop)
             node, gains[pop.name], bias_in_edge[pop.name] = _neuron_node(pop, float(dt), meta, shape[pop.name],
                                                                          order[pop.name], leak)
             add(pop.name, node)
@@ -162,7 +162,11 @@ def graph_to_nir(graph: Graph, dt: float = DEFAULT_DT):
         carried = not bias_in_edge.get(pop.name, True)  # already in v_leak
         for conn in graph.incoming(pop.name):
             gain = gains[pop.name]
-            weight = gain * np.asarray(conn.full_weight(pop.tokens), np.float64)[order[pop.name]][:, order[conn.source]]
+            weight = gain * np.asarray(conn.full_weight(pop.tokens), np.float64)
+            if pop.name in imaged:  # rows and columns in the [C, H, W] order of image nodes
+                weight = weight[order[pop.name]]
+            if conn.source in imaged:
+                weight = weight[:, order[conn.source]]
             bias = np.zeros(pop.size)
             if not carried:
                 bias = gain * np.asarray(pop.bias, np.float64).reshape(-1)[order[pop.name]]

@@ -189,20 +189,27 @@ def _conv2d(node: Any, signal: _Signal, name: str) -> _Signal:
                             "[C_out, C_in, kh, kw]; re-export it with input_shape set")
     pairs = {}
     for key in ("stride", "padding", "dilation"):
-        value = getattr(node, key)
-        if isinstance(value, str) or np.asarray(value).size not in (1, 2):
-            raise LoweringError(f"NIR node {where} has {key} {_one_line(value)[:40]}; the importer takes numbers")
-        pairs[key] = [int(v) for v in np.broadcast_to(np.asarray(value).reshape(-1), (2,))]
-    if pairs["dilation"] != [1, 1] or int(node.groups) != 1:
-        raise LoweringError(f"NIR node {where} has dilation {pairs['dilation']} or groups {node.groups}; "
+        value = np.asarray(getattr(node, key))
+        if value.dtype.kind not in "iuf" or value.size not in (1, 2) or not np.all(value == np.round(value)):
+            raise LoweringError(f"NIR node {where} has {key} {_one_line(getattr(node, key))[:40]}; the importer "
+                                "takes whole numbers")
+        pairs[key] = [int(v) for v in np.broadcast_to(value.reshape(-1), (2,))]
+    groups = np.asarray(node.groups)
+    if pairs["dilation"] != [1, 1] or groups.size != 1 or groups.dtype.kind not in "iuf" or float(groups) != 1:
+        raise LoweringError(f"NIR node {where} has dilation {pairs['dilation']} or groups {_one_line(node.groups)[:20]}; "
                             "the importer takes plain convolutions (1, 1)")
     c_out, c_in, kh, kw = kernel.shape
     height, width = int(shape[1]), int(shape[2])
     if int(shape[0]) != c_in or c_in * height * width != signal.size:
         raise IRError(f"NIR node {where} takes [{c_in}, {height}, {width}] but receives {signal.size} values")
     conv = {"kernel": [kh, kw], "stride": pairs["stride"], "padding": pairs["padding"]}
+    if min(conv["stride"]) < 1 or min(conv["padding"]) < 0 or min(kh, kw, c_out) < 1:
+        raise IRError(f"NIR node {where} has stride {conv['stride']}, padding {conv['padding']} or kernel "
+                      f"{list(kernel.shape)}: strides and kernel sizes must be >= 1, padding >= 0")
     out_hw = [(n + 2 * p - k) // s + 1 for n, p, k, s in zip((height, width), conv["padding"], (kh, kw),
                                                               conv["stride"])]
+    if min(out_hw) < 1:
+        raise IRError(f"NIR node {where} has a {kh}x{kw} kernel larger than its padded {height}x{width} input")
     _dense(c_out * out_hw[0] * out_hw[1], signal.size, where)
     rows, cols, i, j = conv2d_indices((c_out, c_in), (height, width), tuple(out_hw), conv)
     matrix = np.zeros((c_out * out_hw[0] * out_hw[1], signal.size))

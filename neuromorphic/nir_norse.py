@@ -146,6 +146,7 @@ def _norse_run(module: Any, g: Any, x_steps: np.ndarray) -> Trace:
              for name, node in g.nodes.items() if _metadata(node).get("ir_kind") == "lif"}
     # [C, H, W] nodes hold an IR grid's neurons in image order (Population.image_order)
     orders = {name: image_order(_metadata(node)) for name, node in g.nodes.items()}
+    to_grid = {name: np.argsort(order) for name, order in orders.items() if order is not None}
     source = next(name for name, node in g.nodes.items() if isinstance(node, _nir().Input))
     in_shape = [int(n) for n in np.asarray(g.nodes[source].input_type["input"]).reshape(-1)]
     spikes = {name: np.zeros((steps, batch, *grid), bool) for name, grid in grids.items()}
@@ -158,8 +159,8 @@ def _norse_run(module: Any, g: Any, x_steps: np.ndarray) -> Trace:
             out, state = module(torch.from_numpy(x_t).double().reshape(batch, *in_shape), state)
             for name, grid in grids.items():
                 nir_spikes = state.cache[name.replace(".", "_")].numpy().reshape(batch, -1) != 0
-                if orders[name] is not None:
-                    nir_spikes = nir_spikes[:, np.argsort(orders[name])]
+                if name in to_grid:
+                    nir_spikes = nir_spikes[:, to_grid[name]]
                 spikes[name][t] = nir_spikes.reshape(batch, *grid)
             readout.append(out.numpy().reshape(batch, -1))
     return Trace(spikes, np.stack(readout, 0), int(meta.get("window", 1)))

@@ -471,3 +471,18 @@ def test_unsupported_nodes_and_missing_dt_raise_one_line():
     with pytest.raises(LoweringError) as info:
         nir_io.nir_to_graph(cyclic, dt=1e-4)
     assert "cycle" in one_line_error(info)
+
+
+@pytest.mark.parametrize("field, value, error, match", [
+    ("stride", (0, 0), IRError, r"strides and kernel sizes must be >= 1"),
+    ("padding", (1.5, 1), LoweringError, r"padding .* the importer takes whole numbers"),
+    ("dilation", (2, 2), LoweringError, r"dilation \[2, 2\] .* plain convolutions"),
+    ("padding", (-5, -5), IRError, r"padding >= 0"),
+])
+def test_a_conv2d_node_the_importer_cannot_hold_raises_one_line(field, value, error, match):
+    model, _ = feed_forward_model("conv2d")
+    g = nir_io.graph_to_nir(lower(model))
+    setattr(g.nodes["stem.conv1->stem.conv1"], field, value)
+    with pytest.raises(error, match=match) as info:
+        nir_io.nir_to_graph(g)
+    one_line_error(info)
