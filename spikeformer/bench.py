@@ -25,8 +25,9 @@ Groups of entries (shapes for the full run; ``--quick`` and the tests' ``tiny`` 
   ours ``impl="auto"`` (the fused CPU kernel), baseline ``impl="chunked"``, peer ``impl="recurrent"``.
 - ``event_rate{r}``: causal hebbian inference at spike rate r; ours ``impl="event"``, baseline
   ``impl="recurrent"``, peer ``impl="chunked"``.
-- ``train_batch_digits[_loihi]``: one training step of the demos/digits*.toml models; baseline
-  the same-size ANN; peer ``before`` = the spiking model on the loop LIF and recurrent attention.
+- ``train_batch_digits[_loihi]``: one training step of demos/digits-nodelay.toml (no delays) and
+  demos/digits-loihi.toml; baseline the same-size ANN; peer ``before`` = the spiking model on the
+  loop LIF and recurrent attention.
 - entries other packages register under the ``spikeformer.bench`` entry point: the neuromorphic
   backends' ``lava_steps_per_s_digits_loihi`` and ``fixed_ref_vs_lava`` (neuromorphic/bench.py).
 
@@ -60,7 +61,7 @@ SPEC_KEYS = ("name", "baseline", "ours_seconds", "baseline_seconds", "ratio", "o
 BEFORE_ISSUE_MS_PER_BATCH = 117  # digits-loihi training step before the fused kernels (2026-11-30, this machine)
 RECURRENT_BUDGET_S = 60.0  # skip the recurrent attention loop when its measurement would take longer
 SOFTMAX_BUDGET_BYTES = 8 * 2 ** 30  # skip the materialised softmax when its [L, L] matrices need more
-CONFIGS = {"train_batch_digits": "digits.toml", "train_batch_digits_loihi": "digits-loihi.toml"}
+CONFIGS = {"train_batch_digits": "digits-nodelay.toml", "train_batch_digits_loihi": "digits-loihi.toml"}
 PEAK_MEMORY_METHOD = {
     "cpu": "torch profiler allocator events (profile_memory=True): the peak of the running sum of bytes "
            "allocated minus bytes freed during one call, i.e. the most tensor memory allocated during the "
