@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from spikeformer.config import CHOICES, FIELDS, Config, config_from_dict, load_config
 from spikeformer.errors import ConfigError
+
+DEMO_CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("demos").glob("*.toml"))
 
 
 def test_defaults_validate():
@@ -201,25 +204,22 @@ def test_load_config_binary_file(tmp_path):
 
 
 def test_shipped_demo_configs_load():
-    from pathlib import Path
-
-    demos = sorted(Path(__file__).resolve().parents[2].joinpath("demos").glob("*.toml"))
-    for path in demos:
+    for path in DEMO_CONFIGS:
         load_config(path)
 
 
 def test_every_spiking_demo_config_exports():
     """Issue 14: train then export just works. Only the ``*-nodelay`` configs (kept for figures
     measured with them) and the ANN baselines may lack Loihi timing."""
-    from pathlib import Path
-
-    demos = sorted(Path(__file__).resolve().parents[2].joinpath("demos").glob("*.toml"))
-    plain = [p.name for p in demos if not p.stem.endswith("-nodelay")
-             and (cfg := load_config(p)).model == "spikeformer" and not cfg.dense_delay]
-    assert plain == []
-    for path in demos:
+    plain = []
+    for path in DEMO_CONFIGS:
         if path.stem.endswith("-nodelay"):
-            assert (path.parent / f"{path.stem[:-len('-nodelay')]}.toml").is_file(), path.name
+            assert path.with_name(path.name.replace("-nodelay", "")).is_file(), path.name
+            continue
+        cfg = load_config(path)
+        if cfg.model == "spikeformer" and not cfg.dense_delay:
+            plain.append(path.name)
+    assert plain == []
 
 
 # Out-of-range values must be rejected by the config, not crash later with a raw traceback
