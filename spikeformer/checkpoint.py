@@ -1,7 +1,8 @@
 """Safe checkpoints: safetensors weights + JSON metadata, written atomically, never unpickled.
 
 A run directory holds ``checkpoint.safetensors`` (model tensors under ``model.``, optimizer
-moments under ``optim.``) and ``checkpoint.json`` (format version, config, epoch, history,
+moments under ``optim.``; with ``ema_decay`` the model is the weights' moving average, and the
+weights training continues from are under ``train.``) and ``checkpoint.json`` (format version, config, epoch, history,
 optimizer hyper-parameters, and the SHA-256 of the weights file so a half-written pair is
 detected). Each file is written to a temporary name and renamed into place; the JSON goes
 last, so a crash leaves the previous consistent pair or a hash mismatch, never silent mix.
@@ -80,10 +81,13 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 
 def save_checkpoint(run: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    meta: dict[str, Any]) -> None:
-    """Write model (+ optimizer) tensors and ``meta`` (must hold ``config`` and ``epoch``)."""
+                    meta: dict[str, Any], training: nn.Module | None = None) -> None:
+    """Write model (+ optimizer) tensors and ``meta`` (must hold ``config`` and ``epoch``);
+    ``training``: the module whose weights the optimizer steps, when ``model`` is their average."""
     run = Path(run)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if training is not None:
+        tensors.update({f"train.{k}": v.detach().cpu().contiguous() for k, v in training.state_dict().items()})
     optim_meta = None
     if optimizer is not None:
         extra, optim_meta = _optimizer_tensors(optimizer)
@@ -108,6 +112,14 @@ def load_checkpoint(run: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
 
     Raises ``CheckpointError`` with one sentence for a missing, foreign, corrupt or torn checkpoint.
     """
+    meta, model, optim, _ = load_training_checkpoint(run)
+    return meta, model, optim
+
+
+def load_training_checkpoint(run: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor],
+                                                        dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``load_checkpoint`` plus the weights training continues from (``train.``; empty without
+    ``ema_decay``, where they are the model's)."""
     run = Path(run)
     if run.is_file():
         hint = " (.pt/.pth files are pickles, which spikeformer never loads)" if run.suffix in (".pt", ".pth", ".pkl") else ""
@@ -145,7 +157,8 @@ def load_checkpoint(run: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
                                   "optim.<index>.<slot>); the checkpoint is corrupt, restore it or retrain")
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     optim = {k: v for k, v in tensors.items() if k.startswith("optim.")}
-    return meta, model, optim
+    training = {k[len("train."):]: v for k, v in tensors.items() if k.startswith("train.")}
+    return meta, model, optim, training
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:

@@ -134,6 +134,7 @@ class Config:
     schedule: str = "cosine"  # cosine | constant (after warm-up)
     label_smoothing: float = 0.0
     grad_clip: float = 1.0  # max gradient norm; 0 = off
+    ema_decay: float = 0.0  # evaluate, checkpoint and export an exponential moving average of the weights (per step); 0 = off
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = False  # bf16 autocast on CUDA
@@ -180,6 +181,11 @@ class Config:
             raise ConfigError("config key 'a_plus' must be > 0 (potentiation is the Hebbian term)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"config key 'label_smoothing' must lie in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"config key 'ema_decay' must lie in [0, 1) (0 = off, e.g. 0.999), got {self.ema_decay}")
+        if self.ema_decay and self.qat:
+            raise ConfigError("ema_decay averages weights whose norms are recalibrated every epoch; qat freezes the "
+                              "norms, so set ema_decay = 0 for qat")
         for key in ("rule_tau_pre", "rule_tau_post", "rule_tau_eligibility", "perturbation_sigma"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"config key {key!r} must be > 0, got {getattr(self, key)}")

@@ -19,8 +19,10 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .checkpoint import atomic_write_json, load_checkpoint, load_model_weights, restore_optimizer, save_checkpoint
+from .checkpoint import (atomic_write_json, load_checkpoint, load_model_weights, load_training_checkpoint,
+                         restore_optimizer, save_checkpoint)
 from .config import Config, config_from_dict
 from .data import Split, load_task, shift_augment
 from . import distributed
@@ -202,16 +204,33 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
     return metrics
 
 
+def moving_average(cfg: Config, model: nn.Module) -> Optional[AveragedModel]:
+    """With ``ema_decay``: the exponential moving average of ``model``'s parameters, updated after
+    every optimizer step; it is the model evaluated, checkpointed and exported. Its norms'
+    statistics are recalibrated for its own weights each epoch (``recalibrate_norms``)."""
+    if not cfg.ema_decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
+
+
 def _load_run(cfg: Config, out: Path, resume: bool, log: Callable[[str], None], model: nn.Module,
-              optimizer: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]], float]:
-    """Resume ``out`` into model and optimizer, or check that a fresh run may start there; returns
-    ``(start_epoch, history, train_seconds)``."""
+              optimizer: torch.optim.Optimizer, average: Optional[AveragedModel] = None
+              ) -> tuple[int, list[dict[str, Any]], float]:
+    """Resume ``out`` into model, optimizer (and the moving ``average``), or check that a fresh run
+    may start there; returns ``(start_epoch, history, train_seconds)``."""
     if resume:
-        meta, weights, optim = load_checkpoint(out)
+        meta, weights, optim, live = load_training_checkpoint(out)
         saved = config_from_dict(meta["config"], source=str(out / "checkpoint.json"))
         if saved.to_dict() != cfg.to_dict():
             changed = sorted(k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v)
             raise ConfigError(f"--resume needs the same config as the run; these keys differ: {changed}")
+        if average is not None:  # the checkpoint's model is the average; training continues from "train."
+            if not live:
+                raise CheckpointError(f"{out} has no training weights beside its averaged model; the checkpoint is "
+                                      "corrupt, restore it or retrain")
+            load_model_weights(average.module, weights)
+            average.n_averaged.fill_(1)
+            weights = live
         load_model_weights(model, weights)
         restore_optimizer(optimizer, meta, optim)
         start_epoch = meta["epoch"] + 1
@@ -280,7 +299,10 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, log: Callable[[
     model = make_model(cfg, split).to(device)
     learner = local_learner(cfg, model) if cfg.rule != "bptt" else None
     optimizer = torch.optim.AdamW(parameter_groups(cfg, model, learner), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start_epoch, history, train_seconds = _agreed(world, lambda: _load_run(cfg, out, resume, log, model, optimizer))
+    average = moving_average(cfg, model)
+    start_epoch, history, train_seconds = _agreed(world, lambda: _load_run(cfg, out, resume, log, model, optimizer,
+                                                                           average))
+    evaluated = model if average is None else average.module  # what is evaluated, checkpointed and exported
     # BPTT under several processes: DDP averages the gradients as backward produces them
     forward = model
     if world.distributed and learner is None:
@@ -326,6 +348,8 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, log: Callable[[
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+            if average is not None:
+                average.update_parameters(model)
             loss_sum += loss.item() * yb.numel()
             correct += int((logits.argmax(-1) == yb).sum())
         loss_sum, correct = distributed.all_sum([loss_sum, float(correct)], world)
@@ -334,11 +358,11 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, log: Callable[[
             calib = augment(split.x_train[torch.randperm(len(split.x_train), generator=gen)[:CALIBRATION_SAMPLES]],
                             cfg, gen)
             if not cfg.qat:  # qat folds the norms at their running statistics: they stay frozen
-                recalibrate_norms(model, calib, device, 256, gen)
+                recalibrate_norms(evaluated, calib, device, 256, gen)
         train_seconds += time.perf_counter() - t0
         if not world.main:  # rank 0 alone evaluates, logs and checkpoints
             continue
-        test = evaluate(model, split.x_test, split.y_test, device=device,
+        test = evaluate(evaluated, split.x_test, split.y_test, device=device,
                         generator=torch.Generator().manual_seed(cfg.seed))
         row = {"epoch": epoch, "train_loss": loss_sum / split.y_train.numel(),
                "train_accuracy": correct / split.y_train.numel(),
@@ -348,9 +372,10 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, log: Callable[[
                "update_norms": {name: float((p.detach() - before[name]).norm())
                                 for name, p in model.named_parameters() if name in before}}
         history.append(row)
-        save_checkpoint(out, model, optimizer, {"config": cfg.to_dict(), "epoch": epoch, "history": history,
+        save_checkpoint(out, evaluated, optimizer, {"config": cfg.to_dict(), "epoch": epoch, "history": history,
                                                 "train_seconds": train_seconds, "device": device,
-                                                **({"vocabulary": split.vocabulary} if split.vocabulary else {})})
+                                                **({"vocabulary": split.vocabulary} if split.vocabulary else {})},
+                        training=model if average is not None else None)
         if bar is not None:
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", test=f"{row['test_accuracy']:.3f}")
             bar.update(1)
@@ -361,7 +386,7 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, log: Callable[[
     if not history:
         raise CheckpointError(f"no finished epoch in {out}; nothing to report")
 
-    metrics = run_metrics(cfg, model, split, device, history, train_seconds)
+    metrics = run_metrics(cfg, evaluated, split, device, history, train_seconds)
     metrics.update(world_size=world.size, global_batch=cfg.batch_size)
     atomic_write_json(out / "metrics.json", metrics)
     name = f"{cfg.task}/{cfg.model}" + (f"/{cfg.variant}" if cfg.model == "spikeformer" else "")

@@ -18,8 +18,8 @@ def train_until(cfg: Config, out: Path, stop_after: int) -> int:
     class Stop(Exception):
         pass
 
-    def save_then_stop(run, model, optimizer, meta):
-        original(run, model, optimizer, meta)
+    def save_then_stop(run, model, optimizer, meta, **kw):
+        original(run, model, optimizer, meta, **kw)
         if meta["epoch"] == stop_after:
             raise Stop
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from interrupt import poison_loss, train_until
-from spikeformer.checkpoint import load_checkpoint
+from spikeformer.checkpoint import load_checkpoint, load_training_checkpoint
 from spikeformer.config import Config
 from spikeformer.errors import ConfigError, TrainingDiverged
 from spikeformer.train import learning_rate, train
@@ -40,6 +40,47 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     full_m = json.loads((tmp_path / "full" / "metrics.json").read_text())
     res_m = json.loads((stopped / "metrics.json").read_text())
     assert full_m["test_accuracy"] == res_m["test_accuracy"]
+
+
+def test_ema_run_trains_the_same_weights_and_checkpoints_their_average(tmp_path):
+    plain = Config(epochs=2, augment_shift=1, **TINY)
+    quiet(plain, tmp_path / "plain")
+    _, plain_w, _ = load_checkpoint(tmp_path / "plain")
+    cfg = Config(epochs=2, augment_shift=1, ema_decay=0.9, **TINY)
+    quiet(cfg, tmp_path / "ema")
+    _, model_w, _, train_w = load_training_checkpoint(tmp_path / "ema")
+    params = [k for k in plain_w if "running" not in k and "num_batches" not in k]
+    assert set(train_w) == set(model_w) == set(plain_w)
+    # averaging never feeds back into training: the stepped weights equal the plain run's
+    for key in params:
+        assert torch.equal(train_w[key], plain_w[key]), key
+    # the model written (and evaluated) is the average, which lags the stepped weights
+    moved = [k for k in params if not torch.equal(model_w[k], train_w[k])]
+    assert len(moved) > len(params) // 2
+    metrics = json.loads((tmp_path / "ema" / "metrics.json").read_text())
+    history = json.loads((tmp_path / "ema" / "checkpoint.json").read_text())["history"]
+    assert metrics["test_accuracy"] == history[-1]["test_accuracy"]  # the average is what is scored
+
+
+def test_ema_run_resumes_exactly(tmp_path):
+    cfg = Config(epochs=3, ema_decay=0.8, **TINY)
+    quiet(cfg, tmp_path / "full")
+    stopped = tmp_path / "stopped"
+    assert train_until(cfg, stopped, stop_after=1) == 1
+    quiet(cfg, stopped, resume=True)
+    full = load_training_checkpoint(tmp_path / "full")
+    resumed = load_training_checkpoint(stopped)
+    for part in (1, 2, 3):  # model (the average), optimizer, training weights
+        assert full[part].keys() == resumed[part].keys()
+        for key in full[part]:
+            assert torch.equal(full[part][key], resumed[part][key]), key
+
+
+def test_ema_decay_is_validated():
+    with pytest.raises(ConfigError, match="ema_decay"):
+        Config(ema_decay=1.0)
+    with pytest.raises(ConfigError, match="qat"):
+        Config(ema_decay=0.99, qat=True, init_from="x", delays="loihi")
 
 
 def test_metrics_json_has_every_spec_key(tmp_path):
