@@ -28,8 +28,9 @@ Export (``graph_to_nir`` / ``export_nir``), per IR population of decay ``beta``:
   per source and delay, shared by its connections). The Delay sits before the Affine, so the
   Affine bias is delivered from step 0, as the IR bias is. A tokenwise ``[F_out, F_in]`` weight
   becomes the block-diagonal ``kron(I_N, W)`` over the token-major flattened grid (NIR neuron
-  nodes are flat vectors); ``full`` weights (the readout, the conv1d stem) go as they are.
-- a 2-d convolution (``Connection.conv``, between ``Population.image`` grids): a ``Conv2d``
+  nodes are flat vectors); ``full`` weights (the readout) go as they are.
+- a convolution (``Connection.conv``, between ``Population.image`` grids; the conv1d stem's are
+  one pixel high, with k x k kernels: NIR's Conv2d infers shapes from square kernels): a ``Conv2d``
   whose kernel is read back off the unrolled weight (and checked against every entry); its
   ends become ``[C, H, W]`` nodes (metadata ``image``; ``Population.image_order`` maps the
   orders), an Affine reading one goes through a ``Flatten``, and a bias that varies over

@@ -452,7 +452,7 @@ class ConvStem(nn.Module):
         raise NotImplementedError
 
     def _geometry(self, conv: nn.Module) -> Optional[tuple[dict, list, list]]:
-        """A 2-d convolution's geometry and the images it maps between (NIR's Conv2d); None: none."""
+        """The convolution's 2-d geometry and the images it maps between (NIR's Conv2d); None: none."""
         return None
 
     def forward(self, x: Tensor, state: State, probe: Optional[Probe]) -> tuple[Drive, State]:
@@ -499,6 +499,16 @@ class Conv1dStem(ConvStem):
         conv1 = nn.Conv1d(features, cfg.conv_channels, 5, padding=2, bias=False)
         conv2 = nn.Conv1d(cfg.conv_channels, cfg.dim, 3, stride=2, padding=1, bias=False)
         super().__init__(cfg, conv1, conv2, features, tokens, (tokens + 1) // 2, binary_input)
+
+    def _geometry(self, conv: nn.Conv1d) -> tuple[dict, list, list]:
+        """A convolution over tokens as a 2-d one over a one-pixel-high image ``[1, tokens, 1]``
+        (features as channels) with a k x k kernel whose rows above and below the centre meet only
+        padding. Why not 1 x k: NIR's Conv2d infers its output shape from the kernel's height alone,
+        and Norse's NIR import has no Conv1d; a square kernel is exact in both."""
+        (k,), (stride,), (padding,) = conv.kernel_size, conv.stride, conv.padding
+        assert k % 2 == 1, "an odd kernel keeps the one-pixel-high image one pixel high"
+        images = ([1, self.lif_tokens, 1], [1, self.lif_tokens if conv is self.conv1 else self.out_tokens, 1])
+        return {"kernel": [k, k], "stride": [1, stride], "padding": [k // 2, padding]}, *images
 
     @staticmethod
     def _conv(conv: nn.Conv1d, x: Tensor) -> Tensor:

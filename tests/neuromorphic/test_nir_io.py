@@ -125,6 +125,37 @@ def test_conv2d_stem_is_written_as_conv2d_nodes_and_imports_back(tmp_path):
     np.testing.assert_allclose(imported.readout, ir.readout, rtol=0, atol=1e-12)
 
 
+def test_conv1d_stem_is_written_as_one_pixel_high_conv2d_nodes_and_imports_back(tmp_path):
+    """The conv1d stem (MNIST-1D) travels as NIR Conv2d nodes over [C, 1, tokens] images (k x k
+    kernels whose off-centre rows are zero), not as unrolled Affine matrices, and imports back to
+    the same spikes."""
+    model, x = feed_forward_model("conv1d", seed=1)
+    graph = lower(model)
+    steps = encode_steps(model, x)
+    ir = run_graph(graph, steps)
+    g = nir.read(nir_io.export_nir(graph, tmp_path / "model.nir"))
+    conv1, conv2 = g.nodes["stem.conv1->stem.conv1"], g.nodes["stem.conv2->final"]
+    assert isinstance(conv1, nir.Conv2d) and isinstance(conv2, nir.Conv2d)
+    assert conv1.weight.shape == (4, 1, 5, 5) and conv2.weight.shape == (16, 4, 3, 3)
+    np.testing.assert_array_equal(np.asarray(conv2.stride), [1, 2])
+    np.testing.assert_array_equal(np.asarray(conv1.padding), [2, 2])
+    for conv in (conv1, conv2):  # only the centre row meets the image
+        centre = conv.weight.shape[2] // 2
+        assert not np.delete(conv.weight, centre, axis=2).any() and conv.weight[:, :, centre].any()
+    assert list(g.nodes["input"].input_type["input"]) == [1, 1, 40]
+    assert list(g.nodes["stem.conv1"].output_type["output"]) == [4, 1, 40]
+    assert list(g.nodes["final"].output_type["output"]) == [16, 1, 20]
+    assert not any(isinstance(n, nir.Affine) and "stem" in k for k, n in g.nodes.items())
+    gain = model.stem.norm1.double().affine()[0]
+    expected = (gain[:, None, None] * model.stem.conv1.weight).detach().double().numpy()
+    np.testing.assert_allclose(conv1.weight[:, :, 2] / (1.0 / (1.0 - 0.8)), expected, rtol=1e-12)
+    imported = run_graph(nir_io.nir_to_graph(g), steps)
+    for name in ("stem.conv1", "final"):
+        assert active(ir.spikes[name]), name
+        np.testing.assert_array_equal(imported.spikes[name], ir.spikes[name], err_msg=name)
+    np.testing.assert_allclose(imported.readout, ir.readout, rtol=0, atol=1e-12)
+
+
 def test_a_weight_that_is_not_its_convolution_is_refused_in_one_line():
     model, _ = feed_forward_model("conv2d")
     graph = lower(model)
@@ -267,9 +298,10 @@ def test_written_file_loads_with_nir_read_and_round_trips(tmp_path):
     path = nir_io.export_nir(graph, tmp_path / "model.nir", dt=1e-4)
     loaded = nir.read(path)
     kinds = {name: type(node).__name__ for name, node in loaded.nodes.items()}
-    assert kinds == {"input": "Input", "input.delay": "Delay", "stem.conv1->stem.conv1": "Affine",
-                     "stem.conv1": "LIF", "stem.conv1.delay": "Delay", "stem.conv2->final": "Affine",
-                     "final": "LIF", "final.delay": "Delay", "readout->readout": "Affine", "readout": "Output"}
+    assert kinds == {"input": "Input", "input.delay": "Delay", "stem.conv1->stem.conv1": "Conv2d",
+                     "stem.conv1": "LIF", "stem.conv1.delay": "Delay", "stem.conv2->final": "Conv2d",
+                     "final": "LIF", "final.delay": "Delay", "final.delay.flat": "Flatten",
+                     "readout->readout": "Affine", "readout": "Output"}
     assert float(loaded.metadata["dt"]) == 1e-4
     np.testing.assert_allclose(loaded.nodes["final"].tau, 1e-4 / (1 - 0.8))
     np.testing.assert_array_equal(loaded.nodes["final"].r, 1.0)
