@@ -7,7 +7,7 @@ PYTHON ?= python3.10
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-RUN ?= runs/digits-loihi
+RUN ?= runs/digits
 
 .PHONY: setup demo test test-fast gpu-check clean-venv
 

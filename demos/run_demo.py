@@ -2,7 +2,7 @@
 neuromorphic backends: Lava bit-accurate fixed point (50 test samples, against the integer
 reference) and the exact Brian2 rebuild (20 test samples, against torch).
 
-Usage: python demos/run_demo.py [--run runs/digits-loihi] [--config demos/digits-loihi.toml]
+Usage: python demos/run_demo.py [--run runs/digits] [--config demos/digits.toml]
        [--lava-samples 50] [--brian2-samples 20]
 A finished run in --run is reused (delete the folder to retrain); an unfinished one resumes.
 """
@@ -23,8 +23,8 @@ from spikeformer.train import train
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="runs/digits-loihi")
-    parser.add_argument("--config", default=str(Path(__file__).with_name("digits-loihi.toml")))
+    parser.add_argument("--run", default="runs/digits")
+    parser.add_argument("--config", default=str(Path(__file__).with_name("digits.toml")))
     parser.add_argument("--lava-samples", type=int, default=50, help="test samples on Lava fixed point (0: skip)")
     parser.add_argument("--brian2-samples", type=int, default=20, help="test samples on Brian2 (0: skip)")
     args = parser.parse_args()
