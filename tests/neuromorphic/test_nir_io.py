@@ -96,16 +96,29 @@ def test_feed_forward_spikeformer_runs_spike_for_spike_in_norse(stem, alpha, tmp
     assert info["steps_per_second"] > 0 and info["dtype"] == "float64"
 
 
-def test_conv2d_stem_is_written_as_conv2d_nodes_and_imports_back(tmp_path):
-    """The 2-d conv stem travels as NIR Conv2d nodes on [C, H, W] images (the input as the
-    8x8 image, not patch tokens), reads back with nir.read, and imports to the same spikes."""
-    model, x = feed_forward_model("conv2d", seed=2)
+def written_conv_stem(stem: str, seed: int, path) -> tuple[Spikeformer, object, object, object]:
+    """A feed-forward model with a conv ``stem`` exported to NIR and read back with nir.read:
+    ``(model, graph, conv1, conv2)``, after checking that both convolutions are ``Conv2d`` nodes
+    and that the file imports back to the same spikes and readout."""
+    model, x = feed_forward_model(stem, seed=seed)
     graph = lower(model)
     steps = encode_steps(model, x)
     ir = run_graph(graph, steps)
-    g = nir.read(nir_io.export_nir(graph, tmp_path / "model.nir"))
+    g = nir.read(nir_io.export_nir(graph, path))
     conv1, conv2 = g.nodes["stem.conv1->stem.conv1"], g.nodes["stem.conv2->final"]
     assert isinstance(conv1, nir.Conv2d) and isinstance(conv2, nir.Conv2d)
+    imported = run_graph(nir_io.nir_to_graph(g), steps)
+    for name in ("stem.conv1", "final"):
+        assert active(ir.spikes[name]), name
+        np.testing.assert_array_equal(imported.spikes[name], ir.spikes[name], err_msg=name)
+    np.testing.assert_allclose(imported.readout, ir.readout, rtol=0, atol=1e-12)
+    return model, g, conv1, conv2
+
+
+def test_conv2d_stem_is_written_as_conv2d_nodes_and_imports_back(tmp_path):
+    """The 2-d conv stem travels as NIR Conv2d nodes on [C, H, W] images (the input as the
+    8x8 image, not patch tokens), reads back with nir.read, and imports to the same spikes."""
+    model, g, conv1, conv2 = written_conv_stem("conv2d", 2, tmp_path / "model.nir")
     assert conv1.weight.shape == (4, 1, 3, 3) and conv2.weight.shape == (16, 4, 2, 2)
     np.testing.assert_array_equal(np.asarray(conv2.stride), [2, 2])
     assert list(g.nodes["input"].input_type["input"]) == [1, 8, 8]
@@ -117,25 +130,13 @@ def test_conv2d_stem_is_written_as_conv2d_nodes_and_imports_back(tmp_path):
     gain = model.stem.norm1.double().affine()[0]
     expected = (gain[:, None, None, None] * model.stem.conv1.weight).detach().double().numpy()
     np.testing.assert_allclose(conv1.weight / (1.0 / (1.0 - 0.8)), expected, rtol=1e-12)
-    back = nir_io.nir_to_graph(g)
-    imported = run_graph(back, steps)
-    for name in ("stem.conv1", "final"):
-        assert active(ir.spikes[name]), name
-        np.testing.assert_array_equal(imported.spikes[name], ir.spikes[name], err_msg=name)
-    np.testing.assert_allclose(imported.readout, ir.readout, rtol=0, atol=1e-12)
 
 
 def test_conv1d_stem_is_written_as_one_pixel_high_conv2d_nodes_and_imports_back(tmp_path):
     """The conv1d stem (MNIST-1D) travels as NIR Conv2d nodes over [C, 1, tokens] images (k x k
     kernels whose off-centre rows are zero), not as unrolled Affine matrices, and imports back to
     the same spikes."""
-    model, x = feed_forward_model("conv1d", seed=1)
-    graph = lower(model)
-    steps = encode_steps(model, x)
-    ir = run_graph(graph, steps)
-    g = nir.read(nir_io.export_nir(graph, tmp_path / "model.nir"))
-    conv1, conv2 = g.nodes["stem.conv1->stem.conv1"], g.nodes["stem.conv2->final"]
-    assert isinstance(conv1, nir.Conv2d) and isinstance(conv2, nir.Conv2d)
+    model, g, conv1, conv2 = written_conv_stem("conv1d", 1, tmp_path / "model.nir")
     assert conv1.weight.shape == (4, 1, 5, 5) and conv2.weight.shape == (16, 4, 3, 3)
     np.testing.assert_array_equal(np.asarray(conv2.stride), [1, 2])
     np.testing.assert_array_equal(np.asarray(conv1.padding), [2, 2])
@@ -149,11 +150,6 @@ def test_conv1d_stem_is_written_as_one_pixel_high_conv2d_nodes_and_imports_back(
     gain = model.stem.norm1.double().affine()[0]
     expected = (gain[:, None, None] * model.stem.conv1.weight).detach().double().numpy()
     np.testing.assert_allclose(conv1.weight[:, :, 2] / (1.0 / (1.0 - 0.8)), expected, rtol=1e-12)
-    imported = run_graph(nir_io.nir_to_graph(g), steps)
-    for name in ("stem.conv1", "final"):
-        assert active(ir.spikes[name]), name
-        np.testing.assert_array_equal(imported.spikes[name], ir.spikes[name], err_msg=name)
-    np.testing.assert_allclose(imported.readout, ir.readout, rtol=0, atol=1e-12)
 
 
 def test_a_weight_that_is_not_its_convolution_is_refused_in_one_line():
