@@ -80,14 +80,19 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": sd["param_groups"]}
 
 
+def _module_tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s state as flat CPU tensors named ``<prefix>.<key>``."""
+    return {f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
 def save_checkpoint(run: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     meta: dict[str, Any], training: nn.Module | None = None) -> None:
     """Write model (+ optimizer) tensors and ``meta`` (must hold ``config`` and ``epoch``);
     ``training``: the module whose weights the optimizer steps, when ``model`` is their average."""
     run = Path(run)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = _module_tensors("model", model)
     if training is not None:
-        tensors.update({f"train.{k}": v.detach().cpu().contiguous() for k, v in training.state_dict().items()})
+        tensors.update(_module_tensors("train", training))
     optim_meta = None
     if optimizer is not None:
         extra, optim_meta = _optimizer_tensors(optimizer)
