@@ -126,11 +126,31 @@ def test_ours_missing_keeps_going(monkeypatch):
 def test_slow_or_huge_attention_baselines_are_skipped(monkeypatch):
     monkeypatch.setattr(bench, "RECURRENT_BUDGET_S", 0.0)
     monkeypatch.setattr(bench, "SOFTMAX_BUDGET_BYTES", 0)
+    monkeypatch.setattr(bench, "MEMORY_HEADROOM", 0.0)  # as if the machine could not hold the softmax
     result = run_bench(sizes="tiny", repeats=1, only="attention_l16", progress=False)
     (entry,) = result["entries"]
     assert entry["peers"]["recurrent"]["missing"].startswith("skipped: too slow (estimated")
     assert entry["baseline_missing"].startswith("skipped: needs about") and entry["ratio"] is None
+    assert "; available: " in entry["baseline_missing"]
     assert entry["ours_seconds"] > 0 and entry["peers"]["sdpa"]["seconds"] > 0
+
+
+def test_a_huge_softmax_that_fits_in_memory_runs_once(monkeypatch):
+    calls = []
+    real = bench.time_callable
+    monkeypatch.setattr(bench, "time_callable", lambda fn, repeats, warmup=1, **kw: (
+        calls.append((repeats, warmup)), real(fn, repeats, warmup=warmup, **kw))[1])
+    monkeypatch.setattr(bench, "SOFTMAX_BUDGET_BYTES", 0)
+    result = run_bench(sizes="tiny", repeats=3, only="attention_l16", progress=False)
+    (entry,) = result["entries"]
+    assert len(entry["baseline_all_seconds"]) == 1 and entry["baseline_peak_mem_mb"] > 0
+    assert entry["baseline_note"].startswith("one call, no warm-up") and entry["ratio"] > 0
+    assert (1, 0) in calls and len(entry["ours_all_seconds"]) == 3
+
+
+def test_available_memory_is_read_on_linux():
+    free = bench.available_memory_bytes("cpu")
+    assert free is None or free > 2 ** 20
 
 
 def test_only_filters_and_rejects_a_name_that_matches_nothing():
