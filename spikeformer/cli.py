@@ -49,7 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score a saved run on its test split")
     p.add_argument("run")
     p.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise added to the inputs")
-    p.add_argument("--corruptions", action="store_true", help="also run the corruption suite -> robustness.json")
+    p.add_argument("--corruptions", nargs="?", const="all", default=None, metavar="NAMES",
+                   help="also run the robustness suite -> robustness.json and robustness.png: every corruption "
+                        "and model-side noise of the task, or the comma-separated NAMES (docs/robustness.md)")
+    p.add_argument("--severities", default=None, metavar="S",
+                   help="with --corruptions: severities 1-5 to run, comma-separated (default: all five)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     p = sub.add_parser("generate", help="stream text from a trained language model (task = \"shakespeare\")")
@@ -62,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write RUN/report.html with figures")
     p.add_argument("run")
+
+    p = sub.add_parser("compare", help="runs side by side: table, plots, backend agreement -> DIR/compare.html")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="two or more finished runs of one task")
+    p.add_argument("--out", required=True, help="folder for compare.json, compare.md, compare.html and figures/")
 
     p = sub.add_parser("study", help="train every rule over seeds and training-set sizes -> STUDY/study.json")
     p.add_argument("--config", required=True, help="TOML config, e.g. demos/digits-eprop.toml")
@@ -131,13 +140,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .checkpoint import atomic_write_json
     from .metrics import evaluate
-    from .robustness import corruption_suite
+    from .robustness import corruption_suite, parse_selection, plot_robustness
     from .train import load_run, resolve_device
 
     device = resolve_device(args.device)
     cfg, model, split, meta = load_run(args.run, device)
     if args.noise < 0:
         raise SpikeformerError(f"--noise must be >= 0, got {args.noise}")
+    if args.severities is not None and args.corruptions is None:
+        raise SpikeformerError("--severities needs --corruptions")
+    if args.corruptions is not None:  # check the selection before any work
+        names, severities = parse_selection(cfg.task, args.corruptions, args.severities)
+        if not names:
+            raise SpikeformerError(f"task {cfg.task!r} has no corruptions")
     gen = torch.Generator().manual_seed(cfg.seed)
     result = evaluate(model, split.x_test, split.y_test, device=device, noise=args.noise, generator=gen)
     record = {"run": str(args.run), "epoch": meta["epoch"], "noise": args.noise,
@@ -145,11 +160,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     atomic_write_json(Path(args.run) / "eval.json", record)
     print(f"{cfg.task}/{cfg.model}: test accuracy {result['accuracy']:.4f} on {len(split.x_test)} samples"
           + (f" (noise sigma {args.noise})" if args.noise else ""))
-    if args.corruptions:
-        robust = corruption_suite(model, split, cfg, device)
-        atomic_write_json(Path(args.run) / "robustness.json", robust)
-        print(f"clean {robust['clean_accuracy']:.4f}, mean over corruptions {robust['mean_corruption_accuracy']:.4f}"
-              f" -> {Path(args.run) / 'robustness.json'}")
+    if args.corruptions is not None:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(names) * len(severities), desc="robustness", unit="eval", disable=args.quiet)
+        robust = corruption_suite(model, split, cfg, device, names, severities, log=lambda line: bar.update(1))
+        bar.close()
+        out = Path(args.run) / "robustness.json"
+        atomic_write_json(out, {"run": str(args.run), "task": cfg.task, "model": cfg.model, **robust})
+        plot_robustness(robust, Path(args.run) / "robustness.png", f"{cfg.task}/{cfg.model}")
+        mean = robust["mean_corruption_accuracy"]
+        print(f"clean {robust['clean_accuracy']:.4f}, mean over corruptions "
+              f"{'n/a' if mean is None else f'{mean:.4f}'} -> {out}")
     return 0
 
 
@@ -189,6 +211,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, markdown_table
+
+    rows, path = compare(args.runs, args.out)
+    print(markdown_table(rows), end="")
+    print(f"compare written to {path}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import check_device, check_out, format_table, run_bench, summary_line, write_outputs
 
@@ -208,7 +239,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         handlers = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "study": cmd_study,
-                    "bench": cmd_bench, "generate": cmd_generate}
+                    "bench": cmd_bench, "generate": cmd_generate, "compare": cmd_compare}
         handlers.update({name: handler for name, (_, _, handler) in _plugins().items()})
         return handlers[args.command](args)
     except SpikeformerError as exc:

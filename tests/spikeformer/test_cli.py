@@ -34,9 +34,12 @@ def test_train_eval_report_smoke(trained_run, capsys):
     record = json.loads((trained_run / "eval.json").read_text())
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert record["test_accuracy"] == metrics["test_accuracy"]  # reload scores what training scored
-    assert main(["eval", str(trained_run), "--noise", "0.3", "--corruptions"]) == 0
+    assert main(["eval", str(trained_run), "--noise", "0.3", "--corruptions", "blur,spike_deletion",
+                 "--severities", "1,5", "--quiet"]) == 0
     robust = json.loads((trained_run / "robustness.json").read_text())
-    assert {"clean_accuracy", "mean_corruption_accuracy", "corruptions"} <= set(robust)
+    assert {"clean_accuracy", "mean_corruption_accuracy", "corruptions", "relative_robustness"} <= set(robust)
+    assert set(robust["corruptions"]) == {"blur", "spike_deletion"} and set(robust["corruptions"]["blur"]) == {"1", "5"}
+    assert (trained_run / "robustness.png").stat().st_size > 1000
     assert main(["report", str(trained_run)]) == 0
     assert (trained_run / "report.html").is_file()
     assert "test accuracy" in capsys.readouterr().out
@@ -103,3 +106,13 @@ def test_bench_with_an_unavailable_device_is_one_line():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     assert_one_line_error(run_cli("bench", "--device", "cuda", "--out", "bench.json"), "cuda")
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--corruptions", "smoke"], ["unknown corruption 'smoke'", "gaussian_noise"]),
+    (["--corruptions", "blur", "--severities", "6"], ["severity 6 is out of range", "1 to 5"]),
+    (["--corruptions", "--severities", "0,1"], ["severity 0 is out of range"]),
+    (["--severities", "2"], ["--severities needs --corruptions"]),
+])
+def test_eval_corruption_selection_errors_are_one_line(trained_run, args, needles):
+    assert_one_line_error(run_cli("eval", str(trained_run), *args), *needles)
