@@ -32,7 +32,7 @@ CHOICES: dict[str, tuple] = {
     "variant": tuple(VARIANTS),  # spikeformer/variants.py
     "attention_impl": ("naive", "recurrent", "parallel", "chunked", "fused", "event", "auto"),
     "lif_impl": ("fused", "loop"),
-    "encoder": ("direct", "poisson"),
+    "encoder": ("direct", "poisson", "retina"),
     "stem": ("linear", "conv1d", "conv2d"),
     "delays": ("none", "loihi", "aligned"),
     "surrogate": ("fast_sigmoid", "atan", "sigmoid", "triangular"),
@@ -91,7 +91,7 @@ class Config:
     conv_channels: int = 32  # conv stems: channels of the first conv
     time_steps: int = 4  # global mode: steps T each sample is shown
     steps_per_token: int = 2  # causal mode: steps each token is held
-    encoder: str = "direct"  # direct (current injection) | poisson (Bernoulli rate, input in [0, 1])
+    encoder: str = "direct"  # direct (current injection) | poisson (Bernoulli rate, input in [0, 1]) | retina (ON/OFF spikes)
     delays: str = "none"  # none | loihi (one-step delay per Dense, SPEC §2.2) | aligned (loihi + skip delays: every path as long)
     # --- neurons (SPEC §2.1) ---
     beta: float = 0.5  # membrane decay per step (1 - dv)
@@ -241,6 +241,12 @@ class Config:
         if self.stem == "conv2d" and not side:
             raise ConfigError(f"stem \"conv2d\" convolves an image; task {self.task!r} is not one "
                               f"(use it with {' or '.join(map(repr, IMAGE_SIDE))})")
+        if self.encoder == "retina" and not (side or self.task == "mnist1d"):
+            raise ConfigError(f"encoder \"retina\" filters images or signals; task {self.task!r} is neither "
+                              "(use it with digits, mnist or mnist1d)")
+        if self.encoder == "retina" and self.stem != "linear":
+            raise ConfigError(f"encoder \"retina\" feeds spike channels to a linear stem; set stem = \"linear\" "
+                              f"(stem {self.stem!r} reads raw pixels)")
         if side and side % self.patch_size:
             divisors = ", ".join(str(p) for p in range(1, side + 1) if side % p == 0)
             raise ConfigError(f"patch_size {self.patch_size} must divide the {side}-pixel {self.task} image ({divisors})")

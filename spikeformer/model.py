@@ -595,9 +595,14 @@ def check_tokens(x: Tensor, tokens: int, features: int) -> None:
 def encode(x: Tensor, cfg: Config, generator: Optional[torch.Generator] = None) -> Tensor:
     """Inputs ``[B, N, F]`` -> ``[T, B, N', F]``.
 
-    global: T = time_steps copies (direct) or Bernoulli(x clipped to [0, 1]) draws (poisson).
+    global: T = time_steps copies (direct), Bernoulli(x clipped to [0, 1]) draws (poisson), or
+    the retina's ON/OFF spike trains ``[T, B, N, F * 8]`` (retina: spikeformer/encoders.py).
     causal: token n is held for steps_per_token steps -> T = N * steps_per_token, N' = 1.
     """
+    if cfg.encoder == "retina":  # global image or signal tasks only (config check)
+        from .encoders import retina_encode  # noqa: PLC0415 - encoders imports data, which is heavy
+
+        return retina_encode(x, cfg)
     if cfg.mode == "causal":
         b, n, f = x.shape
         steps = x.transpose(0, 1).repeat_interleave(cfg.steps_per_token, 0)  # [N*r, B, F]
@@ -618,10 +623,15 @@ class Spikeformer(nn.Module):
     def __init__(self, cfg: Config, tokens: int, features: int, classes: int) -> None:
         super().__init__()
         self.cfg, self.tokens, self.features, self.classes = cfg, tokens, features, classes
-        binary = cfg.encoder == "poisson" or cfg.task == "recall"  # one-hot tokens are spikes
+        binary = cfg.encoder in ("poisson", "retina") or cfg.task == "recall"  # one-hot tokens are spikes
         self.binary_input = binary
         stream_tokens = 1 if cfg.mode == "causal" else tokens
-        self.stem = STEMS[cfg.stem](cfg, stream_tokens, features, binary)
+        encoded = features
+        if cfg.encoder == "retina":  # each input value becomes CHANNELS spike trains
+            from .encoders import CHANNELS  # noqa: PLC0415
+
+            encoded = features * CHANNELS
+        self.stem = STEMS[cfg.stem](cfg, stream_tokens, encoded, binary)
         body_tokens = self.stem.out_tokens
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = FeatureNorm(cfg.dim)
@@ -702,6 +712,10 @@ class Spikeformer(nn.Module):
         input is followed by ``latency`` zero steps so every path reaches the readout).
         """
         x_t = self.encode_input(x, generator)
+        if probe is not None and self.cfg.encoder == "retina":  # the encoder's own filtering
+            from .encoders import retina_macs_per_sample  # noqa: PLC0415
+
+            probe.mac += float(retina_macs_per_sample(self.cfg, self.tokens, self.features)) * x.shape[0]
         y, state = self.forward_steps(x_t, state, probe)
         if self.cfg.every_token:
             return self.token_logits(y, x.shape[1]), state
