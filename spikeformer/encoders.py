@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import IMAGE_SIDE, Config
-from .data import patchify, unpatchify
+from .data import unpatchify
 
 SCALES = (0.5, 1.0)  # centre sigma in pixels (or samples)
 SURROUND = 2.0  # surround sigma / centre sigma
@@ -93,11 +93,10 @@ def retina_encode(x: Tensor, cfg: Config) -> Tensor:
         responses = centre_surround(unpatchify(x, cfg.patch_size), 2)  # [B, H, W, 4]
         spikes = temporal_spikes(responses, cfg.time_steps)  # [T, B, H, W, 4, 2]
         t, _, h, w = spikes.shape[:4]
-        pixels = spikes.reshape(t * b, h, w, CHANNELS)  # per pixel: scale, polarity, kind
-        tokens = [torch.from_numpy(patchify(pixels[..., c].cpu().numpy(), cfg.patch_size))
-                  for c in range(CHANNELS)]  # each [T*B, N, p*p]
-        out = torch.stack(tokens, -1).to(x.device)  # [T*B, N, p*p, C]
-        return out.reshape(t, b, n, f * CHANNELS)
+        p = cfg.patch_size
+        pixels = spikes.reshape(t, b, h // p, p, w // p, p, CHANNELS)  # per pixel: scale, polarity, kind
+        # patchify's order: patches row-major, then the pixels of a patch row-major, then the channels
+        return pixels.permute(0, 1, 2, 4, 3, 5, 6).reshape(t, b, n, f * CHANNELS)
     responses = centre_surround(x.transpose(1, 2).reshape(b * f, n), 1)  # [B*F, N, 4]
     spikes = temporal_spikes(responses, cfg.time_steps)  # [T, B*F, N, 4, 2]
     t = spikes.shape[0]

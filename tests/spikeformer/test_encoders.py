@@ -110,3 +110,15 @@ def test_a_retina_model_is_refused_by_export_with_one_line():
     model = build_model(cfg, 4, 16, 10).eval()
     with pytest.raises(LoweringError, match="encoder 'retina' has no IR form"):
         lower(model)
+
+
+def test_tokens_keep_patchify_order_pixel_then_channel():
+    images = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1))
+    cfg = Config(task="digits", patch_size=4, encoder="retina", time_steps=3)
+    spikes = retina_encode(image_tokens(images), cfg)  # [T, B, N, 16 * C]
+    from spikeformer.encoders import centre_surround, temporal_spikes  # noqa: PLC0415
+
+    per_pixel = temporal_spikes(centre_surround(images, 2), 3).flatten(-2)  # [T, B, 8, 8, C]
+    for c in range(CHANNELS):
+        expected = torch.stack([image_tokens(per_pixel[t, ..., c]) for t in range(3)])
+        assert torch.equal(spikes[..., c::CHANNELS], expected)
