@@ -20,6 +20,7 @@ from .errors import SpikeformerError
 COLUMNS: tuple[tuple[str, str, Optional[bool]], ...] = (
     ("test_accuracy", "clean accuracy", True),
     ("mean_corruption_accuracy", "mean corruption accuracy", True),
+    ("mean_input_corruption_accuracy", "mean input-corruption accuracy", True),
     ("attention_params", "learnable attention params", False),
     ("params", "params", False),
     ("energy_uj_per_sample", "energy uJ/sample (est.)", False),
@@ -51,12 +52,14 @@ def load_row(run: Path) -> dict[str, Any]:
         "energy_uj_per_sample": energy / 1e6 if energy is not None else None,
         "spike_rate": m.get("spike_rate") if m.get("model") != "ann" else None,
         "latency_steps": m.get("latency_steps"),
-        "mean_corruption_accuracy": None, "relative_robustness": None, "robustness": None, "backends": {},
+        "mean_corruption_accuracy": None, "mean_input_corruption_accuracy": None, "relative_robustness": None,
+        "robustness": None, "backends": {},
     }
     robust_path = run / "robustness.json"
     if robust_path.is_file():
         r = _read_json(robust_path, "robustness")
         row["mean_corruption_accuracy"] = r.get("mean_corruption_accuracy")
+        row["mean_input_corruption_accuracy"] = r.get("mean_input_corruption_accuracy")
         row["relative_robustness"] = r.get("relative_robustness")
         row["robustness"] = {"clean_accuracy": r.get("clean_accuracy"), "corruptions": r.get("corruptions", {}),
                              "not_applicable": r.get("not_applicable", {})}
@@ -88,7 +91,7 @@ def _fmt(value: Any, key: str = "") -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}" if key in ("test_accuracy", "mean_corruption_accuracy", "spike_rate") else f"{value:.3g}"
+        return f"{value:.4f}" if "accuracy" in key or key == "spike_rate" else f"{value:.3g}"
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
@@ -176,7 +179,9 @@ def write_html(rows: list[dict[str, Any]], out: Path, figures: list[tuple[str, s
                                     for r in rows]))
     parts.append("<p><small>Energy is an estimate of synaptic arithmetic (0.9 pJ/AC, 4.6 pJ/MAC, 45 nm); "
                  "mean corruption accuracy comes from each run's robustness.json (spikeformer eval RUN "
-                 "--corruptions), '-' where the run has none.</small></p>")
+                 "--corruptions), '-' where the run has none. It averages every corruption the model can take: "
+                 "an ANN skips the spiking-only noise, so compare models on the input-corruption mean."
+                 "</small></p>")
     agreement = [[r["name"], backend, _fmt(v.get("samples")), _fmt(v.get("spike_agreement")),
                   _fmt(v.get("class_agreement")), _fmt(v.get("accuracy_backend")), _fmt(v.get("accuracy_torch"))]
                  for r in rows for backend, v in r["backends"].items()]

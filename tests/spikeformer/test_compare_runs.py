@@ -1,4 +1,4 @@
-"""spikeformer compare: the table, the plots, the HTML (parsed, every image present) and its errors."""
+"""spikeformer compare (spikeformer/compare.py): the table, the plots, the HTML (parsed, every image present), its errors."""
 
 from __future__ import annotations
 
