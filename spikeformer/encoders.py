@@ -47,16 +47,17 @@ def _gaussian(sigma: float) -> Tensor:
     return (k / k.sum()).float()
 
 
-def _smooth(x: Tensor, sigma: float, dims: int) -> Tensor:
-    """Gaussian filter of ``x [S, L]`` (dims 1) or ``[S, H, W]`` (dims 2), replicate padding."""
+def smooth(x: Tensor, sigma: float, dims: int, padding: str = "replicate") -> Tensor:
+    """Separable Gaussian filter (radius ceil(3 sigma)) of ``x [S, L]`` (dims 1) or ``[S, H, W]``
+    (dims 2); ``padding``: "replicate" or "constant" (zeros)."""
     k = _gaussian(sigma)
     r = (len(k) - 1) // 2
     if dims == 1:
-        y = nn.functional.pad(x.unsqueeze(1), (r, r), mode="replicate")
+        y = nn.functional.pad(x.unsqueeze(1), (r, r), mode=padding)
         return nn.functional.conv1d(y, k.view(1, 1, -1)).squeeze(1)
-    y = nn.functional.pad(x.unsqueeze(1), (r, r, 0, 0), mode="replicate")
+    y = nn.functional.pad(x.unsqueeze(1), (r, r, 0, 0), mode=padding)
     y = nn.functional.conv2d(y, k.view(1, 1, 1, -1))
-    y = nn.functional.pad(y, (0, 0, r, r), mode="replicate")
+    y = nn.functional.pad(y, (0, 0, r, r), mode=padding)
     return nn.functional.conv2d(y, k.view(1, 1, -1, 1)).squeeze(1)
 
 
@@ -65,7 +66,7 @@ def centre_surround(x: Tensor, dims: int) -> Tensor:
     ``[S, H, W]`` or signals ``[S, L]``."""
     out = []
     for sigma in SCALES:
-        dog = _smooth(x, sigma, dims) - _smooth(x, SURROUND * sigma, dims)
+        dog = smooth(x, sigma, dims) - smooth(x, SURROUND * sigma, dims)
         out += [dog.clamp(min=0.0), (-dog).clamp(min=0.0)]
     return torch.stack(out, -1)
 

@@ -32,7 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from .config import IMAGE_SIDE, Config
-from .data import Split, patchify, shift_images, unpatchify
+from .data import Split, patchify, unpatchify
+from .encoders import smooth
 from .errors import SpikeformerError
 from .metrics import evaluate
 
@@ -103,23 +104,6 @@ def parse_selection(task: str, names: Optional[str], severities: Optional[str]) 
 # ---------------------------------------------------------------- input corruptions
 
 
-def _gaussian_kernel(sigma: float) -> Tensor:
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return k / k.sum()
-
-
-def _blur(images: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of ``[S, H, W]`` with zero padding."""
-    k = _gaussian_kernel(sigma)
-    r = (len(k) - 1) // 2
-    x = images.unsqueeze(1)
-    x = nn.functional.conv2d(nn.functional.pad(x, (r, r, 0, 0)), k.view(1, 1, 1, -1))
-    x = nn.functional.conv2d(nn.functional.pad(x, (0, 0, r, r)), k.view(1, 1, -1, 1))
-    return x.squeeze(1)
-
-
 def _smooth_field(shape: tuple[int, int, int], generator: torch.Generator) -> Tensor:
     """Low-frequency noise ``[S, H, W]`` in [0, 1]: uniform values on a 4 x 4 grid, bicubic upsampled."""
     s, h, w = shape
@@ -149,7 +133,7 @@ def corrupt_images(images: Tensor, name: str, level: float, generator: torch.Gen
         salt = torch.rand(images.shape, generator=generator) < 0.5
         out = torch.where(u < level, salt.to(images.dtype), images)
     elif name == "blur":
-        out = _blur(images, level)
+        out = smooth(images, level, 2, padding="constant")
     elif name == "contrast":
         mean = images.mean((1, 2), keepdim=True)
         out = (images - mean) * level + mean
@@ -167,8 +151,9 @@ def corrupt_images(images: Tensor, name: str, level: float, generator: torch.Gen
         sign = torch.randint(0, 2, (s,), generator=generator).float() * 2 - 1
         out = _rotate(images, sign * level)
     elif name == "translation":
-        moves = torch.tensor([[0, int(level)]]).expand(s, 2)
-        return shift_images(torch.from_numpy(patchify(images.numpy(), side)), side, moves).view(s, side, side)
+        k = int(level)
+        out = torch.zeros_like(images)
+        out[..., k:] = images[..., :side - k]
     else:
         raise SpikeformerError(f"unknown image corruption {name!r}; choose from {', '.join(IMAGE_CORRUPTIONS)}")
     return out.clamp(0.0, 1.0).to(images.dtype)
