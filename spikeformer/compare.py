@@ -16,16 +16,16 @@ from typing import Any, Optional, Sequence
 from .checkpoint import atomic_write_bytes, atomic_write_json
 from .errors import SpikeformerError
 
-# (row key, column title, higher is better); the columns of the table and the bar plots
-COLUMNS: tuple[tuple[str, str, Optional[bool]], ...] = (
-    ("test_accuracy", "clean accuracy", True),
-    ("mean_corruption_accuracy", "mean corruption accuracy", True),
-    ("mean_input_corruption_accuracy", "mean input-corruption accuracy", True),
-    ("attention_params", "learnable attention params", False),
-    ("params", "params", False),
-    ("energy_uj_per_sample", "energy uJ/sample (est.)", False),
-    ("spike_rate", "spike rate", None),
-    ("latency_steps", "latency (steps)", False),
+# (row key, column title): the columns of the table and the bar plots
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("test_accuracy", "clean accuracy"),
+    ("mean_corruption_accuracy", "mean corruption accuracy"),
+    ("mean_input_corruption_accuracy", "mean input-corruption accuracy"),
+    ("attention_params", "learnable attention params"),
+    ("params", "params"),
+    ("energy_uj_per_sample", "energy uJ/sample (est.)"),
+    ("spike_rate", "spike rate"),
+    ("latency_steps", "latency (steps)"),
 )
 
 
@@ -97,12 +97,16 @@ def _fmt(value: Any, key: str = "") -> str:
     return str(value)
 
 
+def table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The comparison table as text: its head and one row of cells per run."""
+    head = ["run", "model"] + [title for _, title in COLUMNS]
+    return head, [[row["name"], str(row["model"])] + [_fmt(row[key], key) for key, _ in COLUMNS] for row in rows]
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ["run", "model"] + [title for _, title, _ in COLUMNS]
+    head, body = table(rows)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        cells = [row["name"], str(row["model"])] + [_fmt(row[key], key) for key, _, _ in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
 
 
@@ -121,7 +125,7 @@ def plot_columns(rows: list[dict[str, Any]], path: Path) -> list[str]:
     """Bar plots of the numeric columns that any run has; returns their titles."""
     from matplotlib.figure import Figure  # noqa: PLC0415
 
-    shown = [(key, title) for key, title, _ in COLUMNS if any(row[key] is not None for row in rows)]
+    shown = [(key, title) for key, title in COLUMNS if any(row[key] is not None for row in rows)]
     cols = min(4, len(shown))
     grid = -(-len(shown) // cols)
     fig = Figure(figsize=(3.2 * cols, 3.2 * grid))
@@ -174,9 +178,7 @@ def write_html(rows: list[dict[str, Any]], out: Path, figures: list[tuple[str, s
              "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{border:1px solid #ccc;"
              "padding:2px 8px}table{border-collapse:collapse}img{max-width:100%}</style></head><body>",
              f"<h1>spikeformer compare: {html.escape(str(rows[0]['task']))}</h1>"]
-    head = ["run", "model"] + [title for _, title, _ in COLUMNS]
-    parts.append(_html_table(head, [[r["name"], str(r["model"])] + [_fmt(r[k], k) for k, _, _ in COLUMNS]
-                                    for r in rows]))
+    parts.append(_html_table(*table(rows)))
     parts.append("<p><small>Energy is an estimate of synaptic arithmetic (0.9 pJ/AC, 4.6 pJ/MAC, 45 nm); "
                  "mean corruption accuracy comes from each run's robustness.json (spikeformer eval RUN "
                  "--corruptions), '-' where the run has none. It averages every corruption the model can take: "

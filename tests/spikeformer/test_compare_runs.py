@@ -63,7 +63,7 @@ def test_compare_writes_table_plots_and_html(runs, tmp_path, capsys):
     assert ann["mean_corruption_accuracy"] is None and ann["spike_rate"] is None
     assert spiking["backends"]["lava-float"]["spike_agreement"] == 1.0
     table = (out / "compare.md").read_text().splitlines()
-    assert len(table) == 4 and all(title in table[0] for _, title, _ in COLUMNS)
+    assert len(table) == 4 and all(title in table[0] for _, title in COLUMNS)
     page = Page()
     page.feed((out / "compare.html").read_text())
     page.close()
