@@ -113,7 +113,11 @@ class GraphBuilder:
 
     def dense(self, dense: Dense, name: str, source: str, tokens: int,
               position: Optional[torch.Tensor] = None) -> _Term:
-        """Fold a ``Dense`` (Linear, optional position, BatchNorm) into weight [F_out, F_in] + bias [N, F_out]."""
+        """Fold a ``Dense`` (Linear, optional position, BatchNorm) into weight [F_out, F_in] + bias [N, F_out]
+        (a projection that pools tokens, ``spikeformer/cortical.py``: a full [N F_out, N F_in] weight)."""
+        if getattr(dense.linear, "mixes_tokens", False):
+            return self.unrolled(dense.linear, dense.linear.out_features, (tokens, dense.linear.in_features),
+                                 dense.linear.kernels.dtype, name, source, dense.norm, position)
         w = _np(dense.linear.weight)
         b = _np(dense.linear.bias) if dense.linear.bias is not None else np.zeros(w.shape[0])
         pre_bias = np.broadcast_to(b, (tokens, w.shape[0])).copy()
@@ -130,14 +134,22 @@ class GraphBuilder:
         to the source ``shape = (N, C_in)``, unrolled into a ``full`` weight, with the norm after it
         folded per row (and ``position [N', C_out]`` into the bias). ``geometry``: a 2-d
         convolution's (kernel/stride/padding, source image, target image), kept for NIR's Conv2d."""
-        matrix = _unrolled(apply, shape, conv.weight.dtype)
-        c_out = conv.out_channels
+        conv_geometry, images = (geometry[0], geometry[1:]) if geometry is not None else (None, None)
+        return self.unrolled(apply, conv.out_channels, shape, conv.weight.dtype, name, source, norm, position,
+                             conv_geometry, images)
+
+    def unrolled(self, apply: Callable[[torch.Tensor], torch.Tensor], c_out: int, shape: tuple[int, int],
+                 dtype: torch.dtype, name: str, source: str, norm: Optional[FeatureNorm] = None,
+                 position: Optional[torch.Tensor] = None, conv: Optional[dict] = None,
+                 images: Optional[tuple[list, list]] = None) -> _Term:
+        """Any linear map ``apply`` of the source ``shape = (N, C_in)`` to ``C_out`` channels as a
+        ``full`` term (``_unrolled``, in ``dtype``), with ``norm`` folded per row and ``position`` into the bias."""
+        matrix = _unrolled(apply, shape, dtype)
         n_out = matrix.shape[0] // c_out
         gain, shift = _affine(norm, c_out)
         pre_bias = _np(position) if position is not None else np.zeros((n_out, c_out))
-        conv_geometry, images = (geometry[0], geometry[1:]) if geometry is not None else (None, None)
         return _Term(name, source, "full", np.tile(gain, n_out)[:, None] * matrix, gain * pre_bias + shift,
-                     conv_geometry, images)
+                     conv, images)
 
     # --- populations and connections -------------------------------------------------------------
 

@@ -33,6 +33,7 @@ CHOICES: dict[str, tuple] = {
     "attention_impl": ("naive", "recurrent", "parallel", "chunked", "fused", "event", "auto"),
     "lif_impl": ("fused", "loop"),
     "encoder": ("direct", "poisson", "retina"),
+    "attention": ("learned", "cortical"),
     "stem": ("linear", "conv1d", "conv2d"),
     "delays": ("none", "loihi", "aligned"),
     "surrogate": ("fast_sigmoid", "atan", "sigmoid", "triangular"),
@@ -80,6 +81,7 @@ class Config:
     model: str = "spikeformer"  # spikeformer | ann (softmax baseline of the same width/depth)
     mode: str = "global"  # global (all tokens every step) | causal (one token per step, streaming)
     variant: str = "hebbian"  # attention state update: hebbian | stdp | three_factor | delta
+    attention: str = "learned"  # learned (q/k/v/out projections) | cortical (fixed multi-scale token pooling, one shared q/k kernel: spikeformer/cortical.py)
     attention_impl: str = "auto"  # auto (fused/chunked to train, event for CPU inference) | fused (hebbian, CPU) | chunked | event | recurrent | naive | parallel (hebbian)
     lif_impl: str = "fused"  # fused (one pass over all steps, compiled kernel on CPU) | loop (lif_step per step)
     dim: int = 64  # residual width D
@@ -260,6 +262,16 @@ class Config:
                 raise ConfigError("qat fine-tunes a trained run: set init_from (or pass --init RUN)")
             if not 1 <= self.qat_vth < 2 ** 17:
                 raise ConfigError(f"config key 'qat_vth' must lie in 1..131071, got {self.qat_vth}")
+        if self.attention == "cortical":
+            needs = {"model": (self.model, "spikeformer"), "mode": (self.mode, "global"), "rule": (self.rule, "bptt"),
+                     "qat": (self.qat, False)}
+            wrong = [f"{k} = {v!r} (needs {want!r})" for k, (v, want) in needs.items() if v != want]
+            if wrong:
+                raise ConfigError(f"attention \"cortical\" pools tokens in a global spiking model trained by BPTT; "
+                                  f"these keys do not allow it: {', '.join(wrong)}")
+            if self.heads * self.head_dim != self.dim:
+                raise ConfigError(f"attention \"cortical\" gives each head its own slice of the features: heads * "
+                                  f"head_dim = {self.heads * self.head_dim} must equal dim = {self.dim}")
         if self.attention_impl == "parallel" and self.variant != "hebbian":
             raise ConfigError("attention_impl 'parallel' exists only for variant 'hebbian'; use 'recurrent'")
         tokens, features, _ = self.task_shape()

@@ -39,7 +39,8 @@ from torch import Tensor, nn
 
 from . import distributed
 from .attention import attention_event_counts, spiking_attention
-from .config import Config
+from .config import IMAGE_SIDE, Config
+from .cortical import CorticalProjection
 from .data import unpatchify
 from .errors import ShapeError
 from .neurons import LIF, LIFParameters, _logit, delay_one_step
@@ -199,8 +200,12 @@ class Dense(nn.Module):
         if self.delay:
             x, carry = delay_one_step(x, state)
         if probe is not None:
-            count = float(x.count_nonzero()) if self.binary_input else float(x.numel())
-            probe.count_synapses(count * self.linear.out_features, self.binary_input)
+            events = getattr(self.linear, "synaptic_events", None)  # a cortical projection counts its own
+            if events is not None:
+                probe.count_synapses(events(x), self.binary_input)
+            else:
+                count = float(x.count_nonzero()) if self.binary_input else float(x.numel())
+                probe.count_synapses(count * self.linear.out_features, self.binary_input)
         if self.fake_quant:
             term = Term(self, x, position)
             return Drive([term] if self.residual else term.current(x.new_ones(self.linear.out_features), self.unit)), carry
@@ -242,14 +247,21 @@ class SpikingAttention(nn.Module):
     q, k, v = LIF(norm(W s)); o = spiking_attention(q, k, v) (SPEC §2.3); a = LIF(norm(o));
     out = norm(W_o a). The three_factor variant adds one gating LIF per head whose mean spike
     over tokens is the modulator m[t] (an external modulator can be passed instead).
+    ``attention = "cortical"``: the W are fixed multi-scale token pooling with one shared
+    kernel for q and k, none for v, and the identity for W_o (spikeformer/cortical.py).
+    ``tokens``: the residual stream's tokens (the cortical kernels pool over them).
     """
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, tokens: int = 1) -> None:
         super().__init__()
         h, d, delay = cfg.heads, cfg.head_dim, cfg.dense_delay
         self.heads, self.head_dim, self.variant = h, d, cfg.variant
         self.impl, self.scale = cfg.attention_impl, cfg.scale
         self.proj = nn.ModuleDict({n: Dense(cfg.dim, h * d, delay=delay) for n in "qkv"})
+        if cfg.attention == "cortical":
+            grid = cfg.task in IMAGE_SIDE
+            for key in "qkv":  # q, k: one shared [d, D] kernel; v: each head's own slice
+                self.proj[key].linear = CorticalProjection(cfg.dim, h, d, tokens, grid, shared=key != "v")
         self.lif = nn.ModuleDict({n: SpikingNeurons(cfg, h * d) for n in "qkv"})
         decay = torch.full((h,), _logit(cfg.attn_decay))
         self.decay_logit = nn.Parameter(decay) if cfg.learn_decay else nn.Buffer(decay)
@@ -265,6 +277,10 @@ class SpikingAttention(nn.Module):
         self.out_norm = FeatureNorm(h * d)
         self.out_lif = SpikingNeurons(cfg, h * d)
         self.out = Dense(h * d, cfg.dim, delay=delay, residual=True)
+        if cfg.attention == "cortical":  # W_o = I, fixed (heads * head_dim = dim, checked by the config)
+            with torch.no_grad():
+                self.out.linear.weight.copy_(torch.eye(cfg.dim, h * d))
+            self.out.linear.weight.requires_grad_(False)
         self.fake_quant = False  # qat: decays and rates on Lava's 12-bit grid, out_norm folded
         self.split_bias = cfg.alpha > 0  # the out_norm's shift is a membrane bias
 
@@ -368,10 +384,10 @@ def read_stream(norm: FeatureNorm, u: Drive, unit: float) -> Drive:
 class Block(nn.Module):
     """Membrane-shortcut block: u += Attn(LIF(norm(u))); u += MLP(LIF(norm(u)))."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, tokens: int = 1) -> None:
         super().__init__()
         self.norm1, self.lif1 = FeatureNorm(cfg.dim), SpikingNeurons(cfg, cfg.dim)
-        self.attn = SpikingAttention(cfg)
+        self.attn = SpikingAttention(cfg, tokens)
         self.norm2, self.lif2 = FeatureNorm(cfg.dim), SpikingNeurons(cfg, cfg.dim)
         self.mlp = SpikingMLP(cfg)
         self.unit = cfg_unit(cfg)  # a_in per unit current (qat)
@@ -633,7 +649,7 @@ class Spikeformer(nn.Module):
             encoded = features * CHANNELS
         self.stem = STEMS[cfg.stem](cfg, stream_tokens, encoded, binary)
         body_tokens = self.stem.out_tokens
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(Block(cfg, body_tokens) for _ in range(cfg.depth))
         self.norm = FeatureNorm(cfg.dim)
         self.lif = SpikingNeurons(cfg, cfg.dim)
         self.readout = Dense(body_tokens * cfg.dim, classes, norm=False, delay=cfg.dense_delay)

@@ -27,6 +27,7 @@ CASES = {
     "global-delta": dict(variant="delta"),
     "cuba-global-hebbian": dict(alpha=0.5),
     "aligned-global-hebbian": dict(delays="aligned", depth=2),
+    "cortical-hebbian": dict(attention="cortical", heads=4),  # full Dense connections that pool tokens
 }
 
 

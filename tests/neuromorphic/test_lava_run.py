@@ -23,6 +23,7 @@ CASES = {
     # skips delayed as long as the sublayers (connections of delay 3 and 5 into later readers)
     "aligned-global-hebbian": dict(delays="aligned", depth=2),
     "aligned-causal-delta": dict(task="recall", mode="causal", variant="delta", attn_scale=1.0, delays="aligned"),
+    "cortical-hebbian": dict(attention="cortical", heads=4),  # q/k/v pool tokens: full Dense connections
 }
 
 

@@ -30,6 +30,11 @@ CASES = {
     "aligned-conv2d-stem-cuba": dict(stem="conv2d", patch_size=4, conv_channels=3, delays="aligned", alpha=0.4,
                                      depth=2),
     "aligned-causal-stdp": dict(task="recall", mode="causal", variant="stdp", delays="aligned", depth=2),
+    # multi-scale cortical projections (spikeformer/cortical.py): full Dense terms that pool tokens
+    "cortical": dict(attention="cortical", heads=4),
+    "cortical-conv1d-stem-cuba-depth2": dict(task="mnist1d", stem="conv1d", attention="cortical", heads=4,
+                                             alpha=0.5, depth=2),
+    "cortical-aligned-stdp": dict(attention="cortical", heads=4, delays="aligned", variant="stdp"),
 }
 
 
