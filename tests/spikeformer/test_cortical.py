@@ -98,10 +98,13 @@ def test_attention_params_are_counted_exactly():
     assert attention == cfg.depth * per_block
 
 
-def test_digits_cortical_has_over_10x_fewer_attention_params():
+@pytest.mark.parametrize("config, learned", [("digits-cortical", {}), ("mnist1d-cortical", {"heads": 4, "head_dim": 16})])
+def test_cortical_demos_have_over_10x_fewer_attention_params(config, learned):
+    """Against the learned twin (demos/digits-loihi.toml, demos/mnist1d.toml: the same but for these keys)."""
     counts = {}
     for attention in ("learned", "cortical"):
-        cfg = load_config("demos/digits-cortical.toml", {"attention": attention})
+        overrides = {"attention": attention, **(learned if attention == "learned" else {})}
+        cfg = load_config(f"demos/{config}.toml", overrides)
         tokens, features, classes = cfg.task_shape()
         counts[attention] = count_params(build_model(cfg, tokens, features, classes))[1]
     assert counts["learned"] >= 10 * counts["cortical"], counts
