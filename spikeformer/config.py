@@ -62,6 +62,14 @@ MAX_DATA_VALUES = 2 ** 28  # recall: generated train + test token values (1 GiB 
 MAX_STATE = 2 ** 22  # attention state heads * head_dim**2 per sample and block (16 MiB in float32)
 
 
+def _require(needs: dict[str, tuple], why: str) -> None:
+    """Raise one ConfigError naming every key whose value ``v`` differs from what ``why`` needs:
+    ``needs = {key: (v, wanted)}``."""
+    wrong = [f"{k} = {v!r} (needs {want!r})" for k, (v, want) in needs.items() if v != want]
+    if wrong:
+        raise ConfigError(f"{why}; these keys do not allow it: {', '.join(wrong)}")
+
+
 @dataclass
 class Config:
     # --- task and data (SPEC §5) ---
@@ -255,9 +263,7 @@ class Config:
         if self.qat:
             needs = {"delays": (self.delays, "loihi"), "stem": (self.stem, "linear"), "model": (self.model, "spikeformer"),
                      "learn_threshold": (self.learn_threshold, False), "alpha": (self.alpha, 0.0)}
-            wrong = [f"{k} = {v!r} (needs {want!r})" for k, (v, want) in needs.items() if v != want]
-            if wrong:
-                raise ConfigError(f"qat fine-tunes an exportable model; these keys do not allow it: {', '.join(wrong)}")
+            _require(needs, "qat fine-tunes an exportable model")
             if not self.init_from:
                 raise ConfigError("qat fine-tunes a trained run: set init_from (or pass --init RUN)")
             if not 1 <= self.qat_vth < 2 ** 17:
@@ -265,10 +271,7 @@ class Config:
         if self.attention == "cortical":
             needs = {"model": (self.model, "spikeformer"), "mode": (self.mode, "global"), "rule": (self.rule, "bptt"),
                      "qat": (self.qat, False)}
-            wrong = [f"{k} = {v!r} (needs {want!r})" for k, (v, want) in needs.items() if v != want]
-            if wrong:
-                raise ConfigError(f"attention \"cortical\" pools tokens in a global spiking model trained by BPTT; "
-                                  f"these keys do not allow it: {', '.join(wrong)}")
+            _require(needs, "attention \"cortical\" pools tokens in a global spiking model trained by BPTT")
             if self.heads * self.head_dim != self.dim:
                 raise ConfigError(f"attention \"cortical\" gives each head its own slice of the features: heads * "
                                   f"head_dim = {self.heads * self.head_dim} must equal dim = {self.dim}")
