@@ -107,3 +107,17 @@ def conv2d_indices(channels: tuple[int, int], in_hw: tuple[int, int], out_hw: tu
     rows = np.arange(c_out)[:, None, None] * (out_h * out_w) + (yo * out_w + xo)[None, None, :]
     cols = np.arange(c_in)[None, :, None] * (height * width) + (y * width + x)[None, None, :]
     return rows, cols, i, j
+
+
+def conv2d_kernel(weight: np.ndarray, src: Population, dst: Population, conv: dict) -> np.ndarray | None:
+    """The ``[C_out, C_in, kh, kw]`` kernel of a full weight between image grids ``src -> dst``
+    (``Population.image``), rows and columns in their ``[C, H, W]`` order, read off its entries;
+    None unless every entry is that kernel's (shared entries equal, nothing outside the windows)."""
+    rows, cols, i, j = conv2d_indices((dst.channels, src.channels), src.image[:2], dst.image[:2], conv)
+    values = weight[rows, cols]  # [C_out, C_in, P]
+    kernel = np.zeros((dst.channels, src.channels, *conv["kernel"]))
+    kernel[:, :, i, j] = values
+    # (rows, cols) pairs are distinct, so any nonzero beyond the windows' shows in the count (no copy
+    # of the matrix: the MNIST patch convolution's is 2,048 x 12,544)
+    outside = np.count_nonzero(weight) - np.count_nonzero(values)
+    return kernel if np.array_equal(kernel[:, :, i, j], values) and not outside else None

@@ -14,7 +14,7 @@ import numpy as np
 from spikeformer.checkpoint import atomic_write_bytes
 
 from .ir import Graph, LoweringError, Population
-from .nir_base import DEFAULT_DT, FORMAT, NIR_IO_VERSION, _nir, _one_line, conv2d_indices, decay_to_tau
+from .nir_base import DEFAULT_DT, FORMAT, NIR_IO_VERSION, _nir, _one_line, conv2d_kernel, decay_to_tau
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,16 +80,10 @@ def _conv2d_connections(graph: Graph) -> set[str]:
 
 def _kernel(weight: np.ndarray, conv: dict, src: Population, dst: Population, where: str) -> np.ndarray:
     """The ``[C_out, C_in, kh, kw]`` kernel of a full weight ``[C_out*H'*W', C_in*H*W]`` (image
-    order) read off its entries, after checking that every entry is that kernel's (the IR weight
-    is the source of truth; this proves it is the convolution ``conv`` says)."""
-    rows, cols, i, j = conv2d_indices((dst.channels, src.channels), src.image[:2], dst.image[:2], conv)
-    values = weight[rows, cols]  # [C_out, C_in, P]
-    kernel = np.zeros((dst.channels, src.channels, *conv["kernel"]))
-    kernel[:, :, i, j] = values
-    # (rows, cols) pairs are distinct, so any nonzero beyond the windows' shows in the count (no copy
-    # of the matrix: the MNIST patch convolution's is 2,048 x 12,544)
-    outside = np.count_nonzero(weight) - np.count_nonzero(values)
-    if not np.array_equal(kernel[:, :, i, j], values) or outside:
+    order), after checking that every entry is that kernel's (the IR weight is the source of
+    truth; this proves it is the convolution ``conv`` says)."""
+    kernel = conv2d_kernel(weight, src, dst, conv)
+    if kernel is None:
         raise LoweringError(f"connection {where} is marked as a convolution {conv}, but its weight is not one "
                             "(shared kernel entries differ, or weights lie outside the windows)")
     return kernel

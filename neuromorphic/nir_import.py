@@ -13,7 +13,8 @@ import numpy as np
 
 from .ir import MAX_DELAY, Connection, Graph, IRError, LoweringError, Population, unique_name
 from .nir_base import (CLOCK, FORMAT, MAX_FILE_VALUES, MAX_GROUP_DEPTH, MAX_MATRIX, MAX_NIR_NEURONS, MAX_WORK,
-                       SNNTORCH_DT, _arr, _metadata, _nir, _one_line, conv2d_indices, image_order, tau_to_decay)
+                       SNNTORCH_DT, _arr, _metadata, _nir, _one_line, conv2d_indices, conv2d_kernel, image_order,
+                       tau_to_decay)
 from .trace import Trace
 
 
@@ -117,6 +118,9 @@ class _Term:
     # without a matrix: which of the source's IR neurons each value is (a [C, H, W] node holds its
     # population in image order); None = all, in order
     columns: np.ndarray | None = None
+    # a Conv2d applied straight to the source's output: {"kernel", "stride", "padding"}, kept on the
+    # IR connection (``Connection.conv``) when both ends are image grids and the weight is that conv
+    conv: dict | None = None
 
     def explicit(self, where: str) -> "_Term":
         """This term with its columns in its matrix (None = identity)."""
@@ -215,7 +219,9 @@ def _conv2d(node: Any, signal: _Signal, name: str) -> _Signal:
     matrix = np.zeros((c_out * out_hw[0] * out_hw[1], signal.size))
     matrix[rows, cols] = kernel[:, :, i, j]
     bias = np.repeat(_arr(node.bias, where).reshape(-1), out_hw[0] * out_hw[1]) if node.bias is not None else None
-    return _apply(signal, matrix, bias, name, None)
+    out = _apply(signal, matrix, bias, name, None)
+    out.terms = [replace(t, conv=conv) if s.matrix is None else t for t, s in zip(out.terms, signal.terms)]
+    return out
 
 
 def _to_ir_order(neuron: _Neuron, order: np.ndarray) -> None:
@@ -260,6 +266,7 @@ class _Neuron:
     signal: _Signal | None = None
     tokens: int = 1
     features: int = 0
+    image: list | None = None  # [height, width, patch] of a [C, H, W] node written by export_nir
 
 
 def _uniform(values: np.ndarray, what: str, where: str) -> float:
@@ -447,6 +454,7 @@ def nir_to_graph(source: Any, dt: float | None = None, time_steps: int | None = 
             in_image = image_order(meta)
             if in_image is not None:
                 _to_ir_order(neuron, in_image)
+                neuron.image = [int(n) for n in meta["image"]]
             neurons[name] = neuron
             signals[name] = _Signal(s.size, [_Term(name, 0, None, columns=in_image)])
         elif isinstance(node, nir.I):
@@ -486,9 +494,10 @@ def _merge(terms: list[_Term], size: int) -> list[_Term]:
     for t in terms:
         key = (t.source, t.delay)
         if key not in merged:
-            merged[key] = _Term(t.source, t.delay, t.matrix, t.label, t.kind)
+            merged[key] = _Term(t.source, t.delay, t.matrix, t.label, t.kind, conv=t.conv)
             continue
         m = merged[key]
+        m.conv = None  # a sum of maps is no longer the one convolution
         if m.matrix is None or t.matrix is None:  # an identity term becomes a dense eye(size)
             _dense(size, size, repr(t.label or t.source))
         m.matrix = (np.eye(size) if m.matrix is None else m.matrix) + (np.eye(size) if t.matrix is None else t.matrix)
@@ -512,11 +521,15 @@ def _build_graph(gmeta: dict, dt: float, time_steps: int | None, input_name: str
         graded = bool(int(in_meta.get("graded", 1)))  # unknown (other tools): real-valued input
     except (TypeError, ValueError, OverflowError):
         graded = True
-    populations = [Population(input_name, "input", in_tokens, in_features, graded=graded)]
+    in_image = [int(n) for n in in_meta["image"]] if image_order(in_meta) is not None else None
+    populations = [Population(input_name, "input", in_tokens, in_features, graded=graded, image=in_image)]
     grids = {input_name: (in_tokens, in_features)}
+    images = {input_name: populations[0]}  # the image grids, as populations (for their geometry)
     built: list[_Neuron] = [neurons[n] for n in order if n in neurons] + [readout]
     for n in built:
         grids[n.name] = (n.tokens, n.features)
+        if n.image is not None:
+            images[n.name] = Population(n.name, "lif", n.tokens, n.features, image=n.image)
     if CLOCK in grids:
         raise LoweringError(f"NIR node name {CLOCK!r} is reserved by the importer; rename the node")
 
@@ -575,11 +588,12 @@ def _build_graph(gmeta: dict, dt: float, time_steps: int | None, input_name: str
                 if block is not None:
                     kind, weight = "tokenwise", block
             label = t.label or f"{t.source}->{n.name}"
-            connections.append(Connection(unique(label), t.source, n.name, kind, weight, delay=delay))
+            conv = _convolution(t.conv, images.get(t.source), images.get(n.name), weight) if kind == "full" else None
+            connections.append(Connection(unique(label), t.source, n.name, kind, weight, delay=delay, conv=conv))
         populations.append(Population(
             n.name, n.kind, n.tokens, n.features, beta=n.beta if n.kind == "lif" else 0.0,
             alpha=n.alpha, threshold=n.threshold if n.kind == "lif" else 1.0,
-            bias=bias_now.reshape(n.tokens, n.features)))
+            bias=bias_now.reshape(n.tokens, n.features), image=n.image))
     if clock_needed:
         # one neuron, no input, bias 1 > threshold 0.5 and beta 0: fires every step from step 0
         populations.insert(1, Population(CLOCK, "lif", 1, 1, beta=0.0, alpha=0.0, threshold=0.5,
@@ -591,6 +605,20 @@ def _build_graph(gmeta: dict, dt: float, time_steps: int | None, input_name: str
         return Graph(populations, connections, [], meta).validate()
     except IRError as exc:
         raise IRError(f"the NIR graph does not make a valid IR graph: {exc}") from None
+
+
+def _convolution(conv: dict | None, src: Population | None, dst: Population | None,
+                 weight: np.ndarray) -> dict | None:
+    """``conv`` for the IR connection ``weight`` (IR order) between image grids ``src -> dst``
+    when it still is that convolution (a re-export then writes a Conv2d again), else None."""
+    if conv is None or src is None or dst is None:
+        return None
+    out_hw = [(n + 2 * p - k) // s + 1 for n, p, k, s in zip(src.image[:2], conv["padding"], conv["kernel"],
+                                                              conv["stride"])]
+    if out_hw != list(dst.image[:2]) or weight.shape != (dst.size, src.size):
+        return None
+    chw = weight[dst.image_order()][:, src.image_order()]
+    return dict(conv) if conv2d_kernel(chw, src, dst, conv) is not None else None
 
 
 def _graph_meta(gmeta: dict, time_steps: int | None, readout: _Neuron, shift: dict) -> dict:

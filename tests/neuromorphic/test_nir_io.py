@@ -107,11 +107,22 @@ def written_conv_stem(stem: str, seed: int, path) -> tuple[Spikeformer, object, 
     g = nir.read(nir_io.export_nir(graph, path))
     conv1, conv2 = g.nodes["stem.conv1->stem.conv1"], g.nodes["stem.conv2->final"]
     assert isinstance(conv1, nir.Conv2d) and isinstance(conv2, nir.Conv2d)
-    imported = run_graph(nir_io.nir_to_graph(g), steps)
+    back = nir_io.nir_to_graph(g)
+    imported = run_graph(back, steps)
     for name in ("stem.conv1", "final"):
         assert active(ir.spikes[name]), name
         np.testing.assert_array_equal(imported.spikes[name], ir.spikes[name], err_msg=name)
     np.testing.assert_allclose(imported.readout, ir.readout, rtol=0, atol=1e-12)
+    # the import keeps the geometry, so a re-export writes the same Conv2d nodes again
+    convs = {c.name: c.conv for c in graph.connections if c.conv is not None}
+    assert len(convs) == 2 and {c.name: c.conv for c in back.connections if c.conv is not None} == convs
+    assert {p.name: p.image for p in back.populations if p.image} == {p.name: p.image for p in graph.populations
+                                                                      if p.image}
+    again = nir.read(nir_io.export_nir(back, path.with_name("again.nir")))
+    for name, node in g.nodes.items():
+        assert type(again.nodes[name]) is type(node), name
+        if isinstance(node, nir.Conv2d):
+            np.testing.assert_allclose(again.nodes[name].weight, node.weight, rtol=1e-12, err_msg=name)
     return model, g, conv1, conv2
 
 
