@@ -21,7 +21,7 @@ from spikeformer.checkpoint import atomic_write_json
 from spikeformer.errors import SpikeformerError
 
 from .backends import BACKENDS, CALIBRATION_SAMPLES, TARGETS, Job, Outcome, fixed_graph, get_backend, get_target
-from .compare import agreement, encode_steps, torch_trace
+from .compare import agreement, chip_activity, encode_steps, torch_trace
 from .lower import lower
 
 __all__ = ["BACKENDS", "CALIBRATION_SAMPLES", "TARGETS", "export", "fixed_graph", "validate"]
@@ -93,6 +93,8 @@ def validate(run: str | Path, backend: str, samples: int = 100, progress: bool =
     record.update(spec.extra(job, Outcome(reference, ref_seconds, trace, info)))
     record.update(score)
     record.setdefault("steps_per_second", float("nan"))
+    chip_graph, chip_inputs = (job.fixed()[:2] if backend == "lava-fixed" else (graph, x_steps))
+    record["chip"] = chip_activity(chip_graph, trace, chip_inputs)
     atomic_write_json(Path(run) / f"validate-{backend}.json", _jsonable(record))
     what = f"windows of {x.shape[1]} characters" if cfg.every_token else "samples"
     agree = "prediction agreement (per character)" if cfg.every_token else "class agreement"

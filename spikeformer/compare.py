@@ -3,7 +3,9 @@
 It reads what the runs already hold and runs nothing. Each run needs its ``metrics.json``;
 ``robustness.json`` (``eval --corruptions``) and ``validate-<backend>.json`` are shown where
 present. It writes ``DIR/compare.json`` (one row per run), ``DIR/compare.md`` (the table),
-``DIR/compare.html`` and the plots it shows, in ``DIR/figures/``.
+``DIR/compare.html`` and the plots it shows, in ``DIR/figures/``. The html also gives each
+run's per-layer efficiency (metrics.json ``efficiency``) and, per backend it was validated on,
+what a Loihi-style chip executes (the ``chip`` block of ``validate-<backend>.json``).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def load_row(run: Path) -> dict[str, Any]:
         "spike_rate": m.get("spike_rate") if m.get("model") != "ann" else None,
         "latency_steps": m.get("latency_steps"),
         "mean_corruption_accuracy": None, "mean_input_corruption_accuracy": None, "relative_robustness": None,
-        "robustness": None, "backends": {},
+        "robustness": None, "backends": {}, "efficiency": m.get("efficiency"), "chip": chip_records(run),
     }
     robust_path = run / "robustness.json"
     if robust_path.is_file():
@@ -193,6 +195,9 @@ def write_html(rows: list[dict[str, Any]], out: Path, figures: list[tuple[str, s
                                   "accuracy (backend)", "accuracy (torch)"], agreement))
     else:
         parts.append("<p>No run holds a validate-*.json (spikeformer validate RUN --backend ...).</p>")
+    for r in rows:
+        if r["efficiency"]:
+            parts.append(efficiency_html(r["efficiency"], r["chip"], f"Efficiency by layer: {r['name']}"))
     parts.append("<h2>Figures</h2>")
     for name, caption in figures:
         parts.append(f"<figure><img src='figures/{html.escape(name)}' alt='{html.escape(caption)}'>"
@@ -201,6 +206,54 @@ def write_html(rows: list[dict[str, Any]], out: Path, figures: list[tuple[str, s
     path = out / "compare.html"
     atomic_write_bytes(path, "\n".join(parts).encode())
     return path
+
+
+def chip_records(run: Path) -> dict[str, dict]:
+    """backend -> the ``chip`` block of ``RUN/validate-<backend>.json`` (those that have one)."""
+    records = {}
+    for path in sorted(run.glob("validate-*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a damaged validation file is not this table's to report
+        if isinstance(record, dict) and isinstance(record.get("chip"), dict):
+            records[str(record.get("backend", path.stem[len("validate-"):]))] = record["chip"]
+    return records
+
+
+def _cells_table(head: list[str], rows: list[list[Any]]) -> str:
+    """An HTML table of numbers (floats to 4 significant digits, None as '-') and names."""
+    return _html_table(head, [["-" if c is None else f"{c:.4g}" if isinstance(c, float) else str(c) for c in row]
+                              for row in rows])
+
+
+def efficiency_html(eff: dict[str, Any], chips: dict[str, dict], title: str = "Efficiency") -> str:
+    """metrics.json's ``efficiency`` (``metrics.efficiency``) as HTML: the model, each synapse
+    layer and each neuron population, and what a chip executes per backend (``chips``)."""
+    ops = eff.get("synaptic_operations", {})
+    layers = eff.get("layers", {})
+    parts = [f"<h2>{html.escape(title)} (NeuroBench names, per sample, {eff.get('samples')} test samples)</h2>",
+             _cells_table(["footprint bytes", "connection sparsity", "activation sparsity", "effective ACs",
+                           "effective MACs", "dense ops"],
+                          [[eff.get("footprint_bytes"), eff.get("connection_sparsity"), eff.get("activation_sparsity"),
+                            ops.get("effective_acs"), ops.get("effective_macs"), ops.get("dense")]]),
+             "<h3>Synapse layers</h3>",
+             _cells_table(["layer", "effective ACs", "effective MACs", "dense ops", "weights", "connection sparsity",
+                           "footprint bytes"],
+                          [[name, v.get("effective_acs"), v.get("effective_macs"), v.get("dense"), v.get("weights"),
+                            v.get("connection_sparsity"), v.get("footprint_bytes")] for name, v in layers.items()])]
+    if eff.get("neurons"):
+        parts += ["<h3>Neuron populations</h3>",
+                  _cells_table(["population", "activation sparsity", "spikes per sample"],
+                               [[name, v.get("activation_sparsity"), v.get("spikes_per_sample")]
+                                for name, v in eff["neurons"].items()])]
+    if chips:
+        parts += ["<h3>On a Loihi-style chip (from each backend's own spikes, spikeformer validate)</h3>",
+                  _cells_table(["backend", "synaptic events per sample", "of which attention", "spikes per sample"],
+                               [[backend, c.get("synaptic_events_per_sample"), sum(c.get("attentions", {}).values()),
+                                 sum(c.get("spikes_per_sample", {}).values())] for backend, c in chips.items()])]
+    parts.append(f"<p><small>{html.escape(str(eff.get('note', '')))}</small></p>")
+    return "\n".join(parts)
 
 
 def compare(runs: Sequence[str | Path], out: str | Path) -> tuple[list[dict[str, Any]], Path]:

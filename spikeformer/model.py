@@ -55,25 +55,34 @@ class Probe:
     and (with ``keep_traces``) keeps spike trains, membranes and attention states for figures.
 
     ``ac``: accumulate operations caused by binary spikes; ``mac``: multiply-accumulates
-    (real-valued inputs into the first layer, attention state decay).
+    (real-valued inputs into the first layer, attention state decay). ``layers``: the same per
+    synapse layer (the module, or a name for what is not one), with ``dense``, the operations
+    had every input been nonzero (NeuroBench's dense synaptic operations).
     """
 
     def __init__(self, keep_traces: bool = False) -> None:
         self.keep_traces = keep_traces
         self.ac = 0.0
         self.mac = 0.0
+        self.layers: dict[Any, dict[str, float]] = {}
         self.spike_counts: dict[str, float] = {}
         self.neuron_steps: dict[str, float] = {}
         self.spikes: dict[str, Tensor] = {}
         self.membranes: dict[str, list] = {}
         self.attention_states: dict[str, list] = {}
 
-    def count_synapses(self, ops: float, binary_input: bool) -> None:
-        """Add synaptic operations: ACs when driven by spikes, MACs when by real values."""
+    def count_synapses(self, ops: float, binary_input: bool, layer: Any = None, dense: Optional[float] = None) -> None:
+        """Add synaptic operations: ACs when driven by spikes, MACs when by real values; with
+        ``layer``, to that layer's entry too (``dense``: its operations at all inputs nonzero;
+        None: ``ops``, as for a real-valued input)."""
         if binary_input:
             self.ac += ops
         else:
             self.mac += ops
+        if layer is not None:
+            entry = self.layers.setdefault(layer, {"ac": 0.0, "mac": 0.0, "dense": 0.0})
+            entry["ac" if binary_input else "mac"] += ops
+            entry["dense"] += ops if dense is None else dense
 
     def record_spikes(self, name: str, spikes: Tensor) -> None:
         self.spike_counts[name] = self.spike_counts.get(name, 0.0) + float(spikes.detach().sum())
@@ -202,10 +211,11 @@ class Dense(nn.Module):
         if probe is not None:
             events = getattr(self.linear, "synaptic_events", None)  # a cortical projection counts its own
             if events is not None:
-                probe.count_synapses(events(x), self.binary_input)
+                probe.count_synapses(events(x), self.binary_input, self, events(torch.ones_like(x)))
             else:
                 count = float(x.count_nonzero()) if self.binary_input else float(x.numel())
-                probe.count_synapses(count * self.linear.out_features, self.binary_input)
+                fan_out = self.linear.out_features
+                probe.count_synapses(count * fan_out, self.binary_input, self, float(x.numel()) * fan_out)
         if self.fake_quant:
             term = Term(self, x, position)
             return Drive([term] if self.residual else term.current(x.new_ones(self.linear.out_features), self.unit)), carry
@@ -316,8 +326,12 @@ class SpikingAttention(nn.Module):
         if probe is not None:
             counts = attention_event_counts(q.detach(), k.detach(), v.detach(), self.variant,
                                             None if modulator is None else modulator.detach())
-            probe.ac += float(counts["update"] + counts["read"])
-            probe.mac += float(t * b * self.heads * self.head_dim ** 2)  # lambda * S each step
+            ones = torch.ones_like(q)
+            dense = attention_event_counts(ones, ones, ones, self.variant,
+                                           None if modulator is None else torch.ones_like(modulator))
+            probe.count_synapses(float(counts["update"] + counts["read"]), True, self,
+                                 float(dense["update"] + dense["read"]))
+            probe.count_synapses(float(t * b * self.heads * self.head_dim ** 2), False, self)  # lambda * S each step
             if probe.keep_traces:
                 probe.attention_states.setdefault(name, []).append(new["attention"].memory.detach().cpu())
         o = o.reshape(t, b, n, -1)  # [T, B, N, H*d]
@@ -476,16 +490,18 @@ class ConvStem(nn.Module):
         if self.delay:
             x, new["conv1_delay"] = delay_one_step(x, state.get("conv1_delay"))
         if probe is not None:
-            ops = self._count(self.conv1, x) if self.binary_input else \
-                float(x.numel()) * math.prod(self.conv1.kernel_size) * self.conv1.out_channels
-            probe.count_synapses(ops, self.binary_input)
+            if self.binary_input:
+                ops, dense = self._count(self.conv1, x), self._count(self.conv1, torch.ones_like(x))
+            else:
+                ops = dense = float(x.numel()) * math.prod(self.conv1.kernel_size) * self.conv1.out_channels
+            probe.count_synapses(ops, self.binary_input, self.conv1, dense)
         h = self._conv(self.conv1, x)
         zero = h.new_zeros(h.shape[-1]) if self.split_bias else None
         s, new["lif"] = self.lif(self.norm1.drive(Drive(h, zero)), state.get("lif"), probe, "stem.conv1")
         if self.delay:
             s, new["conv2_delay"] = delay_one_step(s, state.get("conv2_delay"))
         if probe is not None:
-            probe.ac += self._count(self.conv2, s)
+            probe.count_synapses(self._count(self.conv2, s), True, self.conv2, self._count(self.conv2, torch.ones_like(s)))
         u = Drive(self._conv(self.conv2, s) + self.position, self.position if self.split_bias else None)
         out = self.norm2.drive(u)
         if self.keep_rest:  # aligned: the stream's current at silent input (the folded positions)
@@ -731,7 +747,8 @@ class Spikeformer(nn.Module):
         if probe is not None and self.cfg.encoder == "retina":  # the encoder's own filtering
             from .encoders import retina_macs_per_sample  # noqa: PLC0415
 
-            probe.mac += float(retina_macs_per_sample(self.cfg, self.tokens, self.features)) * x.shape[0]
+            probe.count_synapses(float(retina_macs_per_sample(self.cfg, self.tokens, self.features)) * x.shape[0],
+                                 False, "encoder")
         y, state = self.forward_steps(x_t, state, probe)
         if self.cfg.every_token:
             return self.token_logits(y, x.shape[1]), state
@@ -815,8 +832,8 @@ class ANNTransformer(nn.Module):
             feats = u
         else:
             feats = u[:, -1] if cfg.mode == "causal" else u.reshape(b, -1)
-        if probe is not None:
-            probe.mac += float(self.macs_per_sample()) * b
+        if probe is not None:  # counted in closed form for the whole model (dense: every MAC is done)
+            probe.count_synapses(float(self.macs_per_sample()) * b, False, self)
         return self.readout(feats), {}
 
     def macs_per_sample(self) -> int:

@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from torch import Tensor, nn
 
 from .checkpoint import atomic_write_bytes
+from .compare import chip_records, efficiency_html
 from .config import Config
 from .errors import ConfigError
 from .model import Probe
@@ -212,6 +213,8 @@ def write_report(run: str | Path) -> Path:
         parts.append(f"<h2>Metrics</h2><table>{rows}</table>")
         if "energy_note" in metrics:
             parts.append(f"<p><small>Energy: {html.escape(str(metrics['energy_note']))}</small></p>")
+        if "efficiency" in metrics:
+            parts.append(efficiency_html(metrics["efficiency"], chip_records(run)))
     parts.append("<h2>Figures</h2>")
     for name, caption in shown:
         parts.append(f"<figure><img src='figures/{name}' alt='{html.escape(caption)}'>"
@@ -229,3 +232,4 @@ def write_report(run: str | Path) -> Path:
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+

@@ -27,7 +27,7 @@ from .config import Config, config_from_dict
 from .data import Split, load_task, shift_augment
 from . import distributed
 from .errors import CheckpointError, ConfigError, DistributedError, SpikeformerError, TrainingDiverged
-from .metrics import ENERGY_NOTE, count_params, energy_pj, evaluate, token_loss
+from .metrics import ENERGY_NOTE, count_params, efficiency, energy_pj, evaluate, token_loss
 from .model import Probe, build_model
 
 
@@ -153,8 +153,9 @@ def init_weights(model: nn.Module, cfg: Config) -> None:
     load_model_weights(model, weights)
 
 
-def measure(model: nn.Module, split: Split, device: str, cfg: Config, samples: int = 256) -> dict[str, float]:
-    """Synaptic events, energy estimate and spike rate per test sample (first ``samples``)."""
+def measure(model: nn.Module, split: Split, device: str, cfg: Config, samples: int = 256) -> dict[str, Any]:
+    """Synaptic events, energy estimate and spike rate per test sample (first ``samples``), and
+    their breakdown per layer (``efficiency``)."""
     probe = Probe()
     x, y = split.x_test[:samples], split.y_test[:samples]
     evaluate(model, x, y, device=device, probe=probe, generator=torch.Generator().manual_seed(cfg.seed))
@@ -165,6 +166,7 @@ def measure(model: nn.Module, split: Split, device: str, cfg: Config, samples: i
         "macs_per_sample": mac,
         "energy_pj_per_sample": energy_pj(ac, mac),
         "spike_rate": probe.spike_rate(),
+        "efficiency": efficiency(model, probe, n),
     }
 
 

@@ -49,6 +49,10 @@ def test_validate_writes_spec_keys(loihi_run, backend):
     assert record["samples"] == 4 and record["spike_agreement"] == 1.0 and record["class_agreement"] == 1.0
     if backend == "lava-fixed":
         assert record["fixed_ref_seconds"] > 0 and "accuracy_fixed_ref" in record
+    chip = record["chip"]  # what a chip executes, from this backend's own spikes
+    assert chip["synaptic_events_per_sample"] == sum(chip["connections"].values()) + sum(chip["attentions"].values())
+    assert list(chip["attentions"]) == ["block0.attn"] and chip["connections"]["stem.embed->block0.in"] > 0
+    assert chip["spikes_per_sample"]["block0.in"] > 0
 
 
 @pytest.mark.backend

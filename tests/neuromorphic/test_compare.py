@@ -81,3 +81,34 @@ def test_per_token_logits_of_a_trace_equal_the_language_models():
         logits, _ = model.double()(x.double())
     assert trace.logits.shape == (3, 6, 84)
     np.testing.assert_allclose(trace.logits, logits.numpy(), rtol=0, atol=1e-12)
+
+
+def test_chip_activity_counts_each_event_once_per_nonzero_fan_out_weight():
+    """One synaptic event per spike (or nonzero graded input) per nonzero weight it reaches,
+    counted by hand over every step, sample, token and neuron."""
+    from neuromorphic.compare import chip_activity
+    from neuromorphic.ir import Connection, Graph, Population
+    from neuromorphic.trace import Trace
+
+    pops = [Population("input", "input", 2, 3, graded=True), Population("hidden", "lif", 2, 4, bias=np.zeros((2, 4))),
+            Population("readout", "readout", 1, 2, bias=np.zeros((1, 2)))]
+    w1 = np.array([[1.0, 0, 2], [0, 0, 1], [3, 0, 0], [1, 1, 1]])  # tokenwise: input column f reaches 3, 1, 3
+    w2 = np.zeros((2, 8))
+    w2[0, :5], w2[1, 0] = 1.0, -2.0  # full: hidden neuron j reaches 2, 1, 1, 1, 1, 0, 0, 0
+    graph = Graph(pops, [Connection("w1", "input", "hidden", "tokenwise", w1),
+                         Connection("w2", "hidden", "readout", "full", w2, delay=2)], [],
+                  {"mode": "global", "steps": 5, "window": 5, "latency": 3, "classes": 2}).validate()
+    rng = np.random.default_rng(0)
+    inputs = np.maximum(rng.normal(size=(5, 3, 2, 3)), 0)  # [T, B, N, F], some exact zeros
+    hidden = rng.random((5, 3, 2, 4)) < 0.3
+    out = chip_activity(graph, Trace({"hidden": hidden}, np.zeros((5, 3, 2)), 5), inputs)
+    w1_events = w2_events = 0
+    for t in range(5):
+        for b in range(3):
+            for n in range(2):
+                w1_events += sum([3, 1, 3][f] for f in range(3) if inputs[t, b, n, f] != 0)
+                w2_events += sum([2, 1, 1, 1, 1, 0, 0, 0][n * 4 + f] for f in range(4) if hidden[t, b, n, f])
+    assert 0 < w1_events and 0 < w2_events
+    assert out["connections"] == {"w1": w1_events / 3, "w2": w2_events / 3}
+    assert out["synaptic_events_per_sample"] == (w1_events + w2_events) / 3
+    assert out["spikes_per_sample"] == {"hidden": hidden.sum() / 3} and out["attentions"] == {}

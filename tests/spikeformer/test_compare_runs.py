@@ -72,6 +72,11 @@ def test_compare_writes_table_plots_and_html(runs, tmp_path, capsys):
     for src in page.images:
         assert (out / src).stat().st_size > 1000
     assert "lava-float" in "".join(page.text)
+    # each run's per-layer breakdown, and the chip's events where a validation recorded them
+    text = "".join(page.text)
+    assert "Efficiency by layer: spikeformer" in text and "Efficiency by layer: ann" in text
+    assert all(name in text for name in metrics["efficiency"]["layers"])
+    assert spiking["efficiency"] == metrics["efficiency"] and spiking["chip"] == {}
 
 
 def test_compare_rejects_runs_of_different_tasks(runs, tmp_path):

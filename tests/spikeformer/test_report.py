@@ -96,3 +96,22 @@ def test_depth_zero_report_skips_the_attention_figure(tmp_path):
 def test_missing_run_raises_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError):
         write_report(tmp_path / "no_such_run")
+
+
+def test_report_shows_the_per_layer_breakdown_and_chip_counts(runs, tmp_path):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["spiking"], run)
+    eff = json.loads((run / "metrics.json").read_text())["efficiency"]
+    assert eff["layers"] and eff["neurons"] and eff["synaptic_operations"]["effective_acs"] > 0
+    chip = {"synaptic_events_per_sample": 1234.5, "connections": {}, "attentions": {"block0.attn": 34.5},
+            "spikes_per_sample": {"block0.in": 77.0}}
+    (run / "validate-lava-fixed.json").write_text(json.dumps({"backend": "lava-fixed", "chip": chip}))
+    (run / "validate-brian2.json").write_text("{damaged")  # skipped, not fatal
+    text = write_report(run).read_text()
+    assert "Efficiency (NeuroBench names" in text
+    for name in [*eff["layers"], *eff["neurons"]]:
+        assert f"<td>{name}</td>" in text, name
+    assert "<td>lava-fixed</td><td>1234</td><td>34.5</td><td>77</td>" in text  # 4 significant digits
