@@ -141,7 +141,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import atomic_write_json
     from .metrics import evaluate
     from .robustness import corruption_suite, parse_selection, plot_robustness
-    from .train import load_run, resolve_device
+    from .train import load_run, measure, resolve_device
 
     device = resolve_device(args.device)
     cfg, model, split, meta = load_run(args.run, device)
@@ -156,7 +156,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     gen = torch.Generator().manual_seed(cfg.seed)
     result = evaluate(model, split.x_test, split.y_test, device=device, noise=args.noise, generator=gen)
     record = {"run": str(args.run), "epoch": meta["epoch"], "noise": args.noise,
-              "test_accuracy": result["accuracy"], "test_loss": result["loss"], "samples": len(split.x_test)}
+              "test_accuracy": result["accuracy"], "test_loss": result["loss"], "samples": len(split.x_test),
+              **measure(model, split, device, cfg)}  # energy and the per-layer efficiency, clean inputs
     atomic_write_json(Path(args.run) / "eval.json", record)
     print(f"{cfg.task}/{cfg.model}: test accuracy {result['accuracy']:.4f} on {len(split.x_test)} samples"
           + (f" (noise sigma {args.noise})" if args.noise else ""))

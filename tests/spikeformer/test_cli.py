@@ -34,6 +34,8 @@ def test_train_eval_report_smoke(trained_run, capsys):
     record = json.loads((trained_run / "eval.json").read_text())
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert record["test_accuracy"] == metrics["test_accuracy"]  # reload scores what training scored
+    assert record["efficiency"] == metrics["efficiency"]  # and counts what training counted
+    assert record["energy_pj_per_sample"] == metrics["energy_pj_per_sample"]
     assert main(["eval", str(trained_run), "--noise", "0.3", "--corruptions", "blur,spike_deletion",
                  "--severities", "1,5", "--quiet"]) == 0
     robust = json.loads((trained_run / "robustness.json").read_text())
