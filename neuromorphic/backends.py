@@ -94,6 +94,15 @@ def _no_extra(job: Job, out: Outcome) -> dict[str, Any]:
     return {}
 
 
+def _float_run(job: Job) -> tuple[Graph, np.ndarray]:
+    return job.graph, job.x_steps
+
+
+def _fixed_run(job: Job) -> tuple[Graph, np.ndarray]:
+    graph, x_int, _ = job.fixed()
+    return graph, x_int
+
+
 @dataclass(frozen=True)
 class Backend:
     """One ``spikeformer validate --backend`` choice.
@@ -101,7 +110,8 @@ class Backend:
     ``runner(job) -> (trace, info)`` runs the backend (``info``: timings and versions, written
     as they are); ``reference`` is the JSON ``reference`` value; ``reference_trace(job) ->
     (trace, seconds)`` produces what the run is scored against; ``extra(job, outcome)`` gives the
-    backend's own JSON keys (it may also set ``saturation_events``).
+    backend's own JSON keys (it may also set ``saturation_events``); ``ran(job) -> (graph,
+    input steps)`` is what the runner ran (the quantised graph and integer input for fixed point).
     """
 
     name: str
@@ -109,6 +119,7 @@ class Backend:
     reference: str = TORCH_REFERENCE
     reference_trace: Callable[[Job], tuple[Trace, float]] = _torch_reference
     extra: Callable[[Job, Outcome], dict[str, Any]] = _no_extra
+    ran: Callable[[Job], tuple[Graph, np.ndarray]] = _float_run  # the graph and input steps the runner ran
 
 
 def _lava_float(job: Job) -> tuple[Trace, dict[str, Any]]:
@@ -120,8 +131,7 @@ def _lava_float(job: Job) -> tuple[Trace, dict[str, Any]]:
 def _lava_fixed(job: Job) -> tuple[Trace, dict[str, Any]]:
     from .lava.run import run_lava
 
-    fixed, x_int, _ = job.fixed()
-    return run_lava(fixed, x_int, progress=job.progress)
+    return run_lava(*_fixed_run(job), progress=job.progress)
 
 
 def _fixed_reference(job: Job) -> tuple[Trace, float]:
@@ -175,7 +185,7 @@ def _norse(job: Job) -> tuple[Trace, dict[str, Any]]:
 REGISTRY: dict[str, Backend] = {b.name: b for b in (
     Backend("lava-float", _lava_float),
     Backend("lava-fixed", _lava_fixed, reference="neuromorphic.fixed_ref (integer, same quantised graph)",
-            reference_trace=_fixed_reference, extra=_fixed_extra),
+            reference_trace=_fixed_reference, extra=_fixed_extra, ran=_fixed_run),
     Backend("brian2", _brian2("exact")),
     Backend("brian2-bio", _brian2("biophysical"), extra=_drift),
     Backend("norse", _norse),

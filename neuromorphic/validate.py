@@ -93,8 +93,8 @@ def validate(run: str | Path, backend: str, samples: int = 100, progress: bool =
     record.update(spec.extra(job, Outcome(reference, ref_seconds, trace, info)))
     record.update(score)
     record.setdefault("steps_per_second", float("nan"))
-    chip_graph, chip_inputs = (job.fixed()[:2] if backend == "lava-fixed" else (graph, x_steps))
-    record["chip"] = chip_activity(chip_graph, trace, chip_inputs)
+    ran_graph, ran_inputs = spec.ran(job)
+    record["chip"] = chip_activity(ran_graph, trace, ran_inputs)
     atomic_write_json(Path(run) / f"validate-{backend}.json", _jsonable(record))
     what = f"windows of {x.shape[1]} characters" if cfg.every_token else "samples"
     agree = "prediction agreement (per character)" if cfg.every_token else "class agreement"
