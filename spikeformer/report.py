@@ -232,4 +232,3 @@ def write_report(run: str | Path) -> Path:
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
