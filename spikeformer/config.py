@@ -34,10 +34,12 @@ CHOICES: dict[str, tuple] = {
     "lif_impl": ("fused", "loop"),
     "encoder": ("direct", "poisson", "retina"),
     "attention": ("learned", "cortical"),
+    "top_down": ("none", "readout", "block"),
     "stem": ("linear", "conv1d", "conv2d"),
     "delays": ("none", "loihi", "aligned"),
     "surrogate": ("fast_sigmoid", "atan", "sigmoid", "triangular"),
     "schedule": ("cosine", "constant"),
+    "norm_calibration": ("augmented", "clean"),
     "device": ("auto", "cpu", "cuda"),
     # bptt: surrogate gradients; the rest are rules/'s local rules (readout_only: the control)
     "rule": ("bptt", "stdp", "three_factor", "eprop", "perturbation", "readout_only"),
@@ -90,6 +92,7 @@ class Config:
     mode: str = "global"  # global (all tokens every step) | causal (one token per step, streaming)
     variant: str = "hebbian"  # attention state update: hebbian | stdp | three_factor | delta
     attention: str = "learned"  # learned (q/k/v/out projections) | cortical (fixed multi-scale token pooling, one shared q/k kernel: spikeformer/cortical.py)
+    top_down: str = "none"  # none | readout | block: a top-down current into each block's attention gate (three_factor's third factor), from a bottom-up sweep one step earlier (docs/equations.md)
     attention_impl: str = "auto"  # auto (fused/chunked to train, event for CPU inference) | fused (hebbian, CPU) | chunked | event | recurrent | naive | parallel (hebbian)
     lif_impl: str = "fused"  # fused (one pass over all steps, compiled kernel on CPU) | loop (lif_step per step)
     dim: int = 64  # residual width D
@@ -144,6 +147,7 @@ class Config:
     schedule: str = "cosine"  # cosine | constant (after warm-up)
     label_smoothing: float = 0.0
     grad_clip: float = 1.0  # max gradient norm; 0 = off
+    norm_calibration: str = "augmented"  # BatchNorm statistics recomputed each epoch on training samples as trained (augmented) | clean (as tested)
     ema_decay: float = 0.0  # evaluate, checkpoint and export an exponential moving average of the weights (per step); 0 = off
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -275,6 +279,11 @@ class Config:
             if self.heads * self.head_dim != self.dim:
                 raise ConfigError(f"attention \"cortical\" gives each head its own slice of the features: heads * "
                                   f"head_dim = {self.heads * self.head_dim} must equal dim = {self.dim}")
+        if self.top_down != "none":
+            needs = {"variant": (self.variant, "three_factor"), "model": (self.model, "spikeformer"),
+                     "mode": (self.mode, "global"), "rule": (self.rule, "bptt"), "qat": (self.qat, False)}
+            _require(needs, f"top_down {self.top_down!r} drives the third factor of three_factor attention in a "
+                            "global spiking model trained by BPTT")
         if self.attention_impl == "parallel" and self.variant != "hebbian":
             raise ConfigError("attention_impl 'parallel' exists only for variant 'hebbian'; use 'recurrent'")
         tokens, features, _ = self.task_shape()

@@ -23,8 +23,9 @@ from .model import Probe
 
 PJ_PER_AC = 0.9
 PJ_PER_MAC = 4.6
-# spiking model: blocks.i.attn.*; ANN baseline: blocks.i.qkv / blocks.i.out
-_ATTENTION = re.compile(r"blocks\.\d+\.(attn|qkv|out)\.")
+# spiking model: blocks.i.attn.* and the top-down synapses onto the attention gates (top_down.i.*);
+# ANN baseline: blocks.i.qkv / blocks.i.out
+_ATTENTION = re.compile(r"blocks\.\d+\.(attn|qkv|out)\.|top_down\.\d+\.")
 ENERGY_NOTE = "estimate: 0.9 pJ/AC, 4.6 pJ/MAC (45 nm, Horowitz 2014); synaptic ops only"
 
 

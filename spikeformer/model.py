@@ -30,8 +30,9 @@ Model state is explicit: ``forward_steps(x, state) -> (readout current, state)``
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from functools import partial
-from typing import Any, NamedTuple, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -307,7 +308,9 @@ class SpikingAttention(nn.Module):
         return {k: fake_quantize_fraction(v) for k, v in values.items()} if self.fake_quant else values
 
     def forward(self, s: Tensor, state: State, probe: Optional[Probe], name: str,
-                modulator: Optional[Tensor] = None) -> tuple[Tensor, State]:
+                modulator: Optional[Tensor] = None, top_down: Optional[Tensor] = None) -> tuple[Tensor, State]:
+        """``top_down``: an extra current into the gate neurons ``[T, B, N or 1, H]`` (``top_down``
+        configs), added to their bottom-up drive."""
         t, b, n, _ = s.shape
         new: State = {}
         spikes = {}
@@ -317,6 +320,8 @@ class SpikingAttention(nn.Module):
         q, k, v = (spikes[key].view(t, b, n, self.heads, self.head_dim) for key in "qkv")  # [T, B, N, H, d]
         if VARIANTS[self.variant].modulated and modulator is None:
             g, new["gate_delay"] = self.gate(s, state.get("gate_delay"), probe)
+            if top_down is not None:
+                g = Drive(g.total + top_down, g.bias, g.rest)
             gate, new["gate_lif"] = self.gate_lif(g, state.get("gate_lif"), probe, f"{name}.gate")
             modulator = gate.mean(2)  # [T, B, H]: fraction of tokens whose gate neuron fired
         o, new["attention"] = spiking_attention(
@@ -416,14 +421,17 @@ class Block(nn.Module):
         return u
 
     def forward(self, u: Drive, state: State, probe: Optional[Probe], name: str,
-                modulator: Optional[Tensor] = None) -> tuple[Drive, State]:
+                modulator: Optional[Tensor] = None, top_down: Optional[Tensor] = None
+                ) -> tuple[Drive, State, Tensor]:
+        """Returns the residual stream after the block, its state, and the spikes that read the
+        stream at its input ``[T, B, N, D]`` (a lower block's top-down source)."""
         new: State = {}
-        s, new["lif1"] = self.lif1(read_stream(self.norm1, u, self.unit), state.get("lif1"), probe, f"{name}.in")
-        y, new["attn"] = self.attn(s, state.get("attn", {}), probe, f"{name}.attn", modulator)
+        s_in, new["lif1"] = self.lif1(read_stream(self.norm1, u, self.unit), state.get("lif1"), probe, f"{name}.in")
+        y, new["attn"] = self.attn(s_in, state.get("attn", {}), probe, f"{name}.attn", modulator, top_down)
         u = join(self.skip(u, state, new, "skip1"), y)
         s, new["lif2"] = self.lif2(read_stream(self.norm2, u, self.unit), state.get("lif2"), probe, f"{name}.mid")
         y, new["mlp"] = self.mlp(s, state.get("mlp", {}), probe, f"{name}.mlp")
-        return join(self.skip(u, state, new, "skip2"), y), new
+        return join(self.skip(u, state, new, "skip2"), y), new, s_in
 
     def lower(self, b: Any, name: str, tokens: int) -> None:
         """Describe this block to an IR builder: two readers of the residual stream, each
@@ -649,6 +657,24 @@ def encode(x: Tensor, cfg: Config, generator: Optional[torch.Generator] = None) 
     return x_t
 
 
+@contextmanager
+def running_stats_frozen(model: nn.Module) -> Iterator[None]:
+    """Training-mode BatchNorms normalise by the batch but leave their running statistics (and
+    batch count) as they were."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) running + 0 batch
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
 class Spikeformer(nn.Module):
     """Spiking transformer with event-driven attention (see the module docstring)."""
 
@@ -669,6 +695,16 @@ class Spikeformer(nn.Module):
         self.norm = FeatureNorm(cfg.dim)
         self.lif = SpikingNeurons(cfg, cfg.dim)
         self.readout = Dense(body_tokens * cfg.dim, classes, norm=False, delay=cfg.dense_delay)
+        # top-down: per block, synapses from the readout's current (readout) or from the spikes
+        # that read the stream above the block (block) onto its gate neurons; zero at the start,
+        # so training begins from the bottom-up model and learns what the feedback is worth
+        self.top_down = None
+        if cfg.top_down != "none":
+            source = classes if cfg.top_down == "readout" else cfg.dim
+            self.top_down = nn.ModuleList(Dense(source, cfg.heads, norm=False, bias=False,
+                                                binary_input=cfg.top_down == "block") for _ in range(cfg.depth))
+            for dense in self.top_down:
+                nn.init.zeros_(dense.linear.weight)
         if cfg.qat:  # see spikeformer/qat.py
             for module in self.modules():
                 if hasattr(module, "fake_quant"):
@@ -725,14 +761,46 @@ class Spikeformer(nn.Module):
                       ) -> tuple[Tensor, State]:
         """Encoded input ``[T, B, N, F]`` -> readout current ``[T, B, C]`` and the new state."""
         state = state or {}
+        if self.top_down is None:
+            y, new, _ = self.sweep(x_t, state, probe, modulator)
+            return y, new
+        # top-down (docs/equations.md): a bottom-up sweep, then the modulated sweep, whose gates
+        # at step t hear the bottom-up sweep's signals of step t - 1 (the same weights; on a chip,
+        # two copies of the network side by side, so the graph stays feed-forward)
+        with running_stats_frozen(self):  # the norms' running statistics follow the modulated sweep alone
+            bottom_up, new_bottom_up, signals = self.sweep(x_t, state.get("bottom_up", {}), probe, modulator)
+        if self.cfg.top_down == "readout":  # every block hears the running prediction, every token alike
+            signals = [bottom_up.unsqueeze(2)] * len(self.blocks)  # [T, B, 1, C]
+        else:  # block i hears the spikes reading the stream above it (the next block's or the final ones)
+            signals = signals[1:]
+        currents, carries = [], []
+        for i, (dense, signal) in enumerate(zip(self.top_down, signals)):
+            late, carry = delay_one_step(signal, state.get(f"top_down{i}"))  # one step late
+            currents.append(dense(late, None, probe)[0].total)
+            carries.append(carry)
+        y, new, _ = self.sweep(x_t, state, probe, modulator, currents)
+        new["bottom_up"] = new_bottom_up
+        new.update({f"top_down{i}": carry for i, carry in enumerate(carries)})
+        return y, new
+
+    def sweep(self, x_t: Tensor, state: State, probe: Optional[Probe], modulator: Optional[Tensor] = None,
+              top_down: Optional[list[Tensor]] = None) -> tuple[Tensor, State, list[Tensor]]:
+        """One pass of every layer over the steps ``x_t [T, B, N, F]``: the readout current
+        ``[T, B, C]``, the new state, and the spikes reading the residual stream at each block's
+        input and at the final LIF (``[T, B, N, D]`` each). ``top_down``: each block's extra gate
+        current ``[T, B, N or 1, H]``."""
         new: State = {}
         u, new["stem"] = self.stem(x_t, state.get("stem", {}), probe)
+        readers = []
         for i, block in enumerate(self.blocks):
-            u, new[f"block{i}"] = block(u, state.get(f"block{i}", {}), probe, f"block{i}", modulator)
+            u, new[f"block{i}"], s = block(u, state.get(f"block{i}", {}), probe, f"block{i}", modulator,
+                                           None if top_down is None else top_down[i])
+            readers.append(s)
         s, new["lif"] = self.lif(read_stream(self.norm, u, cfg_unit(self.cfg)), state.get("lif"), probe, "final")
+        readers.append(s)
         t, b = s.shape[:2]
         y, new["readout_delay"] = self.readout(s.reshape(t, b, -1), state.get("readout_delay"), probe)
-        return y.total, new  # [T, B, N*D] -> [T, B, C]
+        return y.total, new, readers  # [T, B, N*D] -> [T, B, C]
 
     def forward(self, x: Tensor, state: Optional[State] = None, probe: Optional[Probe] = None,
                 generator: Optional[torch.Generator] = None) -> tuple[Tensor, State]:

@@ -356,9 +356,11 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, log: Callable[[
             correct += int((logits.argmax(-1) == yb).sum())
         loss_sum, correct = distributed.all_sum([loss_sum, float(correct)], world)
         if world.main:
-            # the statistics must describe what training showed the model: augmented inputs
-            calib = augment(split.x_train[torch.randperm(len(split.x_train), generator=gen)[:CALIBRATION_SAMPLES]],
-                            cfg, gen)
+            # the statistics describe the inputs training showed the model (augmented) or, with
+            # norm_calibration = "clean", inputs as the test presents them
+            calib = split.x_train[torch.randperm(len(split.x_train), generator=gen)[:CALIBRATION_SAMPLES]]
+            if cfg.norm_calibration == "augmented":
+                calib = augment(calib, cfg, gen)
             if not cfg.qat:  # qat folds the norms at their running statistics: they stay frozen
                 recalibrate_norms(evaluated, calib, device, 256, gen)
         train_seconds += time.perf_counter() - t0

@@ -32,8 +32,9 @@ def test_dense_counts_its_own_events_and_dense_operations():
 
 
 @pytest.mark.parametrize("kw", [{}, {"stem": "conv2d", "patch_size": 2, "delays": "loihi"},
-                                {"encoder": "poisson"}, {"attention": "cortical"}],
-                         ids=["linear", "conv2d-loihi", "poisson", "cortical"])
+                                {"encoder": "poisson"}, {"attention": "cortical"},
+                                {"variant": "three_factor", "top_down": "readout"}],
+                         ids=["linear", "conv2d-loihi", "poisson", "cortical", "top-down"])
 def test_layers_add_up_to_the_model_totals(kw):
     model, probe = model_and_probe(**kw)
     e = efficiency(model, probe, 3)
