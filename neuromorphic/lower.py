@@ -234,7 +234,7 @@ def lower(model: Spikeformer) -> Graph:
             "one-step Dense delay of SPEC §2.2, so retrain with --set 'delays=\"aligned\"' (or \"loihi\")")
     if cfg.encoder not in ("direct", "poisson"):
         raise LoweringError(f"encoder {cfg.encoder!r} has no IR form")
-    if getattr(cfg, "top_down", "none") != "none":
+    if cfg.top_down != "none":
         raise LoweringError(f"top_down {cfg.top_down!r} has no IR form yet (its two sweeps would be two copies "
                             "of the network); export a model trained with top_down = \"none\"")
     b = GraphBuilder(SUBLAYER_DELAY if cfg.delays == "aligned" else 0)
