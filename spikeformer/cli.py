@@ -88,6 +88,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a config key (TOML value syntax), repeatable")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("why", help="direct/retina encoding, learned/cortical attention, +-top-down and the ANN, "
+                       "trained and scored by the robustness suite -> OUT/why.md")
+    p.add_argument("--config", required=True, help="a spiking model with learned attention, e.g. demos/digits-loihi.toml")
+    p.add_argument("--cortical", default=None, metavar="CONFIG",
+                   help="config of the cortical row (default: --config with attention = \"cortical\")")
+    p.add_argument("--rows", default="direct,retina,cortical,three_factor,top_down,ann",
+                   help="rows separated by commas (default: all six; docs/cli.md)")
+    p.add_argument("--out", required=True, help="folder of the runs and why.md (rerun the same command to continue it)")
+    p.add_argument("--workers", type=int, default=2, help="rows trained at once, one process each (default 2)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key of every row (TOML value syntax), repeatable")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("bench", help="time our kernels against baselines and peer libraries -> bench.json, "
                        ".md and .png")
     p.add_argument("--out", required=True, help="bench.json to write (the .md table and .png plot go beside it)")
@@ -140,7 +156,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .checkpoint import atomic_write_json
     from .metrics import evaluate
-    from .robustness import corruption_suite, parse_selection, plot_robustness
+    from .robustness import parse_selection, write_robustness
     from .train import load_run, measure, resolve_device
 
     device = resolve_device(args.device)
@@ -165,11 +181,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(names) * len(severities), desc="robustness", unit="eval", disable=args.quiet)
-        robust = corruption_suite(model, split, cfg, device, names, severities, log=lambda line: bar.update(1))
+        robust = write_robustness(args.run, model, split, cfg, device, names, severities,
+                                  log=lambda line: bar.update(1))
         bar.close()
         out = Path(args.run) / "robustness.json"
-        atomic_write_json(out, {"run": str(args.run), "task": cfg.task, "model": cfg.model, **robust})
-        plot_robustness(robust, Path(args.run) / "robustness.png", f"{cfg.task}/{cfg.model}")
         mean = robust["mean_corruption_accuracy"]
         print(f"clean {robust['clean_accuracy']:.4f}, mean over corruptions "
               f"{'n/a' if mean is None else f'{mean:.4f}'} -> {out}")
@@ -187,6 +202,19 @@ def cmd_study(args: argparse.Namespace) -> int:
     seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if args.quick else 5)
     sizes = parse_sizes(args.train_sizes) if args.train_sizes else (QUICK_SIZES if args.quick else (100, 300, 1000, 0))
     study(cfg, parse_rules(args.rules), seeds, sizes, args.out, workers=args.workers, progress=not args.quiet)
+    return 0
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .why import markdown_table, parse_rows, why
+
+    args.rule = None
+    rows = parse_rows(args.rows)
+    cfg = load_config(args.config, _overrides(args))
+    cortical = load_config(args.cortical, _overrides(args)) if args.cortical else None
+    record = why(cfg, args.out, rows, cortical, workers=args.workers, progress=not args.quiet)
+    print(markdown_table(record), end="")
     return 0
 
 
@@ -240,7 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         handlers = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "study": cmd_study,
-                    "bench": cmd_bench, "generate": cmd_generate, "compare": cmd_compare}
+                    "bench": cmd_bench, "generate": cmd_generate, "compare": cmd_compare, "why": cmd_why}
         handlers.update({name: handler for name, (_, _, handler) in _plugins().items()})
         return handlers[args.command](args)
     except SpikeformerError as exc:

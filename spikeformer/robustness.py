@@ -26,11 +26,13 @@ from __future__ import annotations
 import contextlib
 import math
 import zlib
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import atomic_write_json
 from .config import IMAGE_SIDE, Config
 from .data import Split, patchify, unpatchify
 from .encoders import smooth
@@ -330,6 +332,16 @@ def corruption_suite(model: nn.Module, split: Split, cfg: Config, device: str = 
     record["relative_robustness"] = (record["mean_corruption_accuracy"] / clean
                                      if scores and clean > 0 else None)
     return record
+
+
+def write_robustness(run: str | Path, model: nn.Module, split: Split, cfg: Config, device: str = "cpu",
+                     names: Optional[Sequence[str]] = None, severities: Optional[Sequence[int]] = None,
+                     log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Run the suite on a trained run's model and write ``RUN/robustness.json`` and ``RUN/robustness.png``."""
+    robust = corruption_suite(model, split, cfg, device, names, severities, log=log)
+    atomic_write_json(Path(run) / "robustness.json", {"run": str(run), "task": cfg.task, "model": cfg.model, **robust})
+    plot_robustness(robust, Path(run) / "robustness.png", f"{cfg.task}/{cfg.model}")
+    return robust
 
 
 def plot_robustness(record: dict[str, Any], path: Any, title: str = "") -> None:
