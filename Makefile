@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN ?= runs/digits
 
-.PHONY: setup demo test test-fast gpu-check clean-venv
+.PHONY: setup demo test test-fast why gpu-check clean-venv
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -n 2 -m "not slow"
+
+# the why-spiking table of docs/benchmarks.md, digits and MNIST-1D (reruns continue; hours on 2 cores)
+why: setup
+	$(PY) -m spikeformer why --config demos/digits-loihi.toml --cortical demos/digits-cortical.toml --out runs/why/digits
+	$(PY) -m spikeformer why --config demos/mnist1d.toml --cortical demos/mnist1d-cortical.toml --out runs/why/mnist1d
 
 # on a machine with CUDA (under 5 minutes): the CUDA tests, then the quick benchmark on the GPU
 gpu-check: setup
