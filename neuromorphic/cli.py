@@ -74,9 +74,33 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chip_noise_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run directory of a model trained with delays = \"loihi\"")
+    p.add_argument("--references", default="float,fixed",
+                   help="float (the numpy float64 reference), fixed (the integer fixed-point one) or both")
+    p.add_argument("--samples", type=int, default=100, help="test samples (default 100)")
+    p.add_argument("--noises", default=None, metavar="NAMES",
+                   help="model-side noises, comma-separated (default: all five; docs/robustness.md)")
+    p.add_argument("--severities", default=None, metavar="S", help="severities 1-5, comma-separated (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _chip_noise(args: argparse.Namespace) -> int:
+    from .chip_noise import chip_noise, markdown_table
+
+    record = chip_noise(args.run, tuple(r.strip() for r in args.references.split(",") if r.strip()), args.samples,
+                        [n.strip() for n in args.noises.split(",")] if args.noises else None,
+                        args.severities, progress=not args.quiet)
+    print(markdown_table(record), end="")
+    print(f"chip noise written to {args.run}/chip-noise.json")
+    return 0
+
+
 def commands() -> dict[str, Command]:
     return {
         "export": ("export a trained run to the IR, Lava or NIR", _export_arguments, _export),
         "validate": ("run test samples on a backend and compare with torch or fixed_ref",
                      _validate_arguments, _validate),
+        "chip-noise": ("model-side noise on the float and fixed-point references beside torch -> RUN/chip-noise.json",
+                       _chip_noise_arguments, _chip_noise),
     }
