@@ -232,7 +232,7 @@ def lower(model: Spikeformer) -> Graph:
         raise LoweringError(
             f"the model was trained with delays = {cfg.delays!r}; Lava and Brian2 compute the "
             "one-step Dense delay of SPEC §2.2, so retrain with --set 'delays=\"aligned\"' (or \"loihi\")")
-    if cfg.encoder not in ("direct", "poisson"):
+    if cfg.encoder not in ("direct", "poisson", "retina"):
         raise LoweringError(f"encoder {cfg.encoder!r} has no IR form")
     if cfg.top_down != "none":
         raise LoweringError(f"top_down {cfg.top_down!r} has no IR form yet (its two sweeps would be two copies "

@@ -689,6 +689,7 @@ class Spikeformer(nn.Module):
             from .encoders import CHANNELS  # noqa: PLC0415
 
             encoded = features * CHANNELS
+        self.input_features = encoded  # per token, what the stem reads: the encoder's output
         self.stem = STEMS[cfg.stem](cfg, stream_tokens, encoded, binary)
         body_tokens = self.stem.out_tokens
         self.blocks = nn.ModuleList(Block(cfg, body_tokens) for _ in range(cfg.depth))
@@ -739,7 +740,7 @@ class Spikeformer(nn.Module):
         """Describe the model to an IR builder (``neuromorphic.lower.GraphBuilder``), in the order
         of ``forward_steps``; returns the tokens of the residual stream."""
         tokens = 1 if self.cfg.mode == "causal" else self.tokens
-        b.input(tokens, self.features, graded=not self.binary_input)
+        b.input(tokens, self.input_features, graded=not self.binary_input)
         body = self.stem.lower(b, tokens)
         for i, block in enumerate(self.blocks):
             block.lower(b, f"block{i}", body)

@@ -35,6 +35,9 @@ CASES = {
     "cortical-conv1d-stem-cuba-depth2": dict(task="mnist1d", stem="conv1d", attention="cortical", heads=4,
                                              alpha=0.5, depth=2),
     "cortical-aligned-stdp": dict(attention="cortical", heads=4, delays="aligned", variant="stdp"),
+    # the retina runs where the sensor is: its ganglion spikes are the graph's binary input
+    "retina": dict(encoder="retina", patch_size=4),
+    "retina-mnist1d-cuba": dict(task="mnist1d", encoder="retina", alpha=0.5),
 }
 
 

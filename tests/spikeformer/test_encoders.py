@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import numpy as np
 import torch
 
 from spikeformer.config import Config
@@ -103,13 +104,16 @@ def test_retina_config_errors_name_the_fix():
         Config(task="digits", patch_size=4, encoder="retina", stem="conv2d")
 
 
-def test_a_retina_model_is_refused_by_export_with_one_line():
-    from neuromorphic.lower import LoweringError, lower
+def test_a_retina_model_lowers_with_the_ganglion_spikes_as_its_input():
+    from neuromorphic.compare import encode_steps
+    from neuromorphic.lower import lower
 
     cfg = Config(task="digits", patch_size=4, encoder="retina", dim=16, heads=2, head_dim=8, depth=1, delays="loihi")
     model = build_model(cfg, 4, 16, 10).eval()
-    with pytest.raises(LoweringError, match="encoder 'retina' has no IR form"):
-        lower(model)
+    graph = lower(model)
+    assert (graph.input.tokens, graph.input.features, graph.input.graded) == (4, 16 * CHANNELS, False)
+    steps = encode_steps(model, torch.rand(2, 4, 16))
+    assert steps.shape[2:] == (4, 16 * CHANNELS) and set(np.unique(steps)) <= {0.0, 1.0}
 
 
 def test_tokens_keep_patchify_order_pixel_then_channel():
