@@ -38,6 +38,7 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "top_down": ('three_factor + top_down = "readout"', {"variant": "three_factor", "top_down": "readout"}),
     "ann": ('model = "ann"', {"model": "ann"}),
 }
+CONTROL = {"top_down": "three_factor"}  # the row a row's note compares with (default: direct)
 IGNORED = ("num_threads",)  # keys that do not change what a run computes, up to float rounding
 
 
@@ -156,7 +157,7 @@ def _cell(value: Any, digits: int = 4) -> str:
 
 
 def markdown_table(record: dict[str, Any]) -> str:
-    """The table of why.md: one line per row, then the ratios against the direct row."""
+    """The table of why.md: one line per row, then each row against its control (``CONTROL``, else direct)."""
     lines = ["| row | change | clean accuracy | last 10 epochs | input-corruption mean | model-noise mean | "
              "learnable attention params | energy uJ/sample (est.) | latency (steps) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -169,19 +170,20 @@ def markdown_table(record: dict[str, Any]) -> str:
                      f"{noise} | {_cell(r['attention_params'])} | {_cell(r['energy_uj_per_sample'], 2)} | "
                      f"{_cell(r['latency_steps'])} |")
     rows = {r["row"]: r for r in record["rows"]}
-    base = rows.get("direct")
     notes = []
-    if base:
-        for r in record["rows"]:
-            if r["row"] == "direct":
-                continue
-            fewer = (f", {base['attention_params'] / r['attention_params']:.1f}x fewer learnable attention params"
-                     if r["attention_params"] and base["attention_params"] and
-                     r["attention_params"] < base["attention_params"] else "")
-            notes.append(f"- {r['row']} against direct: clean "
-                         f"{100 * (r['test_accuracy'] - base['test_accuracy']):+.2f} points, input corruptions "
-                         f"{_diff(r, base, 'mean_input_corruption_accuracy')}, energy "
-                         f"{_ratio(r, base, 'energy_uj_per_sample')}{fewer}")
+    for r in record["rows"]:
+        against = CONTROL.get(r["row"], "direct")
+        against = against if against in rows else "direct"
+        base = rows.get(against)
+        if base is None or r is base:
+            continue
+        ratio = (base["attention_params"] / r["attention_params"]
+                 if r["attention_params"] and base["attention_params"] else 0)
+        fewer = f", {ratio:.1f}x fewer learnable attention params" if ratio >= 2 else ""
+        notes.append(f"- {r['row']} against {against}: clean "
+                     f"{100 * (r['test_accuracy'] - base['test_accuracy']):+.2f} points, input corruptions "
+                     f"{_diff(r, base, 'mean_input_corruption_accuracy')}, energy "
+                     f"{_ratio(r, base, 'energy_uj_per_sample')}{fewer}")
     return "\n".join(lines + [""] + notes) + "\n"
 
 

@@ -53,6 +53,8 @@ def test_why_trains_scores_and_tabulates_each_row(study):
     table = (study / "why.md").read_text()
     assert "| top_down | three_factor + top_down = \"readout\" |" in table
     assert "(weight noise only)" in table and "- ann against direct: clean" in table
+    assert "- top_down against three_factor: clean" not in table  # no three_factor row here: direct
+    assert "- top_down against direct: clean" in table
     assert (study / "compare" / "compare.html").is_file()
 
 
