@@ -29,14 +29,14 @@ from .checkpoint import atomic_write_bytes, atomic_write_json
 from .config import Config, config_from_dict
 from .errors import ConfigError, SpikeformerError
 
-# row -> (what it changes against the config, the keys it sets)
-ROWS: dict[str, tuple[str, dict[str, Any]]] = {
-    "direct": ("the config as given", {}),
-    "retina": ('encoder = "retina" (linear stem)', {"encoder": "retina", "stem": "linear"}),
-    "cortical": ('attention = "cortical"', {"attention": "cortical"}),
-    "three_factor": ('variant = "three_factor"', {"variant": "three_factor"}),
-    "top_down": ('three_factor + top_down = "readout"', {"variant": "three_factor", "top_down": "readout"}),
-    "ann": ('model = "ann"', {"model": "ann"}),
+# row -> the keys it sets on the config
+ROWS: dict[str, dict[str, Any]] = {
+    "direct": {},
+    "retina": {"encoder": "retina", "stem": "linear"},
+    "cortical": {"attention": "cortical"},
+    "three_factor": {"variant": "three_factor"},
+    "top_down": {"variant": "three_factor", "top_down": "readout"},
+    "ann": {"model": "ann"},
 }
 CONTROL = {"top_down": "three_factor"}  # the row a row's note compares with (default: direct)
 IGNORED = ("num_threads",)  # keys that do not change what a run computes, up to float rounding
@@ -66,7 +66,7 @@ def row_configs(cfg: Config, rows: Sequence[str], cortical: Optional[Config] = N
         if row == "cortical" and cortical is not None:
             values = {**cortical.to_dict(), "seed": cfg.seed}
         else:
-            values = {**base, **ROWS[row][1]}
+            values = {**base, **ROWS[row]}
         try:
             candidate = config_from_dict(values, source=f"row {row!r}")
         except ConfigError as exc:
@@ -125,13 +125,20 @@ def _mean_last(history: list[dict[str, Any]], n: int = 10) -> Optional[float]:
     return sum(scores) / len(scores) if scores else None
 
 
-def summary_row(row: str, folder: Path) -> dict[str, Any]:
+def change(base: Config, cfg: Config) -> str:
+    """What ``cfg`` sets differently from ``base``, as TOML (the table's second column)."""
+    a, b = base.to_dict(), cfg.to_dict()
+    keys = [k for k in b if k not in IGNORED and a.get(k) != b[k]]
+    return ", ".join(f"{k} = {json.dumps(b[k])}" for k in keys) or "the config as given"
+
+
+def summary_row(row: str, folder: Path, changed: str) -> dict[str, Any]:
     """One line of the table, from the run's metrics.json and robustness.json."""
     metrics = json.loads((folder / "metrics.json").read_text())
     robust = json.loads((folder / "robustness.json").read_text())
     energy = metrics.get("energy_pj_per_sample")
     return {
-        "row": row, "change": ROWS[row][0], "run": str(folder), "model": metrics.get("model"),
+        "row": row, "change": changed, "run": str(folder), "model": metrics.get("model"),
         "test_accuracy": metrics["test_accuracy"], "last10_mean_accuracy": _mean_last(metrics.get("history", [])),
         "mean_input_corruption_accuracy": robust.get("mean_input_corruption_accuracy"),
         "mean_model_noise_accuracy": robust.get("mean_model_noise_accuracy"),
@@ -236,7 +243,7 @@ def why(cfg: Config, out: str | Path, rows: Sequence[str] = tuple(ROWS), cortica
     from .compare import compare
 
     record = {"task": cfg.task, "seed": cfg.seed, "machine": cpu_name(), "config": cfg.to_dict(),
-              "rows": [summary_row(row, folder / row) for row in configs]}
+              "rows": [summary_row(row, folder / row, change(cfg, c)) for row, c in configs.items()]}
     atomic_write_json(folder / "why.json", record)
     atomic_write_bytes(folder / "why.md", markdown_table(record).encode())
     if len(configs) > 1:

@@ -51,7 +51,8 @@ def test_why_trains_scores_and_tabulates_each_row(study):
     ann = {r["row"]: r for r in record["rows"]}["ann"]
     assert ann["model_noises"] == ["weight_noise"]  # the spiking-only noises do not apply
     table = (study / "why.md").read_text()
-    assert "| top_down | three_factor + top_down = \"readout\" |" in table
+    assert '| top_down | variant = "three_factor", top_down = "readout" |' in table
+    assert "| direct | the config as given |" in table
     assert "(weight noise only)" in table and "- ann against direct: clean" in table
     assert "- top_down against three_factor: clean" not in table  # no three_factor row here: direct
     assert "- top_down against direct: clean" in table
