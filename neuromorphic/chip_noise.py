@@ -117,6 +117,12 @@ def noisy_graph(graph: Graph, level: float, rng: np.random.Generator, fixed: boo
     return noisy
 
 
+def _ops(fixed: bool) -> Ops:
+    from .fixed_ref import FixedOps
+
+    return FixedOps() if fixed else FloatOps()
+
+
 def run_noisy(graph: Graph, x_steps: np.ndarray, name: str, level: float, seed: int,
               fixed: bool = False, keep: Optional[set[str]] = None) -> Trace:
     """``graph`` on ``x_steps [T, B, N, F]`` with model-side noise ``name`` at ``level``: on the
@@ -124,12 +130,7 @@ def run_noisy(graph: Graph, x_steps: np.ndarray, name: str, level: float, seed: 
     if name not in MODEL_NOISE:
         raise IRError(f"unknown model noise {name!r}; choose from {', '.join(MODEL_NOISE)}")
     rng = np.random.default_rng(seed)
-    if fixed:
-        from .fixed_ref import FixedOps
-
-        inner: Ops = FixedOps()
-    else:
-        inner = FloatOps()
+    inner = _ops(fixed)
     if name == "weight_noise":
         return run_graph(noisy_graph(graph, level, rng, fixed), x_steps, inner, keep=keep)
     return run_graph(graph, x_steps, NoisyOps(inner, name, level, rng, fixed), keep=keep)
@@ -184,8 +185,7 @@ def chip_noise(run: Any, references: tuple[str, ...] = REFERENCES, samples: int 
                               "clean": {"torch": accuracy(torch_trace(model, x_steps))}, "noise": {}}
     for ref in references:
         ref_graph, ref_steps = inputs[ref]
-        record["clean"][ref] = accuracy(run_noisy(ref_graph, ref_steps, "membrane_noise", 0.0, 0, ref == "fixed",
-                                                  keep=set()))
+        record["clean"][ref] = accuracy(run_graph(ref_graph, ref_steps, _ops(ref == "fixed"), keep=set()))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(chosen) * len(levels), desc="chip noise", unit="level", disable=not progress)

@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 from .checkpoint import atomic_write_bytes, atomic_write_json
 from .config import Config, config_from_dict
 from .errors import ConfigError, SpikeformerError
+from .robustness import MODEL_NOISE
 
 # row -> the keys it sets on the config
 ROWS: dict[str, dict[str, Any]] = {
@@ -142,17 +143,11 @@ def summary_row(row: str, folder: Path, changed: str) -> dict[str, Any]:
         "test_accuracy": metrics["test_accuracy"], "last10_mean_accuracy": _mean_last(metrics.get("history", [])),
         "mean_input_corruption_accuracy": robust.get("mean_input_corruption_accuracy"),
         "mean_model_noise_accuracy": robust.get("mean_model_noise_accuracy"),
-        "model_noises": sorted(n for n in robust.get("corruptions", {}) if n in _model_noise_names()),
+        "model_noises": sorted(n for n in robust.get("corruptions", {}) if n in MODEL_NOISE),
         "attention_params": metrics.get("attention_params"), "params": metrics.get("params"),
         "energy_uj_per_sample": energy / 1e6 if energy is not None else None,
         "latency_steps": metrics.get("latency_steps"), "train_seconds": metrics.get("train_seconds"),
     }
-
-
-def _model_noise_names() -> tuple[str, ...]:
-    from .robustness import MODEL_NOISE
-
-    return tuple(MODEL_NOISE)
 
 
 def _cell(value: Any, digits: int = 4) -> str:
