@@ -77,8 +77,13 @@ def row_configs(cfg: Config, rows: Sequence[str], cortical: Optional[Config] = N
     return configs
 
 
+def differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between two config dicts, in ``b``'s order, ``IGNORED`` aside."""
+    return [k for k in {**b, **a} if k not in IGNORED and a.get(k) != b.get(k)]
+
+
 def same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return all(a.get(k) == b.get(k) for k in set(a) | set(b) if k not in IGNORED)
+    return not differing(a, b)
 
 
 def finished(folder: Path, cfg: Config) -> bool:
@@ -90,9 +95,9 @@ def finished(folder: Path, cfg: Config) -> bool:
         saved = config_from_dict(json.loads(path.read_text())["config"], source=str(path)).to_dict()
     except (OSError, ValueError, KeyError):
         raise ConfigError(f"{path} is not a readable run; remove {folder} or choose another --out") from None
-    if not same_run(saved, cfg.to_dict()):
-        differ = sorted(k for k in saved if k not in IGNORED and saved[k] != cfg.to_dict().get(k))
-        raise ConfigError(f"{folder} holds a run of another config ({', '.join(differ)} differ); remove it or "
+    differ = differing(saved, cfg.to_dict())
+    if differ:
+        raise ConfigError(f"{folder} holds a run of another config ({', '.join(sorted(differ))} differ); remove it or "
                           "choose another --out")
     return True
 
@@ -128,9 +133,8 @@ def _mean_last(history: list[dict[str, Any]], n: int = 10) -> Optional[float]:
 
 def change(base: Config, cfg: Config) -> str:
     """What ``cfg`` sets differently from ``base``, as TOML (the table's second column)."""
-    a, b = base.to_dict(), cfg.to_dict()
-    keys = [k for k in b if k not in IGNORED and a.get(k) != b[k]]
-    return ", ".join(f"{k} = {json.dumps(b[k])}" for k in keys) or "the config as given"
+    b = cfg.to_dict()
+    return ", ".join(f"{k} = {json.dumps(b[k])}" for k in differing(base.to_dict(), b)) or "the config as given"
 
 
 def summary_row(row: str, folder: Path, changed: str) -> dict[str, Any]:
@@ -213,27 +217,23 @@ def why(cfg: Config, out: str | Path, rows: Sequence[str] = tuple(ROWS), cortica
     todo = [row for row, c in configs.items()
             if not (finished(folder / row, c) and robustness_current(folder / row))]
     folder.mkdir(parents=True, exist_ok=True)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc=f"why {cfg.task}", unit="row")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc=f"why {cfg.task}", unit="row",
+               disable=not progress)
     threads = 1 if workers > 1 else cfg.num_threads  # one thread per worker: two workers fill two cores
     if todo and workers == 1:
         for row in todo:  # in this process: no start-up cost for a single worker
             run_row(configs[row].to_dict(), str(folder / row), threads)
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     elif todo:
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
             futures = [pool.submit(run_row, configs[row].to_dict(), str(folder / row), threads) for row in todo]
             for future in as_completed(futures):
-                name = future.result()  # a row's error (e.g. TrainingDiverged) stops the command
-                if bar is not None:
-                    bar.set_postfix(last=name)
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
+                bar.set_postfix(last=future.result())  # a row's error (e.g. TrainingDiverged) stops the command
+                bar.update(1)
+    bar.close()
     from .bench import cpu_name
     from .compare import compare
 
