@@ -1,4 +1,5 @@
-"""NIR import: NIR graph -> IR ``Graph`` (``read_nir``, ``nir_to_graph``, ``to_source_time``), with
+"""NIR import: NIR graph -> IR ``Graph`` (``read_nir``, ``nir_to_graph``, ``source_input``,
+``to_source_time``), with
 the import bounds checked before anything is allocated; the maps are in ``neuromorphic.nir_io``."""
 
 from __future__ import annotations
@@ -409,6 +410,7 @@ def nir_to_graph(source: Any, dt: float | None = None, time_steps: int | None = 
     if input_size > MAX_NIR_NEURONS:
         raise IRError(f"NIR Input {input_name!r} declares {input_size} values, above the importer's limit of "
                       f"{MAX_NIR_NEURONS}; a damaged file, re-export it")
+    in_meta = _image_meta(nodes[input_name], input_size)
     readout: _Neuron | None = None
 
     def incoming(name: str) -> _Signal:
@@ -423,7 +425,7 @@ def nir_to_graph(source: Any, dt: float | None = None, time_steps: int | None = 
         node = nodes[name]
         where = f"{name!r} ({type(node).__name__})"
         if name == input_name:
-            signals[name] = _Signal(input_size, [_Term(name, 0, None, columns=image_order(_metadata(node)))])
+            signals[name] = _Signal(input_size, [_Term(name, 0, None, columns=image_order(in_meta))])
         elif isinstance(node, nir.Delay):
             s = incoming(name)
             k = _steps(_arr(node.delay, where), dt, where)
@@ -449,7 +451,7 @@ def nir_to_graph(source: Any, dt: float | None = None, time_steps: int | None = 
             s = incoming(name)
             neuron = _neuron_from_node(name, node, s.size, dt)
             neuron.signal = s
-            meta = _metadata(node)
+            meta = _image_meta(node, s.size)
             neuron.tokens, neuron.features = _grid(meta, s.size)
             in_image = image_order(meta)
             if in_image is not None:
@@ -476,7 +478,26 @@ def nir_to_graph(source: Any, dt: float | None = None, time_steps: int | None = 
             raise LoweringError(f"NIR node {where} has no IR equivalent; the importer reads LIF, CubaLIF, IF, "
                                 "Affine, Linear, Conv2d, Scale, Delay, Flatten, I (as readout), Input and Output")
     assert readout is not None
-    return _build_graph(gmeta, dt, time_steps, input_name, input_size, nodes, order, neurons, readout)
+    return _build_graph(gmeta, dt, time_steps, input_name, input_size, in_meta, order, neurons, readout)
+
+
+def _image_meta(node: Any, size: int) -> dict:
+    """A node's metadata, with an image grid for a ``[C, H, W]`` node from another tool: one
+    token per pixel, its ``C`` values the features (``image`` ``[H, W, 1]``), so the IR keeps the
+    geometry (``Population.image``) and a Conv2d on it stays a convolution. ``export_nir``'s
+    nodes state their grid (``image``, or flat ``tokens`` x ``features``) and are returned as read."""
+    meta = _metadata(node)
+    if "image" in meta or "tokens" in meta:
+        return meta
+    types = getattr(node, "input_type", None)
+    try:
+        shape = [int(n) for n in np.asarray(types.get("input"), dtype=np.float64).reshape(-1)]
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return meta
+    if len(shape) != 3 or min(shape) < 1 or math.prod(shape) != size:
+        return meta
+    channels, height, width = shape
+    return {**meta, "tokens": height * width, "features": channels, "image": [height, width, 1]}
 
 
 def _grid(meta: dict, size: int) -> tuple[int, int]:
@@ -514,8 +535,7 @@ def _dense(rows: int, cols: int, where: str, work: int = 0) -> None:
 
 
 def _build_graph(gmeta: dict, dt: float, time_steps: int | None, input_name: str, input_size: int,
-                 nodes: dict, order: list[str], neurons: dict[str, _Neuron], readout: _Neuron) -> Graph:
-    in_meta = _metadata(nodes[input_name])
+                 in_meta: dict, order: list[str], neurons: dict[str, _Neuron], readout: _Neuron) -> Graph:
     in_tokens, in_features = _grid(in_meta, input_size)
     try:
         graded = bool(int(in_meta.get("graded", 1)))  # unknown (other tools): real-valued input
@@ -654,3 +674,20 @@ def to_source_time(trace: Trace, graph: Graph, steps: int) -> Trace:
     spikes = {n: s[int(shift.get(n, 0)): int(shift.get(n, 0)) + steps] for n, s in trace.spikes.items()}
     r = int(shift.get(graph.readout.name, 0))
     return Trace(spikes, trace.readout[r:r + steps], trace.window, trace.saturation_events)
+
+
+def source_input(graph: Graph, x: np.ndarray) -> np.ndarray:
+    """Input in the NIR graph's own layout ``[T, B, *shape]`` (``shape`` its Input node's, C
+    order, e.g. ``[C, H, W]``) -> the IR's ``[T, B, N, F]`` for ``run_graph`` (an image input
+    is held pixel by pixel, ``Population.image_order``)."""
+    pop = graph.input
+    x = np.asarray(x)
+    if x.ndim < 3 or math.prod(x.shape[2:]) != pop.size:
+        raise ValueError(f"the graph's input {pop.name!r} takes {pop.size} values per step and sample, "
+                         f"got an input of shape {list(x.shape)} (expected [T, B, ...])")
+    flat = x.reshape(*x.shape[:2], pop.size)
+    if pop.image is not None:
+        ir = np.empty_like(flat)
+        ir[..., pop.image_order()] = flat
+        flat = ir
+    return flat.reshape(*x.shape[:2], pop.tokens, pop.features)

@@ -55,7 +55,10 @@ step from step 0) through a connection with that delay. ``to_source_time`` undoe
 A ``Conv2d`` applied straight to a ``[C, H, W]`` node written by ``export_nir`` (metadata
 ``image``) into another keeps its geometry: the IR connection gets ``conv`` and its ends
 ``image`` (after checking that the composed weight still is that convolution), so a re-export
-writes the same ``Conv2d``. Image nodes from other tools (no metadata) import as flat vectors.
+writes the same ``Conv2d``. A ``[C, H, W]`` node from another tool (no metadata; its shape
+from NIR's type inference) becomes an image grid of one token per pixel and ``C`` features
+(``image [H, W, 1]``), so its convolutions keep their geometry too; ``source_input`` turns input
+in the graph's own ``[T, B, C, H, W]`` layout into the IR's ``[T, B, N, F]``.
 
 Known library facts this module was checked against (installed sources): snnTorch's
 ``export_to_nir`` writes Leaky as ``LIF(tau = 1e-4 / (1 - beta), r = 1 / (1 - beta))`` with a
@@ -75,5 +78,5 @@ from .ir import IRError, LoweringError  # noqa: F401 (public through this module
 from .nir_base import (CLOCK, DEFAULT_DT, FORMAT, MAX_FILE_VALUES, MAX_GROUP_DEPTH, MAX_MATRIX,  # noqa: F401
                        MAX_NIR_NEURONS, MAX_WORK, NIR_IO_VERSION, SNNTORCH_DT, decay_to_tau, tau_to_decay)
 from .nir_export import export_nir, graph_to_nir  # noqa: F401
-from .nir_import import nir_to_graph, read_nir, to_source_time  # noqa: F401
+from .nir_import import nir_to_graph, read_nir, source_input, to_source_time  # noqa: F401
 from .nir_norse import norse_module, norse_trace, run_norse  # noqa: F401

@@ -8,6 +8,8 @@ Marked ``backend``: under SPIKEFORMER_REQUIRE_BACKENDS=1 (CI) a skip here is a f
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -258,6 +260,63 @@ def test_snntorch_export_imports_spike_for_spike(neuron, tmp_path):
     np.testing.assert_array_equal(trace.spikes["1"][:, :, 0], hidden)
     np.testing.assert_array_equal(trace.spikes["3"][:, :, 0], output)
     np.testing.assert_array_equal(trace.readout, output)  # Output fed by spikes: readout = spikes
+
+
+def test_snntorch_conv_net_imports_as_image_grids_spike_for_spike(tmp_path):
+    """A foreign conv net (snnTorch: Conv2d -> Leaky -> strided Conv2d -> Leaky -> Flatten ->
+    Linear -> Leaky), whose nodes carry no spikeformer metadata: the [C, H, W] nodes become image
+    grids (one token per pixel), the convolutions keep their geometry, the IR runs spike for spike
+    with snnTorch, and a re-export writes both Conv2d nodes again."""
+    import snntorch as snn
+    from snntorch.export_nir import export_to_nir
+
+    torch.manual_seed(0)
+    steps, channels, side = 12, 3, 6
+
+    def leaky(shape, beta, threshold, **kw):  # per-neuron parameters, zero reset (as above)
+        return snn.Leaky(beta=torch.full(shape, beta), threshold=torch.full(shape, threshold), init_hidden=True,
+                         reset_mechanism="zero", reset_delay=False, **kw)
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, channels, 3, padding=1), leaky((channels, side, side), 0.8, 1.0),
+                              torch.nn.Conv2d(channels, 4, 2, stride=2), leaky((4, 3, 3), 0.7, 0.5),
+                              torch.nn.Flatten(), torch.nn.Linear(36, 5), leaky((5,), 0.7, 0.5, output=True))
+    nir.write(tmp_path / "conv.nir", export_to_nir(net, torch.randn(1, 1, side, side), ignore_dims=[0]))
+    # the biases start after the import's shift through the clock population, which has no NIR
+    # node; without biases an imported graph re-exports (checked at the end)
+    unbiased = copy.deepcopy(net)
+    with torch.no_grad():
+        for layer in (unbiased[0], unbiased[2], unbiased[5]):
+            layer.bias.zero_()
+    unbiased = nir_io.nir_to_graph(export_to_nir(unbiased, torch.randn(1, 1, side, side), ignore_dims=[0]),
+                                   dt=nir_io.SNNTORCH_DT, time_steps=steps)
+    x = torch.rand(steps, SAMPLES, 1, side, side, generator=torch.Generator().manual_seed(1)) * 2.0
+    layers = run_snntorch(net, x)
+    graph = nir_io.nir_to_graph(tmp_path / "conv.nir", dt=nir_io.SNNTORCH_DT, time_steps=steps)
+    assert graph.input.image == [side, side, 1] and (graph.input.tokens, graph.input.features) == (36, 1)
+    assert graph.population("1").image == [side, side, 1] and graph.population("1").features == channels
+    assert graph.population("3").image == [3, 3, 1] and graph.population("6").image is None
+    convs = {c.name: c.conv for c in graph.connections if c.conv is not None}
+    assert convs == {"0": {"kernel": [3, 3], "stride": [1, 1], "padding": [1, 1]},
+                     "2": {"kernel": [2, 2], "stride": [2, 2], "padding": [0, 0]}}
+    pad = max(graph.meta["nir_shift"].values())
+    x_ir = nir_io.source_input(graph, np.concatenate([x.double().numpy(), np.zeros((pad, *x.shape[1:]))]))
+    assert x_ir.shape == (steps + pad, SAMPLES, 36, 1)
+    trace = nir_io.to_source_time(run_graph(graph, x_ir), graph, steps)
+    for name, expected in zip(("1", "3", "6"), layers):
+        pop = graph.population(name)
+        spikes = trace.spikes[name].reshape(steps, SAMPLES, -1)[..., pop.image_order() if pop.image else slice(None)]
+        assert active(expected), name
+        np.testing.assert_array_equal(spikes, expected.reshape(steps, SAMPLES, -1), err_msg=name)
+    again = nir_io.graph_to_nir(unbiased)
+    convs = [node for node in again.nodes.values() if isinstance(node, nir.Conv2d)]
+    assert [list(node.weight.shape) for node in convs] == [[channels, 1, 3, 3], [4, channels, 2, 2]]
+
+
+def test_source_input_refuses_a_wrong_shape_in_one_line():
+    graph = small_graph(0.6, 0.0, 0.1)
+    with pytest.raises(ValueError) as info:
+        nir_io.source_input(graph, np.zeros((4, 2, 5)))
+    assert "takes 6 values" in one_line_error(info)
 
 
 def test_norse_export_imports_spike_for_spike():
