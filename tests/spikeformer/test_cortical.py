@@ -1,6 +1,7 @@
 """Multi-scale cortical projections (spikeformer/cortical.py): kernels, the projection against its
 formula, synapse counts, learnable-parameter counts and the config's checks."""
 
+import dataclasses
 import math
 
 import pytest
@@ -98,9 +99,11 @@ def test_attention_params_are_counted_exactly():
     assert attention == cfg.depth * per_block
 
 
-@pytest.mark.parametrize("config, learned", [("digits-cortical", {}), ("mnist1d-cortical", {"heads": 4, "head_dim": 16})])
+@pytest.mark.parametrize("config, learned", [("digits-cortical", {}), ("mnist1d-cortical", {"heads": 4, "head_dim": 16}),
+                                             ("mnist-cortical", {})])
 def test_cortical_demos_have_over_10x_fewer_attention_params(config, learned):
-    """Against the learned twin (demos/digits-loihi.toml, demos/mnist1d.toml: the same but for these keys)."""
+    """Against the learned twin (demos/digits-loihi.toml, demos/mnist1d.toml, demos/mnist.toml: the
+    same but for these keys)."""
     counts = {}
     for attention in ("learned", "cortical"):
         overrides = {"attention": attention, **(learned if attention == "learned" else {})}
@@ -108,6 +111,13 @@ def test_cortical_demos_have_over_10x_fewer_attention_params(config, learned):
         tokens, features, classes = cfg.task_shape()
         counts[attention] = count_params(build_model(cfg, tokens, features, classes))[1]
     assert counts["learned"] >= 10 * counts["cortical"], counts
+
+
+@pytest.mark.parametrize("config, twin", [("digits-cortical", "digits-loihi"), ("mnist-cortical", "mnist")])
+def test_cortical_demo_is_its_learned_twin_but_for_the_attention(config, twin):
+    cortical = dataclasses.asdict(load_config(f"demos/{config}.toml"))
+    learned = dataclasses.asdict(load_config(f"demos/{twin}.toml"))
+    assert {k: (learned[k], v) for k, v in cortical.items() if learned[k] != v} == {"attention": ("learned", "cortical")}
 
 
 def test_output_projection_is_a_fixed_identity_that_training_leaves_alone():
