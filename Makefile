@@ -35,7 +35,7 @@ test-fast: setup
 
 # the why-spiking table of docs/benchmarks.md, digits and MNIST-1D (reruns continue; hours on 2 cores)
 why: setup
-	$(PY) -m spikeformer why --config demos/digits-loihi.toml --cortical demos/digits-cortical.toml --out runs/why/digits
+	$(PY) -m spikeformer why --config demos/digits-loihi.toml --cortical demos/digits-loihi-cortical.toml --out runs/why/digits
 	$(PY) -m spikeformer why --config demos/mnist1d.toml --cortical demos/mnist1d-cortical.toml --out runs/why/mnist1d
 
 # on a machine with CUDA (under 5 minutes): the CUDA tests, then the quick benchmark on the GPU

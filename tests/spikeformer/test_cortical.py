@@ -99,10 +99,10 @@ def test_attention_params_are_counted_exactly():
     assert attention == cfg.depth * per_block
 
 
-@pytest.mark.parametrize("config, learned", [("digits-cortical", {}), ("mnist1d-cortical", {"heads": 4, "head_dim": 16}),
-                                             ("mnist-cortical", {})])
+@pytest.mark.parametrize("config, learned", [("digits-cortical", {}), ("digits-loihi-cortical", {}),
+                                             ("mnist1d-cortical", {"heads": 4, "head_dim": 16}), ("mnist-cortical", {})])
 def test_cortical_demos_have_over_10x_fewer_attention_params(config, learned):
-    """Against the learned twin (demos/digits-loihi.toml, demos/mnist1d.toml, demos/mnist.toml: the
+    """Against the learned twin (demos/digits.toml, digits-loihi.toml, mnist1d.toml, mnist.toml: the
     same but for these keys)."""
     counts = {}
     for attention in ("learned", "cortical"):
@@ -113,7 +113,8 @@ def test_cortical_demos_have_over_10x_fewer_attention_params(config, learned):
     assert counts["learned"] >= 10 * counts["cortical"], counts
 
 
-@pytest.mark.parametrize("config, twin", [("digits-cortical", "digits-loihi"), ("mnist-cortical", "mnist")])
+@pytest.mark.parametrize("config, twin", [("digits-cortical", "digits"), ("digits-loihi-cortical", "digits-loihi"),
+                                           ("mnist-cortical", "mnist")])
 def test_cortical_demo_is_its_learned_twin_but_for_the_attention(config, twin):
     cortical = dataclasses.asdict(load_config(f"demos/{config}.toml"))
     learned = dataclasses.asdict(load_config(f"demos/{twin}.toml"))
