@@ -221,14 +221,15 @@ def why(cfg: Config, out: str | Path, rows: Sequence[str] = tuple(ROWS), cortica
 
     bar = tqdm(total=len(configs), initial=len(configs) - len(todo), desc=f"why {cfg.task}", unit="row",
                disable=not progress)
-    threads = 1 if workers > 1 else cfg.num_threads  # one thread per worker: two workers fill two cores
-    if todo and workers == 1:
+    parallel = min(workers, len(todo))
+    threads = 1 if parallel > 1 else cfg.num_threads  # one thread per worker: two workers fill two cores
+    if todo and parallel == 1:  # one worker, or one row left (a resume): every core on it
         for row in todo:  # in this process: no start-up cost for a single worker
             run_row(configs[row].to_dict(), str(folder / row), threads)
             bar.update(1)
     elif todo:
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
             futures = [pool.submit(run_row, configs[row].to_dict(), str(folder / row), threads) for row in todo]
             for future in as_completed(futures):
                 bar.set_postfix(last=future.result())  # a row's error (e.g. TrainingDiverged) stops the command

@@ -126,3 +126,20 @@ def test_why_errors_are_one_line(config, tmp_path):
 def test_why_help_runs():
     result = run_cli("why", "--help")
     assert result.returncode == 0 and "--cortical" in result.stdout
+
+
+def test_one_row_left_runs_in_process_on_every_thread(config, tmp_path, monkeypatch):
+    """Two workers but one row to train (a resume): no pool, and the row keeps the config's threads."""
+    from spikeformer import why as why_module
+
+    calls = []
+
+    def record(row_config, folder, threads):
+        calls.append((Path(folder).name, threads))
+        raise RuntimeError("recorded")  # a pool would run the real run_row in another process
+
+    monkeypatch.setattr(why_module, "run_row", record)
+    cfg = load_config(config, {"num_threads": 2, "epochs": 1})
+    with pytest.raises(RuntimeError, match="recorded"):
+        why_module.why(cfg, tmp_path / "w", rows=("direct",), workers=2, progress=False)
+    assert calls == [("direct", 2)]
