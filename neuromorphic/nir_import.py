@@ -1,6 +1,6 @@
 """NIR import: NIR graph -> IR ``Graph`` (``read_nir``, ``nir_to_graph``, ``source_input``,
-``to_source_time``), with
-the import bounds checked before anything is allocated; the maps are in ``neuromorphic.nir_io``."""
+``to_source_time``), with the import bounds checked before anything is allocated; the maps are in
+``neuromorphic.nir_io``."""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ From one config it trains (or reuses) one run per row, with the same seed and re
 A row whose ``metrics.json`` holds the same config (the thread count aside) is reused, one
 with only a checkpoint resumes, and ``robustness.json`` is rerun when older than the run's
 metrics, so an interrupted command continues where it stopped. Rows train in a pool of worker
-processes, one torch thread each. Writes ``OUT/why.json``, ``OUT/why.md`` (the table) and the
+processes, one torch thread each; a single row left to train runs in this process on the
+config's threads. Writes ``OUT/why.json``, ``OUT/why.md`` (the table) and the
 ``compare`` report of the rows (``OUT/compare.html``).
 """
 
