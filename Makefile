@@ -9,9 +9,24 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUN ?= runs/digits
 
-.PHONY: setup demo test test-fast why gpu-check clean-venv
+.PHONY: setup browser demo test test-fast why gpu-check clean-venv
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# headless Chromium renders the compare page in a test (CI requires it): Debian's
+# chromium-headless-shell where apt-get runs as root, otherwise say how to get one
+BROWSERS := chromium-headless-shell chromium chromium-browser google-chrome google-chrome-stable
+browser:
+	@for b in $(BROWSERS) $$SPIKEFORMER_BROWSER; do command -v $$b >/dev/null 2>&1 && exit 0; done; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium-headless-shell (apt-get) for the compare page's browser test"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium-headless-shell >/dev/null \
+		|| { DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+		     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium-headless-shell >/dev/null; } \
+		|| echo "warning: could not install chromium-headless-shell; the browser test will skip (and fail under CI)"; \
+	else \
+		echo "note: no headless Chromium; install chromium (or set SPIKEFORMER_BROWSER) to run the compare page's browser test"; \
+	fi
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install CPython 3.10 (lava-nc 0.10.0 imports only there) or pass PYTHON=/path/to/python3.10"; exit 2; }

@@ -175,6 +175,27 @@ def _html_table(head: list[str], body: list[list[str]]) -> str:
     return f"<table><tr>{th}</tr>{trs}</table>"
 
 
+# Runs in the reader's browser once the page has loaded: a figure that did not load (moved,
+# deleted, unreadable) is named in a visible line at the top, and the counts are left on <body>
+# (data-images-loaded, data-images-broken) for the headless-browser test to read.
+IMAGE_CHECK = """<script>
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var broken = images.filter(function (img) { return !img.complete || img.naturalWidth === 0; });
+  document.body.dataset.imagesLoaded = String(images.length - broken.length);
+  document.body.dataset.imagesBroken = String(broken.length);
+  if (broken.length) {
+    var note = document.createElement("p");
+    note.id = "broken-images";
+    note.style.color = "#b00";
+    note.textContent = broken.length + " figure(s) did not load: " +
+      broken.map(function (img) { return img.getAttribute("src"); }).join(", ");
+    document.body.insertBefore(note, document.body.firstChild);
+  }
+});
+</script>"""
+
+
 def write_html(rows: list[dict[str, Any]], out: Path, figures: list[tuple[str, str]]) -> Path:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>spikeformer compare</title>"
              "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{border:1px solid #ccc;"
@@ -202,6 +223,7 @@ def write_html(rows: list[dict[str, Any]], out: Path, figures: list[tuple[str, s
     for name, caption in figures:
         parts.append(f"<figure><img src='figures/{html.escape(name)}' alt='{html.escape(caption)}'>"
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts.append(IMAGE_CHECK)
     parts.append("</body></html>\n")
     path = out / "compare.html"
     atomic_write_bytes(path, "\n".join(parts).encode())

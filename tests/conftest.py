@@ -1,7 +1,8 @@
 """Shared test set-up.
 
 Under SPIKEFORMER_REQUIRE_BACKENDS=1 (set by .ci/run) a skipped test marked ``backend`` is
-reported as a failure: CI must run the Lava, Brian2 and NIR tests for real. A module skipped
+reported as a failure: CI must run the Lava, Brian2 and NIR tests (and the headless-browser
+test of the compare page) for real. A module skipped
 as a whole while it is collected (``pytest.importorskip`` at module level) never yields items,
 so its markers cannot be read: under =1 EVERY collection-time skip becomes a collection error,
 and pytest stops with a non-zero status. A module that must skip for another reason in CI

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 
 from cli_runner import assert_one_line_error, run_cli
@@ -97,3 +100,44 @@ def test_compare_needs_two_finished_runs(runs, tmp_path):
     assert_one_line_error(run_cli("compare", str(runs / "ann"), str(tmp_path / "nope"), "--out", str(tmp_path / "c")),
                           "does not exist")
     assert not Path(tmp_path / "c").exists()  # nothing written on bad input
+
+
+BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def headless_browser() -> str:
+    """A Chromium-family browser to render pages with (``make setup`` installs one where it can)."""
+    path = os.environ.get("SPIKEFORMER_BROWSER") or next(filter(None, map(shutil.which, BROWSERS)), None)
+    if not path:
+        pytest.skip("no headless Chromium (make setup installs chromium-headless-shell; or set SPIKEFORMER_BROWSER)")
+    return path
+
+
+def render(browser: str, page: Path, *args: str) -> subprocess.CompletedProcess:
+    # virtual time lets the page's load handler run before the DOM is dumped
+    return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                           f"--user-data-dir={page.parent / '.browser-profile'}", *args, page.resolve().as_uri()],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.backend  # CI installs the browser (make setup) and must run this for real
+def test_compare_page_renders_in_a_headless_browser(runs, tmp_path):
+    browser = headless_browser()
+    out = tmp_path / "cmp"
+    assert main(["compare", str(runs / "spikeformer"), str(runs / "ann"), "--out", str(out)]) == 0
+    page = out / "compare.html"
+    dom = render(browser, page, "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # the page's own check, run by the browser after load: both figures decoded, none broken
+    assert 'data-images-loaded="2"' in dom.stdout and 'data-images-broken="0"' in dom.stdout, dom.stdout[:3000]
+    assert '<p id="broken-images"' not in dom.stdout
+    shot = tmp_path / "page.png"
+    assert render(browser, page, f"--screenshot={shot}", "--window-size=1000,1400").returncode == 0
+    pixels = plt.imread(shot)
+    assert pixels.shape[:2] == (1400, 1000) and pixels.std() > 0.05  # drawn, not a blank page
+    # a figure gone from the folder is caught by the browser and named on the page
+    (out / "figures" / "robustness.png").unlink()
+    dom = render(browser, page, "--dump-dom")
+    assert 'data-images-loaded="1"' in dom.stdout and 'data-images-broken="1"' in dom.stdout
+    assert '<p id="broken-images"' in dom.stdout
+    assert "1 figure(s) did not load: figures/robustness.png</p>" in dom.stdout
