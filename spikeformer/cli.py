@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
                         "and model-side noise of the task, or the comma-separated NAMES (docs/robustness.md)")
     p.add_argument("--severities", default=None, metavar="S",
                    help="with --corruptions: severities 1-5 to run, comma-separated (default: all five)")
+    p.add_argument("--draws", type=int, default=1, metavar="N",
+                   help="with --corruptions: score threshold_jitter and weight_noise, which are drawn once per "
+                        "evaluation (one device), on N independent draws and average them (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
@@ -165,6 +168,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise SpikeformerError(f"--noise must be >= 0, got {args.noise}")
     if args.severities is not None and args.corruptions is None:
         raise SpikeformerError("--severities needs --corruptions")
+    if args.draws != 1 and args.corruptions is None:
+        raise SpikeformerError("--draws needs --corruptions")
+    if args.draws < 1:
+        raise SpikeformerError(f"--draws must be >= 1, got {args.draws}")
     if args.corruptions is not None:  # check the selection before any work
         names, severities = parse_selection(cfg.task, args.corruptions, args.severities)
         if not names:
@@ -182,7 +189,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         bar = tqdm(total=len(names) * len(severities), desc="robustness", unit="eval", disable=args.quiet)
         robust = write_robustness(args.run, model, split, cfg, device, names, severities,
-                                  log=lambda line: bar.update(1))
+                                  log=lambda line: bar.update(1), draws=args.draws)
         bar.close()
         out = Path(args.run) / "robustness.json"
         mean = robust["mean_corruption_accuracy"]

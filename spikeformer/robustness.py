@@ -67,6 +67,9 @@ MODEL_NOISE: dict[str, tuple[float, ...]] = {
     "timing_jitter": (0.05, 0.1, 0.2, 0.3, 0.5),  # probability
 }
 SPIKING_ONLY = ("membrane_noise", "threshold_jitter", "spike_deletion", "timing_jitter")
+# drawn once for a whole evaluation (a device's mismatch), so one draw is one device: these are
+# the noises that ``draws`` repeats with fresh draws and averages
+FROZEN_NOISE = ("threshold_jitter", "weight_noise")
 
 
 def input_corruptions(task: str) -> dict[str, tuple[float, ...]]:
@@ -289,19 +292,24 @@ def is_spiking(model: nn.Module) -> bool:
 
 def corruption_suite(model: nn.Module, split: Split, cfg: Config, device: str = "cpu",
                      names: Optional[Sequence[str]] = None, severities: Optional[Sequence[int]] = None,
-                     log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+                     log: Callable[[str], None] = lambda s: None, draws: int = 1) -> dict[str, Any]:
     """Accuracy on the clean and corrupted test split -> the robustness.json record.
 
     Every (corruption, severity) draws from its own generator, seeded from ``cfg.seed``, so any
     subset of the suite gives the same numbers as the whole. Spiking-only noise on a model
-    without spiking populations is recorded as not applicable."""
+    without spiking populations is recorded as not applicable. A noise of ``FROZEN_NOISE`` is
+    scored on ``draws`` independent draws (devices) and its accuracy is their mean; the first
+    draw is the one a single-draw run uses, and every draw is kept in ``draw_accuracies``."""
+    if not isinstance(draws, int) or draws < 1:
+        raise SpikeformerError(f"draws must be a whole number >= 1, got {draws!r}")
     names = list(names) if names is not None else all_names(cfg.task)
     severities = list(severities) if severities is not None else list(range(1, SEVERITY_LEVELS + 1))
     patch = cfg.patch_size if cfg.task in IMAGE_SIDE else 0
     clean = evaluate(model, split.x_test, split.y_test, device=device,
                      generator=torch.Generator().manual_seed(cfg.seed))["accuracy"]
     record: dict[str, Any] = {"clean_accuracy": clean, "samples": len(split.y_test), "severities": severities,
-                              "corruptions": {}, "parameters": {}, "not_applicable": {}}
+                              "corruptions": {}, "parameters": {}, "not_applicable": {}, "draws": draws,
+                              "draw_accuracies": {}}
     spiking = is_spiking(model)
     scores, by_kind = [], {"input": [], "model": []}
     for name in names:
@@ -319,8 +327,16 @@ def corruption_suite(model: nn.Module, split: Split, cfg: Config, device: str = 
                 x = corrupt(split.x_test, cfg.task, name, severity, torch.Generator().manual_seed(seed), patch)
                 acc = evaluate(model, x, split.y_test, device=device, generator=model_gen)["accuracy"]
             else:
-                with model_noise(model, name, table[name][severity - 1], torch.Generator().manual_seed(seed)):
-                    acc = evaluate(model, split.x_test, split.y_test, device=device, generator=model_gen)["accuracy"]
+                per_draw = []
+                for draw in range(draws if name in FROZEN_NOISE else 1):
+                    model_gen = torch.Generator().manual_seed(cfg.seed)
+                    noise_gen = torch.Generator().manual_seed(seed + 1_000_003 * draw)  # draw 0: the single-draw seed
+                    with model_noise(model, name, table[name][severity - 1], noise_gen):
+                        per_draw.append(evaluate(model, split.x_test, split.y_test, device=device,
+                                                 generator=model_gen)["accuracy"])
+                acc = sum(per_draw) / len(per_draw)
+                if name in FROZEN_NOISE and draws > 1:
+                    record["draw_accuracies"].setdefault(name, {})[str(severity)] = per_draw
             record["corruptions"][name][str(severity)] = acc
             scores.append(acc)
             by_kind[kind].append(acc)
@@ -336,9 +352,9 @@ def corruption_suite(model: nn.Module, split: Split, cfg: Config, device: str = 
 
 def write_robustness(run: str | Path, model: nn.Module, split: Split, cfg: Config, device: str = "cpu",
                      names: Optional[Sequence[str]] = None, severities: Optional[Sequence[int]] = None,
-                     log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+                     log: Callable[[str], None] = lambda s: None, draws: int = 1) -> dict[str, Any]:
     """Run the suite on a trained run's model and write ``RUN/robustness.json`` and ``RUN/robustness.png``."""
-    robust = corruption_suite(model, split, cfg, device, names, severities, log=log)
+    robust = corruption_suite(model, split, cfg, device, names, severities, log=log, draws=draws)
     atomic_write_json(Path(run) / "robustness.json", {"run": str(run), "task": cfg.task, "model": cfg.model, **robust})
     plot_robustness(robust, Path(run) / "robustness.png", f"{cfg.task}/{cfg.model}")
     return robust

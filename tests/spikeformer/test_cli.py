@@ -115,6 +115,8 @@ def test_bench_with_an_unavailable_device_is_one_line():
     (["--corruptions", "blur", "--severities", "6"], ["severity 6 is out of range", "1 to 5"]),
     (["--corruptions", "--severities", "0,1"], ["severity 0 is out of range"]),
     (["--severities", "2"], ["--severities needs --corruptions"]),
+    (["--draws", "3"], ["--draws needs --corruptions"]),
+    (["--corruptions", "weight_noise", "--draws", "0"], ["--draws must be >= 1, got 0"]),
 ])
 def test_eval_corruption_selection_errors_are_one_line(trained_run, args, needles):
     assert_one_line_error(run_cli("eval", str(trained_run), *args), *needles)

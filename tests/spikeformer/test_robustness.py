@@ -338,3 +338,21 @@ def test_suite_on_the_ann_marks_spiking_only_noise_not_applicable(tiny_digits):
     assert set(record["not_applicable"]) == set(SPIKING_ONLY)
     assert set(record["corruptions"]) == {"blur", "weight_noise"}
     assert record["mean_model_noise_accuracy"] == record["corruptions"]["weight_noise"]["1"]
+
+
+def test_frozen_noise_averages_independent_draws_and_the_first_is_the_single_draw(tiny_digits):
+    model, cfg = tiny_model()
+    names = ["threshold_jitter", "weight_noise", "spike_deletion"]
+    single = corruption_suite(model, tiny_digits, cfg, names=names, severities=[5])
+    several = corruption_suite(model, tiny_digits, cfg, names=names, severities=[5], draws=3)
+    assert single["draws"] == 1 and single["draw_accuracies"] == {} and several["draws"] == 3
+    for name in ("threshold_jitter", "weight_noise"):
+        draws = several["draw_accuracies"][name]["5"]
+        assert len(draws) == 3 and draws[0] == single["corruptions"][name]["5"]
+        assert len(set(draws)) > 1  # fresh mismatch per draw, not one draw scored three times
+        assert several["corruptions"][name]["5"] == pytest.approx(sum(draws) / 3, abs=1e-12)
+    # noise drawn afresh every step is scored once: more draws would only repeat the same average
+    assert "spike_deletion" not in several["draw_accuracies"]
+    assert several["corruptions"]["spike_deletion"] == single["corruptions"]["spike_deletion"]
+    with pytest.raises(SpikeformerError, match="draws must be a whole number >= 1"):
+        corruption_suite(model, tiny_digits, cfg, names=names, draws=0)
