@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from spikeformer.checkpoint import atomic_write_bytes
 
-from .ir import Graph, LoweringError, Population
+from .ir import Connection, Graph, LoweringError, Population
 from .nir_base import DEFAULT_DT, FORMAT, NIR_IO_VERSION, _nir, _one_line, conv2d_kernel, decay_to_tau
 
 
@@ -63,7 +64,9 @@ def _per_channel(pop: Population) -> bool:
 def _conv2d_connections(graph: Graph) -> set[str]:
     """The connections written as NIR ``Conv2d``: 2-d convolutions into LIF populations, from a LIF
     population or from the input when every connection from it is one (NIR has no reshape, so an
-    Affine reader keeps the input flat). An IF target must take its bias per channel (no v_leak)."""
+    Affine reader keeps the input flat; the zero-weight bias edges of ``_bias_edges`` do not count,
+    they read an image input through a Flatten). An IF target must take its bias per channel
+    (no v_leak)."""
     convs = set()
     for c in graph.connections:
         target = graph.population(c.target)
@@ -73,9 +76,17 @@ def _conv2d_connections(graph: Graph) -> set[str]:
             continue
         convs.add(c.name)
     source = graph.input.name
-    if any(c.source == source and c.name not in convs for c in graph.connections):
+    if any(c.source == source and c.name not in convs and not _is_bias_edge(c) for c in graph.connections):
         convs = {c.name for c in graph.connections if c.name in convs and c.source != source}
-    return convs
+    # an Affine cannot write into a [C, H, W] node (NIR has no unflatten): a population that also
+    # takes a non-convolution input (say the importer's nir.clock) stays flat, and so do the
+    # convolutions into and out of it, until no such population is left
+    while True:
+        flat = {c.target for c in graph.connections if c.name not in convs}
+        demoted = {c.name for c in graph.connections if c.name in convs and (c.target in flat or c.source in flat)}
+        if not demoted:
+            return convs
+        convs -= demoted
 
 
 def _kernel(weight: np.ndarray, conv: dict, src: Population, dst: Population, where: str) -> np.ndarray:
@@ -89,6 +100,25 @@ def _kernel(weight: np.ndarray, conv: dict, src: Population, dst: Population, wh
     return kernel
 
 
+def _bias_edge_name(source: str, target: str) -> str:
+    return f"{source}->{target}.bias"
+
+
+def _is_bias_edge(conn: Connection) -> bool:
+    return conn.name == _bias_edge_name(conn.source, conn.target) and not np.any(conn.weight)
+
+
+def _bias_edges(graph: Graph) -> Graph:
+    """``graph`` with a zero-weight connection from the input (delay 1) into each LIF population
+    that has no incoming connection. Its bias then reaches it from step 0 as before (an Affine's
+    bias does not wait for the Delay before it), and the dynamics are unchanged."""
+    source = graph.input
+    extra = [Connection(_bias_edge_name(source.name, p.name), source.name, p.name, "full",
+                        np.zeros((p.size, source.size)), delay=1)
+             for p in graph.populations if p.kind == "lif" and not graph.incoming(p.name)]
+    return replace(graph, connections=[*graph.connections, *extra]).validate() if extra else graph
+
+
 def graph_to_nir(graph: Graph, dt: float = DEFAULT_DT):
     """IR ``Graph`` -> ``nir.NIRGraph`` meaning the same discrete dynamics at time step ``dt``.
 
@@ -96,13 +126,16 @@ def graph_to_nir(graph: Graph, dt: float = DEFAULT_DT):
     the input and readout populations, one ``Affine`` (or ``Conv2d``) per connection (named like
     it), one ``Delay`` per (source, delay) named ``<source>.delay[<d>]``. A 2-d convolution
     (``Connection.conv``) becomes a ``Conv2d`` and its ends ``[C, H, W]`` nodes (metadata
-    ``image``; an Affine reading one goes through a ``<node>.flat`` Flatten). Raises
-    ``LoweringError`` for attention nodes, fixed-point graphs and populations without an
-    incoming connection.
+    ``image``; an Affine reading one goes through a ``<node>.flat`` Flatten). A LIF population
+    fed by its bias alone (the importer's ``nir.clock``) gets a zero-weight Affine from the
+    input, one step late, named ``<input>-><population>.bias``, which carries its bias: NIR
+    tools need an input edge into every neuron node. Raises ``LoweringError`` for attention
+    nodes, fixed-point graphs and a readout without an incoming connection.
     """
     graph.require_frozen("NIR export")
     nir = _nir()
     graph.validate()
+    graph = _bias_edges(graph)
     if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
         raise LoweringError(f"NIR export needs a positive time step dt, got {dt!r}")
     if graph.attentions:

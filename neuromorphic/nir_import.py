@@ -550,8 +550,8 @@ def _build_graph(gmeta: dict, dt: float, time_steps: int | None, input_name: str
         grids[n.name] = (n.tokens, n.features)
         if n.image is not None:
             images[n.name] = Population(n.name, "lif", n.tokens, n.features, image=n.image)
-    if CLOCK in grids:
-        raise LoweringError(f"NIR node name {CLOCK!r} is reserved by the importer; rename the node")
+    # a file of ours may hold a clock already (re-exported as an ordinary LIF): a new one gets its own name
+    clock = unique_name(CLOCK, set(grids), "#")
 
     # shift[P]: least steps making every IR delay d + shift[P] - shift[source] >= 1; a synaptic
     # filter (alpha > 0) fed a bias needs shift >= 1 so the clock can deliver it through the filter
@@ -591,7 +591,7 @@ def _build_graph(gmeta: dict, dt: float, time_steps: int | None, input_name: str
         for step, v in sorted(late.items()):
             if np.any(v != 0):
                 clock_needed = True
-                connections.append(Connection(unique(f"{CLOCK}->{n.name}@{step}"), CLOCK, n.name, "full",
+                connections.append(Connection(unique(f"{clock}->{n.name}@{step}"), clock, n.name, "full",
                                               v.reshape(-1, 1).copy(), delay=step))
         for t in _merge([t.explicit(repr(n.name)) for t in n.signal.terms], n.size):
             src_tokens, src_features = grids[t.source]
@@ -616,7 +616,7 @@ def _build_graph(gmeta: dict, dt: float, time_steps: int | None, input_name: str
             bias=bias_now.reshape(n.tokens, n.features), image=n.image))
     if clock_needed:
         # one neuron, no input, bias 1 > threshold 0.5 and beta 0: fires every step from step 0
-        populations.insert(1, Population(CLOCK, "lif", 1, 1, beta=0.0, alpha=0.0, threshold=0.5,
+        populations.insert(1, Population(clock, "lif", 1, 1, beta=0.0, alpha=0.0, threshold=0.5,
                                          bias=np.ones((1, 1))))
     meta = _graph_meta(gmeta, time_steps, readout, shift)
     meta["nir_shift"] = {k: int(v) for k, v in shift.items()}

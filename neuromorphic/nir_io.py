@@ -52,6 +52,8 @@ step, which the IR (every Dense has delay >= 1) cannot; the importer shifts each
 IR step ``t + shift[P]`` of ``P`` is NIR step ``t``. A bias that must start at a shifted step
 (or pass a synaptic filter) is delivered by a ``nir.clock`` population (one neuron firing every
 step from step 0) through a connection with that delay. ``to_source_time`` undoes the shift.
+Re-exported, a population fed by its bias alone (the clock) gets a zero-weight Affine from the
+input (``<input>-><population>.bias``), and an image population the clock feeds is written flat.
 A ``Conv2d`` applied straight to a ``[C, H, W]`` node written by ``export_nir`` (metadata
 ``image``) into another keeps its geometry: the IR connection gets ``conv`` and its ends
 ``image`` (after checking that the composed weight still is that convolution), so a re-export

@@ -68,6 +68,7 @@ def norse_module(source: Any, dt: float | None = None, dtype: Any = None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # nirtorch.load is what from_nir calls
         module = nirtorch.load(g, model_map)
+    module.execution_order = _topological(module.execution_order)
     if dtype is not None:
         module.to(dtype)
         for name, node in g.nodes.items():
@@ -126,6 +127,30 @@ def _set_norse_parameters(sub: Any, node: Any, dtype: Any) -> None:
         if isinstance(p, tuple) and hasattr(p, "_fields"):  # remaining floats (v_reset, ...) in dtype
             holder.p = type(p)(*[v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
                                  for v in p])
+
+
+def _topological(order: list) -> list:
+    """nirtorch's nodes (``GraphExecutor.execution_order``) in an order where each node comes after
+    every node that feeds it, and the sinks (the graph's output) last.
+
+    nirtorch 2.6 orders them depth first from the input (``graph_utils.trace_execution``), which
+    is not topological: a node fed by two branches can run before the second one, and then sums
+    that branch's output of the previous step, one step late; and the executor returns the
+    output of whichever node came last. Both happen when the input fans out to two paths that
+    meet again (a re-exported import with its ``nir.clock``). Ties keep nirtorch's order; a
+    cycle's nodes keep nirtorch's order too (there the previous step is what a recurrent edge means)."""
+    position = {node: i for i, node in enumerate(order)}
+    feeding = {node: [src for src in order if node in src.outgoing_nodes] for node in order}
+    done: set = set()
+    result: list = []
+    pending = list(order)
+    while pending:
+        ready = [n for n in pending if all(src in done for src in feeding[n])] or pending  # or a cycle
+        for node in sorted(ready, key=position.__getitem__):
+            done.add(node)
+            result.append(node)
+        pending = [n for n in pending if n not in done]
+    return [n for n in result if n.outgoing_nodes] + [n for n in result if not n.outgoing_nodes]
 
 
 def norse_trace(source: Any, x_steps: np.ndarray, dt: float | None = None) -> Trace:

@@ -281,8 +281,6 @@ def test_snntorch_conv_net_imports_as_image_grids_spike_for_spike(tmp_path):
                               torch.nn.Conv2d(channels, 4, 2, stride=2), leaky((4, 3, 3), 0.7, 0.5),
                               torch.nn.Flatten(), torch.nn.Linear(36, 5), leaky((5,), 0.7, 0.5, output=True))
     nir.write(tmp_path / "conv.nir", export_to_nir(net, torch.randn(1, 1, side, side), ignore_dims=[0]))
-    # the biases start after the import's shift through the clock population, which has no NIR
-    # node; without biases an imported graph re-exports (checked at the end)
     unbiased = copy.deepcopy(net)
     with torch.no_grad():
         for layer in (unbiased[0], unbiased[2], unbiased[5]):
@@ -307,9 +305,28 @@ def test_snntorch_conv_net_imports_as_image_grids_spike_for_spike(tmp_path):
         spikes = trace.spikes[name].reshape(steps, SAMPLES, -1)[..., pop.image_order() if pop.image else slice(None)]
         assert active(expected), name
         np.testing.assert_array_equal(spikes, expected.reshape(steps, SAMPLES, -1), err_msg=name)
-    again = nir_io.graph_to_nir(unbiased)
-    convs = [node for node in again.nodes.values() if isinstance(node, nir.Conv2d)]
+    # without biases (no clock) the re-export writes both convolutions as Conv2d nodes again
+    convs = [node for node in nir_io.graph_to_nir(unbiased).nodes.values() if isinstance(node, nir.Conv2d)]
     assert [list(node.weight.shape) for node in convs] == [[channels, 1, 3, 3], [4, channels, 2, 2]]
+    # with them, the biases start after the import's shift through the nir.clock population: it
+    # re-exports as a LIF fed a zero-weight edge from the input; the image populations it feeds
+    # stay flat (NIR cannot write an Affine into a [C, H, W] node), and the file runs the same spikes
+    assert nir_io.CLOCK in {p.name for p in graph.populations}
+    path = nir_io.export_nir(graph, tmp_path / "again.nir")
+    again = nir.read(path)
+    assert not any(isinstance(node, nir.Conv2d) for node in again.nodes.values())
+    assert not np.any(again.nodes[f"input->{nir_io.CLOCK}.bias"].weight)
+    first = run_graph(graph, x_ir)
+    back = nir_io.nir_to_graph(again)
+    assert set(back.meta["nir_shift"].values()) == {0}  # every edge has its Delay now: no new clock
+    reimported, norse = run_graph(back, x_ir), nir_io.norse_trace(path, x_ir)
+    for name in ("1", "3", "6", nir_io.CLOCK):
+        np.testing.assert_array_equal(reimported.spikes[name], first.spikes[name], err_msg=name)
+        np.testing.assert_array_equal(norse.spikes[name], first.spikes[name], err_msg=name)
+    # nirtorch's own depth-first order would run population 1 before the Affine from the input
+    # and return that Affine as the output (nir_norse._topological); in order, the readout agrees
+    np.testing.assert_allclose(norse.readout, first.readout, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(reimported.readout, first.readout)
 
 
 def test_source_input_refuses_a_wrong_shape_in_one_line():
