@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=int, default=1, metavar="N",
                    help="with --corruptions: score threshold_jitter and weight_noise, which are drawn once per "
                         "evaluation (one device), on N independent draws and average them (default 1)")
+    p.add_argument("--robustness-out", default=None, metavar="FILE",
+                   help="with --corruptions: write the record to FILE (and its plot beside it as .png) instead of "
+                        "RUN/robustness.json, which then keeps the full suite that compare and why read")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
@@ -172,6 +175,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise SpikeformerError("--draws needs --corruptions")
     if args.draws < 1:
         raise SpikeformerError(f"--draws must be >= 1, got {args.draws}")
+    if args.robustness_out is not None:
+        if args.corruptions is None:
+            raise SpikeformerError("--robustness-out needs --corruptions")
+        if not args.robustness_out.endswith(".json") or Path(args.robustness_out).is_dir():
+            raise SpikeformerError(f"--robustness-out must name a .json file, got {args.robustness_out!r}")
     if args.corruptions is not None:  # check the selection before any work
         names, severities = parse_selection(cfg.task, args.corruptions, args.severities)
         if not names:
@@ -189,9 +197,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         bar = tqdm(total=len(names) * len(severities), desc="robustness", unit="eval", disable=args.quiet)
         robust = write_robustness(args.run, model, split, cfg, device, names, severities,
-                                  log=lambda line: bar.update(1), draws=args.draws)
+                                  log=lambda line: bar.update(1), draws=args.draws, out=args.robustness_out)
         bar.close()
-        out = Path(args.run) / "robustness.json"
+        out = Path(args.robustness_out or Path(args.run) / "robustness.json")
         mean = robust["mean_corruption_accuracy"]
         print(f"clean {robust['clean_accuracy']:.4f}, mean over corruptions "
               f"{'n/a' if mean is None else f'{mean:.4f}'} -> {out}")

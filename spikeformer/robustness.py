@@ -352,11 +352,14 @@ def corruption_suite(model: nn.Module, split: Split, cfg: Config, device: str = 
 
 def write_robustness(run: str | Path, model: nn.Module, split: Split, cfg: Config, device: str = "cpu",
                      names: Optional[Sequence[str]] = None, severities: Optional[Sequence[int]] = None,
-                     log: Callable[[str], None] = lambda s: None, draws: int = 1) -> dict[str, Any]:
-    """Run the suite on a trained run's model and write ``RUN/robustness.json`` and ``RUN/robustness.png``."""
+                     log: Callable[[str], None] = lambda s: None, draws: int = 1,
+                     out: Optional[str | Path] = None) -> dict[str, Any]:
+    """Run the suite on a trained run's model and write ``RUN/robustness.json`` and ``RUN/robustness.png``
+    (or ``out`` and the plot beside it, with suffix .png)."""
+    path = Path(out) if out is not None else Path(run) / "robustness.json"
     robust = corruption_suite(model, split, cfg, device, names, severities, log=log, draws=draws)
-    atomic_write_json(Path(run) / "robustness.json", {"run": str(run), "task": cfg.task, "model": cfg.model, **robust})
-    plot_robustness(robust, Path(run) / "robustness.png", f"{cfg.task}/{cfg.model}")
+    atomic_write_json(path, {"run": str(run), "task": cfg.task, "model": cfg.model, **robust})
+    plot_robustness(robust, path.with_suffix(".png"), f"{cfg.task}/{cfg.model}")
     return robust
 
 
