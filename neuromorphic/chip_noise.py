@@ -28,7 +28,7 @@ from typing import Any, Optional
 import numpy as np
 
 from spikeformer.fixed_point import MANTISSA_MAX, MANTISSA_MIN
-from spikeformer.robustness import MODEL_NOISE
+from spikeformer.robustness import JITTER_FLOOR, MODEL_NOISE
 
 from .ir import Attention, Connection, Graph, IRError, Population
 from .simulate import FloatOps, Ops, run_graph
@@ -68,7 +68,7 @@ class NoisyOps:
     def _jitter(self, pop: Population) -> tuple[Population, np.ndarray]:
         """The population with its bias divided by per-neuron factors drawn once per run."""
         if pop.name not in self.jittered:
-            factors = np.maximum(1.0 + self.level * self.rng.standard_normal((pop.tokens, pop.features)), 0.05)
+            factors = np.maximum(1.0 + self.level * self.rng.standard_normal((pop.tokens, pop.features)), JITTER_FLOOR)
             if self.fixed:
                 twin = replace(pop, bias_mant=np.rint(np.asarray(pop.bias_mant) / factors).astype(np.int64))
             else:

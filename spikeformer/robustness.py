@@ -70,6 +70,7 @@ SPIKING_ONLY = ("membrane_noise", "threshold_jitter", "spike_deletion", "timing_
 # drawn once for a whole evaluation (a device's mismatch), so one draw is one device: these are
 # the noises that ``draws`` repeats with fresh draws and averages
 FROZEN_NOISE = ("threshold_jitter", "weight_noise")
+JITTER_FLOOR = 0.05  # threshold jitter's factor 1 + sigma z is floored here (a threshold stays positive)
 
 
 def input_corruptions(task: str) -> dict[str, tuple[float, ...]]:
@@ -255,7 +256,7 @@ def model_noise(model: nn.Module, name: str, level: float, generator: torch.Gene
         if name == "threshold_jitter":
             key = id(module)
             if key not in factors:  # one factor per neuron [N, F], fixed for the evaluation
-                factors[key] = (1.0 + level * draw(drive.total.shape[2:], drive.total)).clamp(min=0.05)
+                factors[key] = (1.0 + level * draw(drive.total.shape[2:], drive.total)).clamp(min=JITTER_FLOOR)
             f = factors[key]
             return (Drive(drive.total / f, None if drive.bias is None else drive.bias / f, drive.rest), *args[1:])
         return None
@@ -322,18 +323,17 @@ def corruption_suite(model: nn.Module, split: Split, cfg: Config, device: str = 
         record["parameters"][name] = {str(s): table[name][s - 1] for s in severities}
         for severity in severities:
             seed = cfg.seed + 10 * zlib.crc32(name.encode()) + severity  # the same in any selection
-            model_gen = torch.Generator().manual_seed(cfg.seed)  # Poisson encoding: as in the clean run
+            model_gen = lambda: torch.Generator().manual_seed(cfg.seed)  # noqa: E731 - Poisson encoding: as clean
             if kind == "input":
                 x = corrupt(split.x_test, cfg.task, name, severity, torch.Generator().manual_seed(seed), patch)
-                acc = evaluate(model, x, split.y_test, device=device, generator=model_gen)["accuracy"]
+                acc = evaluate(model, x, split.y_test, device=device, generator=model_gen())["accuracy"]
             else:
                 per_draw = []
                 for draw in range(draws if name in FROZEN_NOISE else 1):
-                    model_gen = torch.Generator().manual_seed(cfg.seed)
                     noise_gen = torch.Generator().manual_seed(seed + 1_000_003 * draw)  # draw 0: the single-draw seed
                     with model_noise(model, name, table[name][severity - 1], noise_gen):
                         per_draw.append(evaluate(model, split.x_test, split.y_test, device=device,
-                                                 generator=model_gen)["accuracy"])
+                                                 generator=model_gen())["accuracy"])
                 acc = sum(per_draw) / len(per_draw)
                 if name in FROZEN_NOISE and draws > 1:
                     record["draw_accuracies"].setdefault(name, {})[str(severity)] = per_draw
