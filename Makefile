@@ -7,7 +7,10 @@ PYTHON ?= python3.10
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-RUN ?= runs/digits
+# `make demo`'s model: the digits conv-stem model with cortical attention (docs/benchmarks.md,
+# "Digits with Loihi timing"); RUN=... DEMO_CONFIG=demos/digits.toml trains the learned twin
+DEMO_CONFIG ?= demos/digits-cortical.toml
+RUN ?= runs/digits-cortical
 
 .PHONY: setup browser demo test test-fast why gpu-check clean-venv
 
@@ -39,7 +42,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 demo: setup
-	$(PY) demos/run_demo.py --run $(RUN)
+	$(PY) demos/run_demo.py --config $(DEMO_CONFIG) --run $(RUN)
 
 # two pytest workers (pytest-xdist): one per core of the 2-core machines this is measured on
 test: setup

@@ -1,8 +1,9 @@
-"""`make demo`: train the digits model with Loihi timing, write its report, then run it on
-neuromorphic backends: Lava bit-accurate fixed point (50 test samples, against the integer
-reference) and the exact Brian2 rebuild (20 test samples, against torch).
+"""`make demo`: train the digits demo model (Loihi timing, conv stem, cortical attention), write
+its report, then run it on neuromorphic backends: Lava bit-accurate fixed point (50 test
+samples, against the integer reference) and the exact Brian2 rebuild (20 test samples, against
+torch).
 
-Usage: python demos/run_demo.py [--run runs/digits] [--config demos/digits.toml]
+Usage: python demos/run_demo.py [--run runs/digits-cortical] [--config demos/digits-cortical.toml]
        [--lava-samples 50] [--brian2-samples 20]
 A finished run in --run is reused (delete the folder to retrain); an unfinished one resumes.
 """
@@ -23,8 +24,8 @@ from spikeformer.train import train
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default="runs/digits")
-    parser.add_argument("--config", default=str(Path(__file__).with_name("digits.toml")))
+    parser.add_argument("--run", default="runs/digits-cortical")
+    parser.add_argument("--config", default=str(Path(__file__).with_name("digits-cortical.toml")))
     parser.add_argument("--lava-samples", type=int, default=50, help="test samples on Lava fixed point (0: skip)")
     parser.add_argument("--brian2-samples", type=int, default=20, help="test samples on Brian2 (0: skip)")
     args = parser.parse_args()
@@ -40,6 +41,7 @@ def main() -> int:
             metrics = train(cfg, run, resume=(run / "checkpoint.json").is_file())
         report = write_report(run)
         print(f"digits demo: test accuracy {metrics['test_accuracy']:.4f} on 450 held-out digits; "
+              f"{metrics['attention_params']:,} learnable attention parameters; "
               f"{metrics['synops_per_sample']:.0f} synaptic ops and "
               f"{metrics['energy_pj_per_sample'] / 1e6:.3f} uJ per sample ({metrics['energy_note']}); "
               f"report: {report}")

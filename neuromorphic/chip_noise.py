@@ -16,7 +16,9 @@ at the same parameters, injected at every ``lif`` population of the graph:
 
 At strength 0 each leaves the run bit for bit the clean one (tested). The draws come from one
 numpy generator per run, so a run repeats for a seed; they are not torch's draws, so a
-reference and the torch model agree in distribution, not spike for spike.
+reference and the torch model agree in distribution, not spike for spike. Threshold jitter and
+weight noise are a device's mismatch, frozen for the run (``FROZEN_NOISE``): ``draws`` scores
+them on that many devices and averages, as ``eval --draws`` does on torch.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any, Optional
 import numpy as np
 
 from spikeformer.fixed_point import MANTISSA_MAX, MANTISSA_MIN
-from spikeformer.robustness import JITTER_FLOOR, MODEL_NOISE
+from spikeformer.robustness import FROZEN_NOISE, JITTER_FLOOR, MODEL_NOISE, draw_seed
 
 from .ir import Attention, Connection, Graph, IRError, Population
 from .simulate import FloatOps, Ops, run_graph
@@ -141,9 +143,11 @@ REFERENCES = ("float", "fixed")
 
 def chip_noise(run: Any, references: tuple[str, ...] = REFERENCES, samples: int = 100,
                names: Optional[list[str]] = None, severities: Optional[str] = None,
-               progress: bool = True) -> dict[str, Any]:
+               progress: bool = True, draws: int = 1) -> dict[str, Any]:
     """The model-side noise suite of ``run`` on the references and on torch, on the first
-    ``samples`` test samples; writes and returns ``RUN/chip-noise.json``."""
+    ``samples`` test samples; writes and returns ``RUN/chip-noise.json``. A noise of
+    ``FROZEN_NOISE`` is scored on ``draws`` devices (draw 0: the single-draw run's) and its
+    accuracy is their mean; each draw's is kept in ``draw_accuracies``."""
     from pathlib import Path
 
     import torch
@@ -160,6 +164,8 @@ def chip_noise(run: Any, references: tuple[str, ...] = REFERENCES, samples: int 
 
     if samples <= 0:
         raise SpikeformerError(f"--samples must be a positive number, got {samples}")
+    if not isinstance(draws, int) or draws < 1:
+        raise SpikeformerError(f"--draws must be a whole number >= 1, got {draws!r}")
     for ref in references:
         if ref not in REFERENCES:
             raise SpikeformerError(f"unknown reference {ref!r}; choose from {', '.join(REFERENCES)}")
@@ -182,7 +188,8 @@ def chip_noise(run: Any, references: tuple[str, ...] = REFERENCES, samples: int 
     accuracy = lambda trace: float((trace.logits.argmax(-1) == labels).mean())  # noqa: E731
     record: dict[str, Any] = {"run": str(run), "task": cfg.task, "samples": count, "severities": levels,
                               "parameters": {n: {str(s): MODEL_NOISE[n][s - 1] for s in levels} for n in chosen},
-                              "clean": {"torch": accuracy(torch_trace(model, x_steps))}, "noise": {}}
+                              "clean": {"torch": accuracy(torch_trace(model, x_steps))}, "noise": {},
+                              "draws": draws, "draw_accuracies": {}}
     for ref in references:
         ref_graph, ref_steps = inputs[ref]
         record["clean"][ref] = accuracy(run_graph(ref_graph, ref_steps, _ops(ref == "fixed"), keep=set()))
@@ -193,13 +200,19 @@ def chip_noise(run: Any, references: tuple[str, ...] = REFERENCES, samples: int 
         per: dict[str, dict[str, float]] = {who: {} for who in ("torch", *references)}
         for severity in levels:
             level = MODEL_NOISE[name][severity - 1]
-            seed = cfg.seed + 1000 * (list(MODEL_NOISE).index(name) + 1) + severity
-            with model_noise(model, name, level, torch.Generator().manual_seed(seed)):  # restored after
-                per["torch"][str(severity)] = accuracy(torch_trace(model, x_steps))
-            for ref in references:
-                ref_graph, ref_steps = inputs[ref]
-                trace = run_noisy(ref_graph, ref_steps, name, level, seed, ref == "fixed", keep=set())
-                per[ref][str(severity)] = accuracy(trace)
+            per_draw: dict[str, list[float]] = {who: [] for who in per}
+            for draw in range(draws if name in FROZEN_NOISE else 1):
+                seed = draw_seed(cfg.seed + 1000 * (list(MODEL_NOISE).index(name) + 1) + severity, draw)
+                with model_noise(model, name, level, torch.Generator().manual_seed(seed)):  # restored after
+                    per_draw["torch"].append(accuracy(torch_trace(model, x_steps)))
+                for ref in references:
+                    ref_graph, ref_steps = inputs[ref]
+                    trace = run_noisy(ref_graph, ref_steps, name, level, seed, ref == "fixed", keep=set())
+                    per_draw[ref].append(accuracy(trace))
+            for who, accs in per_draw.items():
+                per[who][str(severity)] = float(np.mean(accs))
+                if len(accs) > 1:
+                    record["draw_accuracies"].setdefault(who, {}).setdefault(name, {})[str(severity)] = accs
             bar.update(1)
         record["noise"][name] = per
     bar.close()

@@ -82,6 +82,9 @@ def _chip_noise_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noises", default=None, metavar="NAMES",
                    help="model-side noises, comma-separated (default: all five; docs/robustness.md)")
     p.add_argument("--severities", default=None, metavar="S", help="severities 1-5, comma-separated (default: all)")
+    p.add_argument("--draws", type=int, default=1, metavar="N",
+                   help="score threshold jitter and weight noise, frozen for a run (one device), on N independent "
+                        "draws and average them (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -90,7 +93,7 @@ def _chip_noise(args: argparse.Namespace) -> int:
 
     record = chip_noise(args.run, tuple(r.strip() for r in args.references.split(",") if r.strip()), args.samples,
                         [n.strip() for n in args.noises.split(",")] if args.noises else None,
-                        args.severities, progress=not args.quiet)
+                        args.severities, progress=not args.quiet, draws=args.draws)
     print(markdown_table(record), end="")
     print(f"chip noise written to {args.run}/chip-noise.json")
     return 0

@@ -73,6 +73,11 @@ FROZEN_NOISE = ("threshold_jitter", "weight_noise")
 JITTER_FLOOR = 0.05  # threshold jitter's factor 1 + sigma z is floored here (a threshold stays positive)
 
 
+def draw_seed(seed: int, draw: int) -> int:
+    """The seed of device ``draw`` of a frozen noise whose single-draw seed is ``seed`` (draw 0)."""
+    return seed + 1_000_003 * draw
+
+
 def input_corruptions(task: str) -> dict[str, tuple[float, ...]]:
     """The input corruptions of ``task`` (none for the sequence tasks)."""
     if task in IMAGE_SIDE:
@@ -330,7 +335,7 @@ def corruption_suite(model: nn.Module, split: Split, cfg: Config, device: str = 
             else:
                 per_draw = []
                 for draw in range(draws if name in FROZEN_NOISE else 1):
-                    noise_gen = torch.Generator().manual_seed(seed + 1_000_003 * draw)  # draw 0: the single-draw seed
+                    noise_gen = torch.Generator().manual_seed(draw_seed(seed, draw))
                     with model_noise(model, name, table[name][severity - 1], noise_gen):
                         per_draw.append(evaluate(model, split.x_test, split.y_test, device=device,
                                                  generator=model_gen())["accuracy"])

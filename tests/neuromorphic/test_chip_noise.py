@@ -124,9 +124,27 @@ def test_chip_noise_command_writes_each_reference_beside_torch(tiny_run):
     assert "| `spike_deletion` |" in result.stdout
 
 
+def test_chip_noise_draws_average_devices_and_the_first_is_the_single_draw(tiny_run):
+    from neuromorphic.chip_noise import chip_noise
+
+    noises, severities = ["weight_noise", "spike_deletion"], "5"
+    one = chip_noise(tiny_run, samples=30, names=noises, severities=severities, progress=False)
+    three = chip_noise(tiny_run, samples=30, names=noises, severities=severities, progress=False, draws=3)
+    assert one["draws"] == 1 and one["draw_accuracies"] == {} and three["draws"] == 3
+    for who in ("torch", "float", "fixed"):
+        accs = three["draw_accuracies"][who]["weight_noise"]["5"]
+        assert len(accs) == 3 and accs[0] == one["noise"]["weight_noise"][who]["5"]
+        assert three["noise"]["weight_noise"][who]["5"] == pytest.approx(sum(accs) / 3)
+        assert len(set(accs)) > 1  # fresh devices, not one device three times
+        # spike deletion is drawn afresh at every step: scored once, as in a single-draw run
+        assert "spike_deletion" not in three["draw_accuracies"][who]
+        assert three["noise"]["spike_deletion"][who] == one["noise"]["spike_deletion"][who]
+
+
 def test_chip_noise_errors_are_one_line(tiny_run):
     assert_one_line_error(run_cli("chip-noise", str(tiny_run), "--noises", "blur", "--quiet"), "input corruption")
     assert_one_line_error(run_cli("chip-noise", str(tiny_run), "--references", "lava", "--quiet"),
                           "unknown reference 'lava'")
     assert_one_line_error(run_cli("chip-noise", str(tiny_run), "--samples", "0", "--quiet"), "--samples")
     assert_one_line_error(run_cli("chip-noise", str(tiny_run), "--severities", "6", "--quiet"), "out of range")
+    assert_one_line_error(run_cli("chip-noise", str(tiny_run), "--draws", "0", "--quiet"), "--draws")
