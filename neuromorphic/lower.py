@@ -11,6 +11,10 @@ What happens to each torch layer (docs/backends.md has the equations):
 - Spiking attention -> an ``Attention`` node; the BatchNorm after it folds into a
   per-column ``out_scale`` and the output LIF's bias.
 - The readout Dense -> a ``full`` connection into a ``readout`` integrator.
+- ``top_down = "block"``: the bottom-up sweep is a second copy of every layer but the readout,
+  named ``bottom_up.<name>``, fed by the same input; each block's top-down synapses connect the
+  copy's reader above the block (``bottom_up.block{i+1}.in`` or ``bottom_up.final``) to the
+  block's gate neurons, one step late like every Dense.
 
 Population names equal the names the torch ``Probe`` records spikes under, so spike trains
 are compared by name. Only ``delays = "loihi"`` models lower: that mode is what Lava and
@@ -20,12 +24,13 @@ Brian2 compute (SPEC §2.2); a model trained without delays would change meaning
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-from spikeformer.model import SUBLAYER_DELAY, Dense, FeatureNorm, SpikingNeurons, Spikeformer
+from spikeformer.model import BOTTOM_UP, SUBLAYER_DELAY, Dense, FeatureNorm, SpikingNeurons, Spikeformer
 
 from .ir import Attention, Connection, Graph, LoweringError, Population
 
@@ -217,6 +222,26 @@ class GraphBuilder:
         return name
 
 
+def _bottom_up_copy(model: Spikeformer, b: GraphBuilder) -> None:
+    """Add a ``top_down = "block"`` model's bottom-up sweep to ``b`` (which holds the modulated
+    one): every layer again but the readout, named ``BOTTOM_UP + name``, on the same input, and
+    each block's top-down synapses from the copy's reader above it onto its gate neurons."""
+    copy_ = GraphBuilder(b.skip_delay)
+    model.lower(copy_)
+    renamed = lambda name: name if name == "input" else BOTTOM_UP + name  # noqa: E731
+    b.populations += [replace(p, name=renamed(p.name)) for p in copy_.populations if p.kind not in ("input", "readout")]
+    b.connections += [replace(c, name=BOTTOM_UP + c.name, source=renamed(c.source), target=renamed(c.target))
+                      for c in copy_.connections if c.target != "readout"]
+    b.attentions += [replace(a, name=BOTTOM_UP + a.name, query=renamed(a.query), key=renamed(a.key),
+                             value=renamed(a.value), target=renamed(a.target),
+                             modulator=renamed(a.modulator) if a.modulator else None) for a in copy_.attentions]
+    depth = len(model.blocks)
+    for i, dense in enumerate(model.top_down):
+        source = renamed(f"block{i + 1}.in" if i + 1 < depth else "final")
+        b.connect(_Term(f"top_down{i}", source, "tokenwise", _np(dense.linear.weight), np.zeros(0)),
+                  f"block{i}.attn.gate")
+
+
 def lower(model: Spikeformer) -> Graph:
     """Lower a trained ``Spikeformer`` (eval-mode semantics, ``delays = "loihi"``) to an IR ``Graph``.
 
@@ -234,11 +259,13 @@ def lower(model: Spikeformer) -> Graph:
             "one-step Dense delay of SPEC §2.2, so retrain with --set 'delays=\"aligned\"' (or \"loihi\")")
     if cfg.encoder not in ("direct", "poisson", "retina"):
         raise LoweringError(f"encoder {cfg.encoder!r} has no IR form")
-    if cfg.top_down != "none":
-        raise LoweringError(f"top_down {cfg.top_down!r} has no IR form yet (its two sweeps would be two copies "
-                            "of the network); export a model trained with top_down = \"none\"")
+    if cfg.top_down == "readout":
+        raise LoweringError("top_down 'readout' feeds the gates the bottom-up readout's graded current, which IR "
+                            "connections (spikes) cannot carry; top_down = \"block\" (spikes) lowers")
     b = GraphBuilder(SUBLAYER_DELAY if cfg.delays == "aligned" else 0)
     body_tokens = model.lower(b)
+    if cfg.top_down == "block":
+        _bottom_up_copy(model, b)
     meta = {
         "task": cfg.task, "mode": cfg.mode, "encoder": cfg.encoder, "classes": model.classes,
         "tokens": model.tokens, "features": model.features, "body_tokens": body_tokens,

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.nn.functional import cross_entropy, one_hot
 
 from spikeformer.config import Config
-from spikeformer.model import Dense, Drive, FeatureNorm, Probe, SpikingNeurons, Spikeformer
+from spikeformer.model import SUBLAYER_DELAY, Dense, Drive, FeatureNorm, Probe, SpikingNeurons, Spikeformer
 from spikeformer.neurons import delay_one_step
 
 from . import eprop, perturbation, stdp, three_factor
@@ -66,6 +66,12 @@ class Layer:
     signal_norm: Optional[FeatureNorm] = None
     writer: Optional["Layer"] = None  # a layer with its own LIF: the layer its sublayer writes the stream with
     bias: None = None  # the IR builder protocol's term bias (folded norms): not recorded here
+    # timing (``LayerMap.arrival``): the step at which input step 0 first reaches what the layer
+    # delivers, along the longest path; ``shift``: steps from there to its signal target's
+    # arrival; ``back``: steps from the signal target to the readout current
+    arrives: int = 0
+    shift: int = 0
+    back: int = 0
 
     @property
     def weight(self) -> Tensor:
@@ -97,24 +103,34 @@ class Layer:
 class LayerMap:
     """Records a model's topology through its ``lower`` methods (the IR builder protocol)."""
 
+    hop: int = 0  # steps a Dense delivers late (Loihi timing: 1)
+    skip_delay: int = 0  # delays = "aligned": the stream passes a sublayer this much later per sublayer
     layers: list[Layer] = field(default_factory=list)
     neurons: dict[str, SpikingNeurons] = field(default_factory=dict)
     readout_layer: Optional[Layer] = None
     tokens: dict[str, int] = field(default_factory=dict)  # tokens of each LIF population
+    # per population: the step at which input step 0 first reaches it along the longest path
+    # (0 everywhere without delays; "readout": the model's latency)
+    arrival: dict[str, int] = field(default_factory=lambda: {"input": 0})
     _pending: list[Layer] = field(default_factory=list)  # stream writers waiting for their reader
+    _stream: list[tuple[Layer, int]] = field(default_factory=list)  # each writer and the readers before it
+    _readers: int = 0
+
+    def _arrive(self, population: str, step: int) -> None:
+        self.arrival[population] = max(self.arrival.get(population, 0), step)
 
     def affine(self, norm: FeatureNorm, features: int) -> tuple[FeatureNorm, None]:
         return norm, None  # the "gain" handed to connect: the norm itself, read at step time
 
     def dense(self, dense: Dense, name: str, source: str, tokens: int, position: Any = None) -> Layer:
-        layer = Layer(name, dense, source, norm=dense.norm, delay=dense.delay)
+        layer = Layer(name, dense, source, norm=dense.norm, delay=dense.delay, arrives=self.arrival[source] + self.hop)
         self.layers.append(layer)
         return layer
 
     def conv(self, conv: nn.Conv1d, apply: Any, shape: tuple[int, int], name: str, source: str,
              norm: Optional[FeatureNorm] = None, position: Any = None, geometry: Any = None) -> Layer:
         # the stem delays the input before the convolution: the hook sees it delivered already
-        layer = Layer(name, conv, source, norm=norm)
+        layer = Layer(name, conv, source, norm=norm, arrives=self.arrival[source] + self.hop)
         self.layers.append(layer)
         return layer
 
@@ -128,20 +144,24 @@ class LayerMap:
     def connect(self, term: Optional[Layer], target: str, gain: Any = None) -> None:
         if term is not None:
             term.target = target
+            self._arrive(target, term.arrives)
             if isinstance(gain, FeatureNorm):  # a norm between the synapses and the LIF (conv1d stem)
                 term.norm = gain
 
-    def attention(self, *args: Any, **kwargs: Any) -> None:
-        pass  # the attention state learns by its own event-driven plasticity
+    def attention(self, name: str, query: str, key: str, value: str, target: str, *args: Any, **kwargs: Any) -> None:
+        # the attention state learns by its own event-driven plasticity; its output is the same step's
+        self._arrive(target, max(self.arrival[p] for p in (query, key, value)))
 
     def readout(self, dense: Dense, source: str) -> str:
-        self.readout_layer = Layer("readout", dense, source, delay=dense.delay)
+        self.readout_layer = Layer("readout", dense, source, delay=dense.delay, arrives=self.arrival[source] + self.hop)
+        self._arrive("readout", self.readout_layer.arrives)
         return "readout"
 
     def write(self, term: Optional[Layer]) -> None:
         if term is not None:
             term.writes_stream = True
             self._pending.append(term)
+            self._stream.append((term, self._readers))
             for layer in self.layers:  # the sublayer's own layers (q/k/v, gate; fc1) reach the stream through it
                 if layer.writer is None and not layer.writes_stream:
                     layer.writer = term
@@ -151,17 +171,22 @@ class LayerMap:
         for term in self._pending:  # the first reader after a writer is its target
             term.target, term.target_norm = name, norm
         self._pending = []
+        for term, written in self._stream:  # aligned: each writer skips the sublayers since it wrote
+            self._arrive(name, term.arrives + self.skip_delay * (self._readers - written))
+        self._readers += 1
         return name
 
 
 def layer_map(model: Spikeformer) -> LayerMap:
     """The synapse layers of ``model`` and the neurons each one drives."""
-    found = LayerMap()
+    found = LayerMap(hop=int(model.cfg.dense_delay), skip_delay=SUBLAYER_DELAY if model.cfg.delays == "aligned" else 0)
     model.lower(found)
     last = found.readout_layer.source  # "final": the stream's last reader
     for layer in found.layers:
         layer.signal_target = last if layer.writes_stream else layer.target
         layer.signal_norm = model.norm if layer.writes_stream else None
+        layer.shift = found.arrival[layer.signal_target] - layer.arrives
+        layer.back = found.arrival["readout"] - found.arrival[layer.signal_target]
         if isinstance(layer.module, nn.Conv1d):  # the conv1d stem delays the input of each convolution
             layer.delay = model.cfg.dense_delay
     return found
@@ -314,13 +339,12 @@ class LocalLearner:
         return (error @ self.feedback[layer.name]).view(b, n, j) / self.model.window
 
     def _window(self, layer: Layer, steps: int) -> range:
-        """The steps at which the spikes of the layer's signal target reach the readout window:
-        the window (the last ``window`` steps the readout receives) moved back by the readout's
-        delay and, for a layer with its own LIF, by its sublayer's output Dense."""
-        back = int(self.readout.delay)
-        if layer.writer is not None and layer.signal_target != self.readout.source:
-            back += int(layer.writer.delay)
-        return range(max(0, steps - self.model.window - back), steps - back)
+        """The steps at which the spikes of the layer's signal target reach the readout window
+        (the last ``window`` steps the readout receives) along the longest path: the window moved
+        back by ``layer.back``. With Loihi timing a shorter path (the residual stream) reaches
+        the readout before the window, while the input still drives the layer; the readout reads
+        the input's effect only through the longest path."""
+        return range(max(0, steps - self.model.window - layer.back), steps - layer.back)
 
     def _eprop(self, layer: Layer, pre: Tensor, probe: Probe, error: Tensor) -> Tensor:
         neurons = self.neurons[layer.signal_target].lif
@@ -328,6 +352,9 @@ class LocalLearner:
         psi = eprop.pseudo_derivative(membrane, neurons.threshold, neurons.spike_fn) * self._gain(layer)
         signal = self._signal(layer, error, membrane.shape)
         window = self._window(layer, pre.shape[0])
+        if layer.shift:  # a stream writer below the last block: pair its input with the signal target's
+            # response along the longest path, ``shift`` steps later (a delay line on the pre trace)
+            pre = torch.cat([pre.new_zeros(layer.shift, *pre.shape[1:]), pre[:-layer.shift]])
         return over_steps(eprop.update, pre, psi, self.eprop, lambda t: signal if t in window else None)
 
     def _three_factor(self, layer: Layer, pre: Tensor, probe: Probe, error: Tensor) -> Tensor:

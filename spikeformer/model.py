@@ -30,7 +30,7 @@ Model state is explicit: ``forward_steps(x, state) -> (readout current, state)``
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from typing import Any, Iterator, NamedTuple, Optional
 
@@ -71,6 +71,16 @@ class Probe:
         self.spikes: dict[str, Tensor] = {}
         self.membranes: dict[str, list] = {}
         self.attention_states: dict[str, list] = {}
+        self.prefix = ""  # put before every name recorded (``prefixed``: a top-down model's bottom-up sweep)
+
+    @contextmanager
+    def prefixed(self, prefix: str) -> Iterator["Probe"]:
+        """Record under ``prefix + name`` inside the block (the IR's names for a second copy of a layer)."""
+        before, self.prefix = self.prefix, self.prefix + prefix
+        try:
+            yield self
+        finally:
+            self.prefix = before
 
     def count_synapses(self, ops: float, binary_input: bool, layer: Any = None, dense: Optional[float] = None) -> None:
         """Add synaptic operations: ACs when driven by spikes, MACs when by real values; with
@@ -86,6 +96,7 @@ class Probe:
             entry["dense"] += ops if dense is None else dense
 
     def record_spikes(self, name: str, spikes: Tensor) -> None:
+        name = self.prefix + name
         self.spike_counts[name] = self.spike_counts.get(name, 0.0) + float(spikes.detach().sum())
         self.neuron_steps[name] = self.neuron_steps.get(name, 0.0) + spikes.numel()
         if self.keep_traces:
@@ -94,7 +105,7 @@ class Probe:
     def membrane_list(self, name: str) -> Optional[list]:
         if not self.keep_traces:
             return None
-        return self.membranes.setdefault(name, [])
+        return self.membranes.setdefault(self.prefix + name, [])
 
     def spike_rate(self) -> float:
         total = sum(self.neuron_steps.values())
@@ -123,6 +134,7 @@ def join(a: Drive, b: Drive) -> Drive:
 
 
 SUBLAYER_DELAY = 2  # Dense hops of an attention or MLP sublayer (q/k/v + out; fc1 + fc2)
+BOTTOM_UP = "bottom_up."  # a top-down model's bottom-up sweep: its layers' names, so prefixed (probe and IR)
 
 
 def delay_drive(u: Drive, steps: int, carry: Optional[Tensor]) -> tuple[Drive, Tensor]:
@@ -338,7 +350,7 @@ class SpikingAttention(nn.Module):
                                  float(dense["update"] + dense["read"]))
             probe.count_synapses(float(t * b * self.heads * self.head_dim ** 2), False, self)  # lambda * S each step
             if probe.keep_traces:
-                probe.attention_states.setdefault(name, []).append(new["attention"].memory.detach().cpu())
+                probe.attention_states.setdefault(probe.prefix + name, []).append(new["attention"].memory.detach().cpu())
         o = o.reshape(t, b, n, -1)  # [T, B, N, H*d]
         if self.fake_quant:  # the export folds this norm at its running statistics
             gain, shift = self.out_norm.affine()
@@ -768,7 +780,9 @@ class Spikeformer(nn.Module):
         # top-down (docs/equations.md): a bottom-up sweep, then the modulated sweep, whose gates
         # at step t hear the bottom-up sweep's signals of step t - 1 (the same weights; on a chip,
         # two copies of the network side by side, so the graph stays feed-forward)
-        with running_stats_frozen(self):  # the norms' running statistics follow the modulated sweep alone
+        # the norms' running statistics follow the modulated sweep alone; a probe records the
+        # bottom-up sweep under the names of the IR's bottom-up copy (``BOTTOM_UP`` + name)
+        with running_stats_frozen(self), (probe.prefixed(BOTTOM_UP) if probe is not None else nullcontext()):
             bottom_up, new_bottom_up, signals = self.sweep(x_t, state.get("bottom_up", {}), probe, modulator)
         if self.cfg.top_down == "readout":  # every block hears the running prediction, every token alike
             signals = [bottom_up.unsqueeze(2)] * len(self.blocks)  # [T, B, 1, C]

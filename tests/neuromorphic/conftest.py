@@ -21,6 +21,10 @@ def active_model(seed: int = 0, **overrides) -> Spikeformer:
     cfg = Config(**kw)
     tokens, features = SHAPES[cfg.task]
     model = build_model(cfg, tokens, features, 10)
+    if model.top_down is not None:  # top-down synapses start at zero: give the feedback weight
+        with torch.no_grad():
+            for dense in model.top_down:
+                dense.linear.weight.normal_(0.0, 3.0)
     model.train()
     with torch.no_grad():
         for _ in range(3):

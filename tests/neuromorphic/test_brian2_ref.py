@@ -28,6 +28,8 @@ CASES = {
     "cuba-global-hebbian": dict(alpha=0.5),
     "aligned-global-hebbian": dict(delays="aligned", depth=2),
     "cortical-hebbian": dict(attention="cortical", heads=4),  # full Dense connections that pool tokens
+    # top-down feedback: a bottom-up copy of the layers whose readers feed the gates one step late
+    "top_down-block": dict(variant="three_factor", top_down="block", depth=2),
 }
 
 

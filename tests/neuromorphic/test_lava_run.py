@@ -24,6 +24,8 @@ CASES = {
     "aligned-global-hebbian": dict(delays="aligned", depth=2),
     "aligned-causal-delta": dict(task="recall", mode="causal", variant="delta", attn_scale=1.0, delays="aligned"),
     "cortical-hebbian": dict(attention="cortical", heads=4),  # q/k/v pool tokens: full Dense connections
+    # top-down feedback: a bottom-up copy of the layers whose readers feed the gates one step late
+    "top_down-block": dict(variant="three_factor", top_down="block", depth=2),
 }
 
 

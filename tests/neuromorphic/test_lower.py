@@ -112,3 +112,32 @@ def test_aligned_skips_are_as_long_as_the_sublayers_they_skip(make_model):
     assert max(delays.values()) == 9 and graph.meta["latency"] == 10 and graph.meta["delays"] == "aligned"
     loihi = lower(make_model(delays="loihi", depth=2))
     assert {c.delay for c in loihi.connections} == {1}
+
+
+@pytest.mark.parametrize("delays, alpha", [("loihi", 0.0), ("aligned", 0.4)])
+def test_block_top_down_lowers_as_two_copies_spike_for_spike(delays, alpha, make_model, make_inputs):
+    """``top_down = "block"``: the bottom-up sweep is a second copy of the layers (``bottom_up.*``,
+    the names the probe records it under), whose readers feed the gates one step late."""
+    model = make_model(variant="three_factor", top_down="block", depth=2, delays=delays, alpha=alpha)
+    x_steps = encode_steps(model, make_inputs("digits", 6))
+    reference = torch_trace(model, x_steps)
+    graph = lower(model)
+    names = {p.name for p in graph.populations}
+    copies = {n for n in names if n.startswith("bottom_up.")}
+    assert copies and names - copies - {"input", "readout"} == {n[len("bottom_up."):] for n in copies}
+    feedback = [c for c in graph.connections if c.name.startswith("top_down")]
+    assert [(c.source, c.target, c.delay) for c in feedback] == [
+        ("bottom_up.block1.in", "block0.attn.gate", 1), ("bottom_up.final", "block1.attn.gate", 1)]
+    trace = run_graph(graph, x_steps)
+    score = agreement(reference, trace)
+    assert score["populations_compared"] == len(reference.spikes) == len(names) - 2
+    assert score["spike_agreement"] == 1.0, {k: v for k, v in score["per_population"].items() if v < 1}
+    np.testing.assert_allclose(trace.readout, reference.readout, rtol=1e-9, atol=1e-9)
+    gates = [n for n in names if n.endswith("attn.gate")]  # the feedback matters: the sweeps differ
+    assert any((trace.spikes[n] != trace.spikes["bottom_up." + n]).any() for n in gates if "bottom_up" not in n)
+
+
+def test_readout_top_down_does_not_lower(make_model):
+    model = make_model(variant="three_factor", top_down="readout")
+    with pytest.raises(LoweringError, match="graded current.*top_down = \"block\""):
+        lower(model)

@@ -44,6 +44,55 @@ def test_layer_map_follows_the_models_own_topology():
     assert found.layers[1].module is model.blocks[0].attn.proj["q"]
 
 
+def _longest_paths(graph) -> dict[str, int]:
+    """Per population of an IR graph: the step input step 0 first reaches it, the longest path
+    over connections (their delays) and attentions (the same step)."""
+    arrival = {"input": 0}
+    for _ in graph.populations:  # relax until stable (the graph is acyclic)
+        for c in graph.connections:
+            if c.source in arrival:
+                arrival[c.target] = max(arrival.get(c.target, 0), arrival[c.source] + c.delay)
+        for a in graph.attentions:
+            if all(p in arrival for p in (a.query, a.key, a.value)):
+                arrival[a.target] = max(arrival.get(a.target, 0), *(arrival[p] for p in (a.query, a.key, a.value)))
+    return arrival
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(depth=2), dict(delays="aligned", depth=2),
+                                       dict(task="mnist1d", stem="conv1d", patch_size=1, depth=2),
+                                       dict(stem="conv2d", conv_channels=2), dict(delays="none")])
+def test_layer_timing_is_the_longest_path_of_the_lowered_graph(overrides):
+    from neuromorphic.lower import lower
+
+    cfg = Config(**{**TINY, **overrides})
+    shapes = {"digits": (4, 16), "mnist1d": (40, 1)}[cfg.task]
+    torch.manual_seed(0)
+    model = build_model(cfg, *shapes, 10).eval()
+    found = layer_map(model)
+    assert found.arrival["readout"] == model.latency
+    if not cfg.dense_delay:
+        assert set(found.arrival.values()) == {0}
+        assert all(layer.shift == layer.back == 0 for layer in found.layers)
+        return
+    expected = _longest_paths(lower(model))
+    assert {k: v for k, v in found.arrival.items()} == {k: expected[k] for k in found.arrival}
+    final = found.readout_layer.source
+    for layer in found.layers:
+        assert layer.back == model.latency - expected[layer.signal_target]
+        assert layer.shift == expected[layer.signal_target] - expected[layer.source] - 1
+        assert layer.shift >= 0 and (layer.shift == 0 or (layer.writes_stream and layer.signal_target == final))
+
+
+def test_eprop_reaches_the_stem_under_loihi_timing():
+    """The embedding writes the stream its input reaches the readout window through only along
+    the longest path: paired with the final neurons' response that many steps later, it learns."""
+    cfg, model = tiny_model(rule="eprop", feedback="symmetric", beta=0.0)  # no trace outlasts a step
+    model.train()
+    x, labels = torch.rand(8, 4, 16), torch.arange(8) % 10
+    LocalLearner(cfg, model).step(x, labels, torch.Generator().manual_seed(0))
+    assert model.stem.embed.linear.weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("rule", ["eprop", "three_factor", "perturbation", "stdp", "readout_only"])
 def test_every_rule_gives_the_readout_its_exact_gradient(rule):
     cfg, model = tiny_model(rule=rule)

@@ -91,8 +91,8 @@ def test_config_and_export_refuse_what_top_down_cannot_do():
         Config(task="digits", variant="three_factor", top_down="readout", model="ann")
     with pytest.raises(ConfigError, match="choose one of"):
         Config(task="digits", variant="three_factor", top_down="sideways")
-    model, _ = model_of("block")
-    with pytest.raises(LoweringError, match="top_down 'block' has no IR form"):
+    model, _ = model_of("readout")
+    with pytest.raises(LoweringError, match="top_down 'readout' feeds the gates"):
         lower(model.eval())
 
 
