@@ -64,7 +64,6 @@ class Layer:
     # the last reader of the stream, the neurons the readout reads (the residual path is direct)
     signal_target: Optional[str] = None
     signal_norm: Optional[FeatureNorm] = None
-    writer: Optional["Layer"] = None  # a layer with its own LIF: the layer its sublayer writes the stream with
     bias: None = None  # the IR builder protocol's term bias (folded norms): not recorded here
     # timing (``LayerMap.arrival``): the step at which input step 0 first reaches what the layer
     # delivers, along the longest path; ``shift``: steps from there to its signal target's
@@ -162,9 +161,6 @@ class LayerMap:
             term.writes_stream = True
             self._pending.append(term)
             self._stream.append((term, self._readers))
-            for layer in self.layers:  # the sublayer's own layers (q/k/v, gate; fc1) reach the stream through it
-                if layer.writer is None and not layer.writes_stream:
-                    layer.writer = term
 
     def read(self, norm: FeatureNorm, neurons: SpikingNeurons, name: str, tokens: int, features: int) -> str:
         self.neurons[name], self.tokens[name] = neurons, tokens

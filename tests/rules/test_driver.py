@@ -118,7 +118,9 @@ def test_a_convolution_is_reached_window_by_window():
     cfg, model = tiny_model(rule="eprop", task="mnist1d", stem="conv1d", conv_channels=3)
     found = layer_map(model)
     conv1, conv2 = found.layers[:2]
-    assert (conv1.name, conv1.source, conv1.target, conv1.writer) == ("stem.conv1", "input", "stem.conv1", conv2)
+    assert (conv1.name, conv1.source, conv1.target) == ("stem.conv1", "input", "stem.conv1")
+    # conv1's spikes reach the readout through conv2, the stream, the block and the final neurons
+    assert (conv1.arrives, conv1.back, conv2.arrives, conv2.shift) == (1, model.latency - 1, 2, model.latency - 3)
     assert (conv2.target, conv2.signal_target, conv2.writes_stream) == ("block0.in", "final", True)
     assert conv1.norm is model.stem.norm1 and conv2.norm is model.stem.norm2 and conv1.delay and conv2.delay
     for layer in (conv1, conv2):
