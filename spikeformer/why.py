@@ -103,12 +103,18 @@ def finished(folder: Path, cfg: Config) -> bool:
     return True
 
 
-def robustness_current(folder: Path) -> bool:
+def robustness_current(folder: Path, samples: Optional[int] = None) -> bool:
+    """Whether ``robustness.json`` scores the finished run on the asked test samples (None: all)."""
     path = folder / "robustness.json"
-    return path.is_file() and path.stat().st_mtime >= (folder / "metrics.json").stat().st_mtime
+    if not path.is_file() or path.stat().st_mtime < (folder / "metrics.json").stat().st_mtime:
+        return False
+    try:
+        return json.loads(path.read_text()).get("subset") == samples
+    except (OSError, ValueError):
+        return False  # unreadable: score it again
 
 
-def run_row(config: dict[str, Any], folder: str, threads: int = 1) -> str:
+def run_row(config: dict[str, Any], folder: str, threads: int = 1, samples: Optional[int] = None) -> str:
     """Train (or resume) one row and score it with the robustness suite; in a worker process."""
     import torch
 
@@ -121,9 +127,9 @@ def run_row(config: dict[str, Any], folder: str, threads: int = 1) -> str:
     cfg = config_from_dict({**config, **({"num_threads": threads} if threads else {})}, source=f"row {out.name}")
     if not finished(out, cfg):
         train(cfg, out, resume=(out / "checkpoint.json").is_file(), progress=False, log=lambda s: None)
-    if not robustness_current(out):
+    if not robustness_current(out, samples):
         saved, model, split, _ = load_run(out)
-        write_robustness(out, model, split, saved)
+        write_robustness(out, model, split, saved, samples=samples)
     return out.name
 
 
@@ -191,6 +197,9 @@ def markdown_table(record: dict[str, Any]) -> str:
                      f"{100 * (r['test_accuracy'] - base['test_accuracy']):+.2f} points, input corruptions "
                      f"{_diff(r, base, 'mean_input_corruption_accuracy')}, energy "
                      f"{_ratio(r, base, 'energy_uj_per_sample')}{fewer}")
+    if record.get("robustness_samples"):
+        notes.append(f"- corruption means over the first {record['robustness_samples']:,} test samples; clean "
+                     "accuracy over all of them")
     return "\n".join(lines + [""] + notes) + "\n"
 
 
@@ -207,16 +216,20 @@ def _ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> str:
 
 
 def why(cfg: Config, out: str | Path, rows: Sequence[str] = tuple(ROWS), cortical: Optional[Config] = None,
-        workers: int = 2, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, score and tabulate the rows into ``out``; returns the why.json record."""
+        workers: int = 2, progress: bool = True, log: Callable[[str], None] = print,
+        samples: Optional[int] = None) -> dict[str, Any]:
+    """Train, score and tabulate the rows into ``out``; returns the why.json record. ``samples``:
+    score the robustness suite on the first N test samples (None: all)."""
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if samples is not None and samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {samples}")
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--out {str(folder)!r} is a file; give a folder")
     configs = row_configs(cfg, rows, cortical)
     todo = [row for row, c in configs.items()
-            if not (finished(folder / row, c) and robustness_current(folder / row))]
+            if not (finished(folder / row, c) and robustness_current(folder / row, samples))]
     folder.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
 
@@ -226,12 +239,13 @@ def why(cfg: Config, out: str | Path, rows: Sequence[str] = tuple(ROWS), cortica
     threads = 1 if parallel > 1 else cfg.num_threads  # one thread per worker: two workers fill two cores
     if todo and parallel == 1:  # one worker, or one row left (a resume): every core on it
         for row in todo:  # in this process: no start-up cost for a single worker
-            run_row(configs[row].to_dict(), str(folder / row), threads)
+            run_row(configs[row].to_dict(), str(folder / row), threads, samples)
             bar.update(1)
     elif todo:
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads
         with ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
-            futures = [pool.submit(run_row, configs[row].to_dict(), str(folder / row), threads) for row in todo]
+            futures = [pool.submit(run_row, configs[row].to_dict(), str(folder / row), threads, samples)
+                       for row in todo]
             for future in as_completed(futures):
                 bar.set_postfix(last=future.result())  # a row's error (e.g. TrainingDiverged) stops the command
                 bar.update(1)
@@ -240,6 +254,7 @@ def why(cfg: Config, out: str | Path, rows: Sequence[str] = tuple(ROWS), cortica
     from .compare import compare
 
     record = {"task": cfg.task, "seed": cfg.seed, "machine": cpu_name(), "config": cfg.to_dict(),
+              "robustness_samples": samples,
               "rows": [summary_row(row, folder / row, change(cfg, c)) for row, c in configs.items()]}
     atomic_write_json(folder / "why.json", record)
     atomic_write_bytes(folder / "why.md", markdown_table(record).encode())

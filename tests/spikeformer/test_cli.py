@@ -119,6 +119,8 @@ def test_bench_with_an_unavailable_device_is_one_line():
     (["--corruptions", "weight_noise", "--draws", "0"], ["--draws must be >= 1, got 0"]),
     (["--robustness-out", "r.json"], ["--robustness-out needs --corruptions"]),
     (["--corruptions", "blur", "--robustness-out", "r.txt"], ["must name a .json file", "r.txt"]),
+    (["--samples", "10"], ["--samples needs --corruptions"]),
+    (["--corruptions", "blur", "--samples", "0"], ["--samples must be >= 1, got 0"]),
 ])
 def test_eval_corruption_selection_errors_are_one_line(trained_run, args, needles):
     assert_one_line_error(run_cli("eval", str(trained_run), *args), *needles)
@@ -134,3 +136,7 @@ def test_eval_robustness_out_keeps_the_runs_own_record(trained_run, tmp_path):
     assert record["draws"] == 2 and len(record["draw_accuracies"]["threshold_jitter"]["5"]) == 2
     assert out.with_suffix(".png").stat().st_size > 1000
     assert (own.read_bytes() if own.exists() else None) == before
+    assert main(["eval", str(trained_run), "--corruptions", "blur", "--severities", "2", "--samples", "7",
+                 "--robustness-out", str(out), "--quiet"]) == 0
+    record = json.loads(out.read_text())
+    assert record["samples"] == 7 and record["subset"] == 7

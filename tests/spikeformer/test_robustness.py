@@ -332,6 +332,19 @@ def test_suite_record_is_seeded_and_a_subset_gives_the_same_numbers(tiny_digits,
     assert (tmp_path / "r.png").stat().st_size > 1000
 
 
+def test_suite_on_a_subset_scores_the_first_samples(tiny_digits):
+    model, cfg = tiny_model()
+    names = ["blur", "spike_deletion", "weight_noise"]
+    part = corruption_suite(model, tiny_digits, cfg, names=names, severities=[3], samples=15)
+    first = Split(tiny_digits.x_train, tiny_digits.y_train, tiny_digits.x_test[:15], tiny_digits.y_test[:15], 10)
+    alone = corruption_suite(model, first, cfg, names=names, severities=[3])
+    assert part["samples"] == 15 and part["subset"] == 15 and alone["subset"] is None
+    assert part["corruptions"] == alone["corruptions"] and part["clean_accuracy"] == alone["clean_accuracy"]
+    assert corruption_suite(model, tiny_digits, cfg, names=["blur"], severities=[1], samples=10**6)["samples"] == 40
+    with pytest.raises(SpikeformerError, match="samples must be a whole number >= 1"):
+        corruption_suite(model, tiny_digits, cfg, names=names, samples=0)
+
+
 def test_suite_on_the_ann_marks_spiking_only_noise_not_applicable(tiny_digits):
     model, cfg = tiny_model("ann")
     record = corruption_suite(model, tiny_digits, cfg, names=["blur", *MODEL_NOISE], severities=[1])

@@ -82,6 +82,24 @@ def test_why_rescores_a_row_whose_robustness_is_stale(study, config):
     assert new["corruptions"] == old["corruptions"]  # seeded: the same numbers again
 
 
+def test_why_samples_rescores_on_the_subset_and_notes_it(study, config):
+    """``--samples`` asks for another robustness record: the row is rescored, not retrained."""
+    metrics = study / "ann" / "metrics.json"
+    trained = metrics.stat().st_mtime_ns
+    assert main(["why", "--config", str(config), "--rows", "ann", "--workers", "1", "--out", str(study),
+                 "--samples", "30", *TINY]) == 0
+    robust = json.loads((study / "ann" / "robustness.json").read_text())
+    assert robust["samples"] == 30 and robust["subset"] == 30
+    assert metrics.stat().st_mtime_ns == trained
+    record = json.loads((study / "why.json").read_text())
+    assert record["robustness_samples"] == 30
+    assert "corruption means over the first 30 test samples" in (study / "why.md").read_text()
+    assert main(["why", "--config", str(config), "--rows", "ann", "--workers", "1", "--out", str(study), *TINY]) == 0
+    assert json.loads((study / "ann" / "robustness.json").read_text())["subset"] is None  # back to all of them
+    assert_one_line_error(run_cli("why", "--config", str(config), "--out", str(study), "--samples", "0", "--quiet"),
+                          "--samples must be >= 1")
+
+
 def test_why_refuses_a_row_folder_of_another_config(study, config):
     result = run_cli("why", "--config", str(config), "--rows", "direct", "--out", str(study), *TINY, "--set", "seed=3")
     assert_one_line_error(result, "holds a run of another config (seed differ)")
@@ -134,7 +152,7 @@ def test_one_row_left_runs_in_process_on_every_thread(config, tmp_path, monkeypa
 
     calls = []
 
-    def record(row_config, folder, threads):
+    def record(row_config, folder, threads, samples=None):
         calls.append((Path(folder).name, threads))
         raise RuntimeError("recorded")  # a pool would run the real run_row in another process
 
