@@ -55,6 +55,7 @@ test-fast: setup
 why: setup
 	$(PY) -m spikeformer why --config demos/digits-loihi.toml --cortical demos/digits-loihi-cortical.toml --out runs/why/digits
 	$(PY) -m spikeformer why --config demos/mnist1d.toml --cortical demos/mnist1d-cortical.toml --out runs/why/mnist1d
+	$(PY) -m spikeformer why --config demos/mnist.toml --cortical demos/mnist-cortical.toml --out runs/why/mnist --samples 2000
 
 # on a machine with CUDA (under 5 minutes): the CUDA tests, then the quick benchmark on the GPU
 gpu-check: setup
