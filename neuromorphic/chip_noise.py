@@ -30,7 +30,7 @@ from typing import Any, Optional
 import numpy as np
 
 from spikeformer.fixed_point import MANTISSA_MAX, MANTISSA_MIN
-from spikeformer.robustness import FROZEN_NOISE, JITTER_FLOOR, MODEL_NOISE, draw_seed
+from spikeformer.robustness import JITTER_FLOOR, MODEL_NOISE, draw_count, draw_seed
 
 from .ir import Attention, Connection, Graph, IRError, Population
 from .simulate import FloatOps, Ops, run_graph
@@ -201,7 +201,7 @@ def chip_noise(run: Any, references: tuple[str, ...] = REFERENCES, samples: int 
         for severity in levels:
             level = MODEL_NOISE[name][severity - 1]
             per_draw: dict[str, list[float]] = {who: [] for who in per}
-            for draw in range(draws if name in FROZEN_NOISE else 1):
+            for draw in range(draw_count(name, draws)):
                 seed = draw_seed(cfg.seed + 1000 * (list(MODEL_NOISE).index(name) + 1) + severity, draw)
                 with model_noise(model, name, level, torch.Generator().manual_seed(seed)):  # restored after
                     per_draw["torch"].append(accuracy(torch_trace(model, x_steps)))

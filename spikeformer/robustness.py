@@ -74,6 +74,12 @@ FROZEN_NOISE = ("threshold_jitter", "weight_noise")
 JITTER_FLOOR = 0.05  # threshold jitter's factor 1 + sigma z is floored here (a threshold stays positive)
 
 
+def draw_count(name: str, draws: int) -> int:
+    """How many devices a noise is scored on: ``draws`` for a frozen noise, else 1 (noise drawn
+    afresh every step already averages over the evaluation)."""
+    return draws if name in FROZEN_NOISE else 1
+
+
 def draw_seed(seed: int, draw: int) -> int:
     """The seed of device ``draw`` of a frozen noise whose single-draw seed is ``seed`` (draw 0)."""
     return seed + 1_000_003 * draw
@@ -344,7 +350,7 @@ def corruption_suite(model: nn.Module, split: Split, cfg: Config, device: str = 
                 acc = evaluate(model, x, split.y_test, device=device, generator=model_gen())["accuracy"]
             else:
                 per_draw = []
-                for draw in range(draws if name in FROZEN_NOISE else 1):
+                for draw in range(draw_count(name, draws)):
                     noise_gen = torch.Generator().manual_seed(draw_seed(seed, draw))
                     with model_noise(model, name, table[name][severity - 1], noise_gen):
                         per_draw.append(evaluate(model, split.x_test, split.y_test, device=device,
