@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key of every row (TOML value syntax), repeatable")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no line per epoch")
 
     p = sub.add_parser("bench", help="time our kernels against baselines and peer libraries -> bench.json, "
                        ".md and .png")

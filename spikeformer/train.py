@@ -185,8 +185,10 @@ def check_out_dir(out: Path) -> None:
 
 
 def train(cfg: Config, out: str | Path, resume: bool = False,
-          progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+          progress: bool = True, log: Callable[[str], None] = print,
+          epoch_log: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
     """Train ``cfg`` into the run directory ``out``; returns the metrics written to metrics.json.
+    ``epoch_log`` receives each finished epoch's history row once its checkpoint is written.
 
     Under torchrun (``WORLD_SIZE`` > 1) every process trains its share of each global batch
     (``spikeformer/distributed.py``); rank 0 writes the checkpoints and metrics, and the others
@@ -195,7 +197,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False,
     device = resolve_device(cfg.device)
     world = distributed.setup(device)
     try:
-        metrics = _train(cfg, out, resume, progress and world.main, log, device, world)
+        metrics = _train(cfg, out, resume, progress and world.main, log, device, world, epoch_log)
     except SpikeformerError:
         raise
     except (RuntimeError, OSError) as exc:
@@ -289,7 +291,7 @@ def _agreed(world: distributed.World, step: Callable[[], Any]) -> Any:
 
 
 def _train(cfg: Config, out: Path, resume: bool, progress: bool, log: Callable[[str], None], device: str,
-           world: distributed.World) -> dict[str, Any]:
+           world: distributed.World, epoch_log: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
     # fail before the first epoch, not when the first checkpoint is written
     _agreed(world, lambda: check_out_dir(out) if world.main else None)
     distributed.check_batch(cfg.batch_size, world)
@@ -380,6 +382,8 @@ def _train(cfg: Config, out: Path, resume: bool, progress: bool, log: Callable[[
                                                 "train_seconds": train_seconds, "device": device,
                                                 **({"vocabulary": split.vocabulary} if split.vocabulary else {})},
                         training=model if average is not None else None)
+        if epoch_log is not None:
+            epoch_log(row)
         if bar is not None:
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", test=f"{row['test_accuracy']:.3f}")
             bar.update(1)

@@ -114,8 +114,17 @@ def robustness_current(folder: Path, samples: Optional[int] = None) -> bool:
         return False  # unreadable: score it again
 
 
-def run_row(config: dict[str, Any], folder: str, threads: int = 1, samples: Optional[int] = None) -> str:
-    """Train (or resume) one row and score it with the robustness suite; in a worker process."""
+def _say(text: str) -> None:
+    """One line of a row's progress, above the row bar when this process draws one."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(text)
+
+
+def run_row(config: dict[str, Any], folder: str, threads: int = 1, samples: Optional[int] = None,
+            talk: bool = False) -> str:
+    """Train (or resume) one row and score it with the robustness suite; in a worker process.
+    ``talk``: a line per finished epoch and one when the scoring starts (rows run for hours)."""
     import torch
 
     from .robustness import write_robustness
@@ -125,9 +134,18 @@ def run_row(config: dict[str, Any], folder: str, threads: int = 1, samples: Opti
     if threads:
         torch.set_num_threads(threads)
     cfg = config_from_dict({**config, **({"num_threads": threads} if threads else {})}, source=f"row {out.name}")
+
+    def epoch_done(row: dict[str, Any]) -> None:
+        _say(f"why {out.name}: epoch {row['epoch'] + 1}/{cfg.epochs}, test accuracy {row['test_accuracy']:.4f}, "
+             f"{row['seconds']:.0f} s training")
+
     if not finished(out, cfg):
-        train(cfg, out, resume=(out / "checkpoint.json").is_file(), progress=False, log=lambda s: None)
+        train(cfg, out, resume=(out / "checkpoint.json").is_file(), progress=False, log=lambda s: None,
+              epoch_log=epoch_done if talk else None)
     if not robustness_current(out, samples):
+        if talk:
+            _say(f"why {out.name}: robustness suite on {'all' if samples is None else f'the first {samples}'} "
+                 "test samples")
         saved, model, split, _ = load_run(out)
         write_robustness(out, model, split, saved, samples=samples)
     return out.name
@@ -239,12 +257,12 @@ def why(cfg: Config, out: str | Path, rows: Sequence[str] = tuple(ROWS), cortica
     threads = 1 if parallel > 1 else cfg.num_threads  # one thread per worker: two workers fill two cores
     if todo and parallel == 1:  # one worker, or one row left (a resume): every core on it
         for row in todo:  # in this process: no start-up cost for a single worker
-            run_row(configs[row].to_dict(), str(folder / row), threads, samples)
+            run_row(configs[row].to_dict(), str(folder / row), threads, samples, talk=progress)
             bar.update(1)
     elif todo:
         context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads
         with ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
-            futures = [pool.submit(run_row, configs[row].to_dict(), str(folder / row), threads, samples)
+            futures = [pool.submit(run_row, configs[row].to_dict(), str(folder / row), threads, samples, progress)
                        for row in todo]
             for future in as_completed(futures):
                 bar.set_postfix(last=future.result())  # a row's error (e.g. TrainingDiverged) stops the command

@@ -152,7 +152,7 @@ def test_one_row_left_runs_in_process_on_every_thread(config, tmp_path, monkeypa
 
     calls = []
 
-    def record(row_config, folder, threads, samples=None):
+    def record(row_config, folder, threads, samples=None, talk=False):
         calls.append((Path(folder).name, threads))
         raise RuntimeError("recorded")  # a pool would run the real run_row in another process
 
@@ -161,3 +161,21 @@ def test_one_row_left_runs_in_process_on_every_thread(config, tmp_path, monkeypa
     with pytest.raises(RuntimeError, match="recorded"):
         why_module.why(cfg, tmp_path / "w", rows=("direct",), workers=2, progress=False)
     assert calls == [("direct", 2)]
+
+
+def test_why_prints_a_line_per_epoch_and_before_scoring(config, tmp_path, capsys):
+    """Rows run for hours: without --quiet each says its epochs and when its scoring starts."""
+    tiny = [a for a in TINY if a != "--quiet"]
+    tiny[tiny.index("epochs=1")] = "epochs=2"
+    out = tmp_path / "talk"
+    assert main(["why", "--config", str(config), "--rows", "direct", "--workers", "1", "--samples", "40",
+                 "--out", str(out), *tiny]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("why direct:")]
+    history = json.loads((out / "direct" / "metrics.json").read_text())["history"]
+    assert lines == [f"why direct: epoch {i + 1}/2, test accuracy {row['test_accuracy']:.4f}, "
+                     f"{row['seconds']:.0f} s training" for i, row in enumerate(history)] + \
+        ["why direct: robustness suite on the first 40 test samples"]
+    assert main(["why", "--config", str(config), "--rows", "direct", "--workers", "1", "--samples", "30",
+                 "--out", str(out), *tiny, "--quiet"]) == 0  # scored again on 30 samples, quietly
+    assert json.loads((out / "direct" / "robustness.json").read_text())["subset"] == 30
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("why direct:")]
