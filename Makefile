@@ -51,11 +51,13 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -n 2 -m "not slow"
 
-# the why-spiking table of docs/benchmarks.md, digits and MNIST-1D (reruns continue; hours on 2 cores)
+# the why-spiking tables of docs/benchmarks.md: digits, MNIST-1D and MNIST (reruns continue; hours on 2 cores).
+# MNIST: 2 epochs per row (the demo trains 9) and robustness on the first 1,000 test samples, so
+# that its six rows fit one working session on 2 cores
 why: setup
 	$(PY) -m spikeformer why --config demos/digits-loihi.toml --cortical demos/digits-loihi-cortical.toml --out runs/why/digits
 	$(PY) -m spikeformer why --config demos/mnist1d.toml --cortical demos/mnist1d-cortical.toml --out runs/why/mnist1d
-	$(PY) -m spikeformer why --config demos/mnist.toml --cortical demos/mnist-cortical.toml --out runs/why/mnist --samples 2000
+	$(PY) -m spikeformer why --config demos/mnist.toml --cortical demos/mnist-cortical.toml --out runs/why/mnist --samples 1000 --set epochs=2
 
 # on a machine with CUDA (under 5 minutes): the CUDA tests, then the quick benchmark on the GPU
 gpu-check: setup
